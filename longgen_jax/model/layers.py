@@ -1,0 +1,139 @@
+"""The decoder layer as pure functions over CANONICAL per-layer parameters.
+
+One implementation for everything: the NNX modules (``llama.py``) call these functions, and the
+inference engine calls them directly, layer by layer, with its own KV cache and attention call.
+
+Canonical per-layer parameters (``docs/architecture.md`` §4), any float dtype (cast to the
+compute dtype at use)::
+
+  {"attn_norm": [D], "wq": [D, Hq, Dh], "wk": [D, Hkv, Dh], "wv": [D, Hkv, Dh],
+   "wo": [Hq, Dh, D], "mlp_norm": [D], "w_gate": [D, F], "w_up": [D, F], "w_down": [F, D]}
+
+A layer is ``x + attn(norm(x))`` then ``x + mlp(norm(x))``; ``decoder_layer`` spells it out and
+takes the attention itself as a callable ``attend(q, k, v) -> out`` so that training (one
+``pallas_kernels.attention`` call with the layer's spec) and cached decoding share the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+import pallas_kernels
+from pallas_kernels.spec import AttentionSpec
+
+from longgen_jax.model.config import ModelConfig
+from longgen_jax.model.rope import apply_rope
+
+LAYER_PARAM_NAMES = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
+Params = Mapping[str, jax.Array]
+Attend = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def layer_param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """Canonical shapes of one layer's parameters."""
+  D, H, K, Dh, F = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim
+  return {"attn_norm": (D,), "wq": (D, H, Dh), "wk": (D, K, Dh), "wv": (D, K, Dh),
+          "wo": (H, Dh, D), "mlp_norm": (D,), "w_gate": (D, F), "w_up": (D, F), "w_down": (F, D)}
+
+
+def compute_dtype(cfg: ModelConfig):
+  return jnp.dtype(cfg.dtype)
+
+
+def rms_norm(x, scale, eps: float, dtype=None):
+  """RMSNorm with float32 statistics: ``x / sqrt(mean(x^2) + eps) * scale`` (output ``dtype``)."""
+  dtype = x.dtype if dtype is None else dtype
+  xf = x.astype(jnp.float32)
+  var = jnp.mean(jnp.square(xf), axis=-1, keepdims=True)
+  return (xf * jax.lax.rsqrt(var + eps) * scale.astype(jnp.float32)).astype(dtype)
+
+
+def attention_qkv(cfg: ModelConfig, p: Params, h, cos, sin):
+  """Normed input ``h [B, T, D]`` -> ``q [B,T,Hq,Dh]``, ``k, v [B,T,Hkv,Dh]`` (RoPE applied).
+
+  ``cos, sin``: ``[B, T, Dh]`` float32 from ``rope.rope_cos_sin`` at the tokens' positions.
+  """
+  dt = compute_dtype(cfg)
+  h = h.astype(dt)
+  q = jnp.einsum("btd,dhk->bthk", h, p["wq"].astype(dt))
+  k = jnp.einsum("btd,dhk->bthk", h, p["wk"].astype(dt))
+  v = jnp.einsum("btd,dhk->bthk", h, p["wv"].astype(dt))
+  q = checkpoint_name(apply_rope(q, cos, sin), "query_proj")
+  k = checkpoint_name(apply_rope(k, cos, sin), "key_proj")
+  v = checkpoint_name(v, "value_proj")
+  return q, k, v
+
+
+def attention_out(cfg: ModelConfig, p: Params, o):
+  """Attention output ``o [B, T, Hq, Dh]`` -> ``[B, T, D]`` through ``wo``."""
+  dt = compute_dtype(cfg)
+  return jnp.einsum("bthk,hkd->btd", o.astype(dt), p["wo"].astype(dt))
+
+
+def mlp(cfg: ModelConfig, p: Params, h):
+  """SwiGLU: ``(silu(h w_gate) * (h w_up)) w_down`` on the normed input ``h [B, T, D]``."""
+  dt = compute_dtype(cfg)
+  h = h.astype(dt)
+  gate = checkpoint_name(jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt)), "mlp_gate")
+  up = checkpoint_name(jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt)), "mlp_up")
+  return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["w_down"].astype(dt))
+
+
+def attention_scale(cfg: ModelConfig) -> float:
+  """The explicit softmax scale ``1/sqrt(head_dim)`` (never folded into the weights)."""
+  return float(cfg.head_dim) ** -0.5
+
+
+def spec_attend(cfg: ModelConfig, spec: AttentionSpec, segment_ids=None) -> Attend:
+  """``attend`` for a whole (packed) row: ``pallas_kernels.attention`` with the layer's spec."""
+
+  def attend(q, k, v):
+    return pallas_kernels.attention(q, k, v, spec, segment_ids=segment_ids,
+                                    backend=cfg.attention_backend, scale=attention_scale(cfg))
+
+  return attend
+
+
+def decoder_layer(cfg: ModelConfig, p: Params, x, cos, sin, attend: Attend):
+  """One pre-norm decoder layer on the residual stream ``x [B, T, D]`` (compute dtype)."""
+  dt = compute_dtype(cfg)
+  x = x.astype(dt)
+  h = rms_norm(x, p["attn_norm"], cfg.norm_eps, dt)
+  q, k, v = attention_qkv(cfg, p, h, cos, sin)
+  o = checkpoint_name(attend(q, k, v), "context")
+  x = x + attention_out(cfg, p, o)
+  h = rms_norm(x, p["mlp_norm"], cfg.norm_eps, dt)
+  return x + mlp(cfg, p, h)
+
+
+def embed_tokens(cfg: ModelConfig, embed, tokens):
+  """``tokens [B, T]`` int -> ``[B, T, D]`` in the compute dtype."""
+  return jnp.take(embed, tokens, axis=0).astype(compute_dtype(cfg))
+
+
+def final_hidden(cfg: ModelConfig, final_norm, x):
+  """The final RMSNorm: residual stream -> hidden states (compute dtype)."""
+  return rms_norm(x, final_norm, cfg.norm_eps, compute_dtype(cfg))
+
+
+def logits_from_hidden(cfg: ModelConfig, hidden, unembedding):
+  """``hidden [..., D]`` x ``unembedding [D, V]`` -> float32 logits (fp32 accumulation)."""
+  dt = compute_dtype(cfg)
+  return jnp.einsum("...d,dv->...v", hidden.astype(dt), unembedding.astype(dt),
+                    preferred_element_type=jnp.float32)
+
+
+def check_layer_params(cfg: ModelConfig, p: Mapping[str, Any], where: str = "layer") -> None:
+  """Raises ValueError naming the tensor when a canonical layer dict has a wrong key or shape."""
+  shapes = layer_param_shapes(cfg)
+  missing = [k for k in shapes if k not in p]
+  extra = [k for k in p if k not in shapes]
+  if missing or extra:
+    raise ValueError(f"{where}: missing {missing}, unexpected {extra} canonical parameter(s)")
+  for k, shape in shapes.items():
+    if tuple(p[k].shape) != shape:
+      raise ValueError(f"{where}.{k}: shape {tuple(p[k].shape)} != expected {shape}")

@@ -20,12 +20,14 @@ these kernels take the position of every cache slot instead of the static offset
       only reads the part of the preallocated cache that is filled, and one compiled program
       serves every chunk position.
 
-Shapes (GQA: query head ``h`` uses KV head ``h // (Hq // Hkv)``, K/V are never repeated):
+Shapes (GQA: query head ``h`` uses KV head ``h // (Hq // Hkv)``, K/V are never repeated). The
+cache is HEAD-MAJOR, so every contraction has its batch dimensions (row, KV head) outermost and
+reads the cache in place (no transposed copy of K/V per step):
 
   q        [B, Tq, Hq, D]
-  k, v     [B, S, Hkv, D]  or, with ``page_table [B, n_pages]`` int32, a page pool
-           [n_pool_pages, page, Hkv, D]: logical slot ``s`` of row ``b`` is
-           ``pool[page_table[b, s // page], s % page]``
+  k, v     [B, Hkv, S, D]  or, with ``page_table [B, n_pages]`` int32, a page pool
+           [n_pool_pages, Hkv, page, D]: logical slot ``s`` of row ``b`` is
+           ``pool[page_table[b, s // page], :, s % page]``
   q_pos    [B, Tq] int32 absolute query positions
   kv_pos   [B, S] int32 absolute position held by each slot, ``-1`` for an empty slot
            (with a page table: ``S = n_pages * page``)
@@ -37,12 +39,16 @@ causal plus the layer's pattern). Returns ``out [B, Tq, Hq, D]`` in ``q.dtype`` 
 visible), the layout of ``pallas_kernels.lse_merge`` so partial results merge with the output
 of ``pallas_kernels.attention``. Forward only (inference).
 
-``impl``: ``"xla"`` (portable, the default everywhere), ``"pallas_gpu"`` (a Pallas Triton split-K
-kernel; GPU, or CPU with ``interpret=True`` for tests) or ``"auto"`` (``pallas_gpu`` on a GPU when
-the shapes suit it, else ``xla``).
+``impl`` (decode): ``"xla"`` (portable; what ``"auto"`` picks) or ``"pallas_gpu"``: a Pallas
+(Triton lowering) split-K kernel, grid (row, KV head, split), one query per row, the G query heads
+of a KV group as the rows of one program; on CPU it runs with ``interpret=True`` (tests). It is
+opt-in until it has been timed against the XLA path on a GPU (``benchmarks/serving.py`` has a
+cell for that).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -65,17 +71,17 @@ def _check(q, k, v, q_pos, kv_pos, page_table):
   B, Tq, Hq, D = q.shape
   if k.shape[3] != D:
     raise ValueError(f"k/v head_dim {k.shape[3]} != q head_dim {D}")
-  Hkv = k.shape[2]
+  Hkv = k.shape[1]
   if Hq % Hkv:
     raise ValueError(f"query heads {Hq} are not a multiple of kv heads {Hkv}")
   if page_table is None:
     if k.shape[0] != B:
-      raise ValueError(f"k/v batch {k.shape[0]} != q batch {B}")
-    S = k.shape[1]
+      raise ValueError(f"k/v batch {k.shape[0]} != q batch {B} (k/v are [B, Hkv, S, D])")
+    S = k.shape[2]
   else:
     if page_table.ndim != 2 or page_table.shape[0] != B:
       raise ValueError(f"page_table must be [B={B}, n_pages], got {tuple(page_table.shape)}")
-    S = page_table.shape[1] * k.shape[1]
+    S = page_table.shape[1] * k.shape[2]
   if tuple(q_pos.shape) != (B, Tq):
     raise ValueError(f"q_pos must be [B, Tq] = {(B, Tq)}, got {tuple(q_pos.shape)}")
   if tuple(kv_pos.shape) != (B, S):
@@ -98,10 +104,16 @@ def _dot(eq, a, b):
 
 
 def _gather_pages(pool, page_table):
-  """Page pool [P, page, H, D] + table [B, n] -> contiguous [B, n * page, H, D]."""
-  g = jnp.take(pool, page_table, axis=0)          # [B, n, page, H, D]
-  B, n, page = g.shape[:3]
-  return g.reshape(B, n * page, *g.shape[3:])
+  """Page pool [P, H, page, D] + table [B, n] -> contiguous [B, H, n * page, D]."""
+  g = jnp.take(pool, page_table, axis=0)          # [B, n, H, page, D]
+  B, n, H, page, D = g.shape
+  return g.transpose(0, 2, 1, 3, 4).reshape(B, H, n * page, D)
+
+
+def _group_queries(q, Hkv):
+  """[B, Tq, Hq, D] -> [B, Hkv, G, Tq, D] (small: the queries, not the cache)."""
+  B, Tq, Hq, D = q.shape
+  return q.reshape(B, Tq, Hkv, Hq // Hkv, D).transpose(0, 2, 3, 1, 4)
 
 
 def _finish(m, l, acc, dtype, B, Tq, Hq, D, return_lse):
@@ -137,53 +149,147 @@ def decode_attention(q, k, v, spec, *, q_pos, kv_pos, page_table=None, scale: fl
   if n < 1 or S % n:
     raise ValueError(f"num_splits {n} must be >= 1 and divide the cache length {S}")
   if impl == "auto":
-    impl = "pallas_gpu" if _pallas_gpu_ok(q, S, n, page_table) else "xla"
-  if impl == "pallas_gpu":
-    from pallas_kernels import decode_pallas  # pylint: disable=import-outside-toplevel
-    if page_table is not None:
-      k, v = _gather_pages(k, page_table), _gather_pages(v, page_table)
-    return decode_pallas.decode_attention_pallas(
-        q, k, v, spec, q_pos=q_pos, kv_pos=kv_pos, scale=scale, num_splits=n,
-        return_lse=return_lse, interpret=interpret)
+    impl = "xla"   # pallas_gpu is opt-in until it has been timed against XLA on a GPU
   if page_table is not None:
     k, v = _gather_pages(k, page_table), _gather_pages(v, page_table)
+  if impl == "pallas_gpu":
+    reason = pallas_unsupported(q.shape, q.dtype, interpret)
+    if reason:
+      raise ValueError(f"decode impl 'pallas_gpu' cannot run this call: {reason}")
+    return _decode_pallas(q, k, v, spec, q_pos, kv_pos, scale, n, return_lse, interpret)
   return _decode_xla(q, k, v, spec, q_pos, kv_pos, scale, n, return_lse)
-
-
-def _pallas_gpu_ok(q, S, n, page_table) -> bool:
-  del page_table
-  if jax.default_backend() not in ("gpu", "cuda"):
-    return False
-  from pallas_kernels import decode_pallas  # pylint: disable=import-outside-toplevel
-  return decode_pallas.supported(q.shape, S, n, q.dtype) is None
 
 
 def _decode_xla(q, k, v, spec, q_pos, kv_pos, scale, n, return_lse):
   B, Tq, Hq, D = q.shape
-  S, Hkv = k.shape[1], k.shape[2]
+  Hkv, S = k.shape[1], k.shape[2]
   G = Hq // Hkv
   ss = S // n
-  qg = q.reshape(B, Tq, Hkv, G, D)
-  ks = k.reshape(B, n, ss, Hkv, D)
-  vs = v.reshape(B, n, ss, Hkv, D)
-  s = _dot("bthgd,bnshd->bnhgts", qg, ks) * scale            # [B, n, Hkv, G, Tq, ss]
-  vis = _visible(spec, q_pos, kv_pos).reshape(B, Tq, n, ss)
-  vis = vis.transpose(0, 2, 1, 3)[:, :, None, None]           # [B, n, 1, 1, Tq, ss]
+  qg = _group_queries(q, Hkv)                                 # [B, Hkv, G, Tq, D]
+  s = _dot("bhgtd,bhsd->bhgts", qg, k) * scale                # batch (B, Hkv) outermost
+  s = s.reshape(B, Hkv, G, Tq, n, ss)
+  vis = _visible(spec, q_pos, kv_pos).reshape(B, 1, 1, Tq, n, ss)
   s = jnp.where(vis, s, NEG_INF)
   # Partial softmax per split.
-  m_i = s.max(-1)                                             # [B, n, Hkv, G, Tq]
+  m_i = s.max(-1)                                             # [B, Hkv, G, Tq, n]
   m_safe = jnp.where(jnp.isfinite(m_i), m_i, 0.0)
   p = jnp.exp(s - m_safe[..., None])
   l_i = p.sum(-1)
-  o_i = _dot("bnhgts,bnshd->bnhgtd", p.astype(v.dtype), vs)   # unnormalised, fp32
+  vs = v.reshape(B, Hkv, n, ss, D)
+  o_i = _dot("bhgtns,bhnsd->bhgtnd", p.astype(v.dtype), vs)   # unnormalised, fp32
   # Log-sum-exp merge of the splits.
   lse_i = jnp.where(l_i > 0, m_safe + jnp.log(jnp.where(l_i > 0, l_i, 1.0)), NEG_INF)
-  m = lse_i.max(1)
+  m = lse_i.max(-1)                                           # [B, Hkv, G, Tq]
   m_ok = jnp.where(jnp.isfinite(m), m, 0.0)
-  w = jnp.where(jnp.isfinite(lse_i), jnp.exp(m_safe - m_ok[:, None]), 0.0)   # rescale to m
-  l = (w * l_i).sum(1)                                        # [B, Hkv, G, Tq]
-  acc = (w[..., None] * o_i).sum(1)                           # [B, Hkv, G, Tq, D]
+  w = jnp.where(jnp.isfinite(lse_i), jnp.exp(m_safe - m_ok[..., None]), 0.0)  # rescale to m
+  l = (w * l_i).sum(-1)
+  acc = (w[..., None] * o_i).sum(-2)                          # [B, Hkv, G, Tq, D]
   return _finish(m_ok, l, acc, q.dtype, B, Tq, Hq, D, return_lse)
+
+
+# ----------------------------------------------------------------------------- Pallas (Triton)
+_M_INIT = -1e30          # finite start of the running max: no NaN for rows that saw nothing yet
+_NT = (((1,), (1,)), ((), ()))
+
+
+def pallas_unsupported(q_shape, dtype, interpret: bool = False) -> str | None:
+  """Why the Pallas GPU decode kernel cannot run a call (None: it can)."""
+  if q_shape[1] != 1:
+    return f"it decodes one query per row (Tq = {q_shape[1]})"
+  if jnp.dtype(dtype).name not in ("bfloat16", "float16", "float32"):
+    return f"dtype {dtype} is not bf16 / f16 / f32"
+  if not interpret and jax.default_backend() not in ("gpu", "cuda"):
+    return f"needs a GPU (backend is {jax.default_backend()!r}); use interpret=True on CPU"
+  return None
+
+
+def _pow2_at_least(x: int, lo: int) -> int:
+  return max(lo, 1 << max(0, int(x) - 1).bit_length())
+
+
+def _pallas_kernel(qpos_ref, q_ref, k_ref, v_ref, pos_ref, o_ref, lse_ref, *, spec, scale,
+                   block_k, n_tiles):
+  """One (row, KV head, split): online softmax over the split's tiles, query rows = the group."""
+  from jax.experimental import pallas as pl  # pylint: disable=import-outside-toplevel
+  q = q_ref[...]
+  qp = qpos_ref[...]
+
+  def body(t, carry):
+    o, m, l = carry
+    sl = pl.ds(pl.multiple_of(t * block_k, block_k), block_k)
+    k, v, kp = k_ref[sl, :], v_ref[sl, :], pos_ref[sl]
+    prec = lax.Precision.HIGHEST if k.dtype == jnp.float32 else None
+    s = lax.dot_general(q, k, _NT, precision=prec, preferred_element_type=_F32) * scale
+    vis = (kp[None, :] >= 0) & spec.allowed(qp[:, None], kp[None, :], xp=jnp)
+    s = jnp.where(vis, s, NEG_INF)
+    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+    alpha = jnp.exp(m - m_new)
+    p = jnp.exp(s - m_new[:, None])
+    l = l * alpha + jnp.sum(p, axis=1)
+    o = o * alpha[:, None] + jnp.dot(p.astype(v.dtype), v, precision=prec,
+                                     preferred_element_type=_F32)
+    return o, m_new, l
+
+  mp, d = q.shape
+  init = (jnp.zeros((mp, d), _F32), jnp.full((mp,), _M_INIT, _F32), jnp.zeros((mp,), _F32))
+  o, m, l = lax.fori_loop(0, n_tiles, body, init)
+  seen = l > 0
+  l_safe = jnp.where(seen, l, 1.0)
+  o_ref[...] = o / l_safe[:, None]
+  lse_ref[...] = jnp.where(seen, m + jnp.log(l_safe), NEG_INF)
+
+
+def _decode_pallas(q, k, v, spec, q_pos, kv_pos, scale, n, return_lse, interpret,
+                   block_k: int = 64, num_warps: int = 4, num_stages: int = 2):
+  """Split-K decode in Pallas (Triton lowering): grid (row, KV head, split); each program loops
+  over ``block_k`` tiles of its split; splits are merged by log-sum-exp in XLA. Query rows of a
+  program are the G heads of one KV group, padded to 16 (the MMA minimum); head_dim is padded to
+  a power of two >= 16. Forward only."""
+  from jax.experimental import pallas as pl  # pylint: disable=import-outside-toplevel
+  from jax.experimental.pallas import triton as plgpu  # pylint: disable=import-outside-toplevel
+  B, _, Hq, D = q.shape
+  Hkv, S = k.shape[1], k.shape[2]
+  G = Hq // Hkv
+  mp, dp = _pow2_at_least(G, 16), _pow2_at_least(D, 16)
+  bk = min(block_k, _pow2_at_least(-(-S // n), 16))
+  ss = -(-(-(-S // n)) // bk) * bk                     # split length: whole tiles
+  sp = ss * n
+  qg = q.reshape(B, Hkv, G, D)
+  qg = jnp.pad(qg, ((0, 0), (0, 0), (0, mp - G), (0, dp - D)))
+  pad = ((0, 0), (0, 0), (0, sp - S), (0, dp - D))
+  kp, vp = (jnp.pad(k, pad), jnp.pad(v, pad)) if pad[2][1] or pad[3][1] else (k, v)
+  pos = jnp.pad(kv_pos.astype(jnp.int32), ((0, 0), (0, sp - S)), constant_values=-1)
+  qpos = jnp.broadcast_to(q_pos.astype(jnp.int32)[:, :1], (B, mp))
+  kernel = functools.partial(_pallas_kernel, spec=spec, scale=scale, block_k=bk,
+                             n_tiles=ss // bk)
+  o, lse = pl.pallas_call(
+      kernel,
+      grid=(B, Hkv, n),
+      in_specs=[pl.BlockSpec((None, mp), lambda b, h, i: (b, 0)),
+                pl.BlockSpec((None, None, mp, dp), lambda b, h, i: (b, h, 0, 0)),
+                pl.BlockSpec((None, None, ss, dp), lambda b, h, i: (b, h, i, 0)),
+                pl.BlockSpec((None, None, ss, dp), lambda b, h, i: (b, h, i, 0)),
+                pl.BlockSpec((None, ss), lambda b, h, i: (b, i))],
+      out_specs=[pl.BlockSpec((None, None, None, mp, dp), lambda b, h, i: (b, h, i, 0, 0)),
+                 pl.BlockSpec((None, None, None, mp), lambda b, h, i: (b, h, i, 0))],
+      out_shape=[jax.ShapeDtypeStruct((B, Hkv, n, mp, dp), _F32),
+                 jax.ShapeDtypeStruct((B, Hkv, n, mp), _F32)],
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+      interpret=interpret,
+  )(qpos, qg, kp, vp, pos)
+  # Log-sum-exp merge of the splits (tiny: [B, Hkv, n, G]).
+  o, lse = o[:, :, :, :G, :D], lse[:, :, :, :G]
+  m = lse.max(2)
+  m_ok = jnp.where(jnp.isfinite(m), m, 0.0)
+  w = jnp.where(jnp.isfinite(lse), jnp.exp(lse - m_ok[:, :, None]), 0.0)   # [B, Hkv, n, G]
+  tot = w.sum(2)
+  seen = tot > 0
+  out = (w[..., None] * o).sum(2) / jnp.where(seen, tot, 1.0)[..., None]  # [B, Hkv, G, D]
+  out = out.reshape(B, 1, Hq, D).astype(q.dtype)
+  if not return_lse:
+    return out
+  lse_m = jnp.where(seen, m_ok + jnp.log(jnp.where(seen, tot, 1.0)), NEG_INF)
+  return out, lse_m.reshape(B, Hq, 1)
 
 
 # ----------------------------------------------------------------------------- prefill chunks
@@ -194,7 +300,7 @@ def chunk_attention(q, k, v, spec, *, q_pos, kv_pos, kv_limit=None, page_table=N
   B, Tq, Hq, D, S, Hkv = _check(q, k, v, q_pos, kv_pos, page_table)
   scale = float(D ** -0.5 if scale is None else scale)
   if page_table is not None:
-    page = k.shape[1]
+    page = k.shape[2]
     if block_k % page and page % block_k:
       raise ValueError(f"block_k {block_k} and page size {page} must divide one another")
     block_k = max(block_k, page)
@@ -204,17 +310,17 @@ def chunk_attention(q, k, v, spec, *, q_pos, kv_pos, kv_limit=None, page_table=N
   if pad:
     if page_table is not None:  # unreachable: S is a multiple of the page and block_k >= page
       raise ValueError(f"paged cache of {S} slots is not a multiple of block_k {block_k}")
-    k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    k = jnp.pad(k, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    v = jnp.pad(v, ((0, 0), (0, 0), (0, pad), (0, 0)))
     kv_pos = jnp.pad(kv_pos, ((0, 0), (0, pad)), constant_values=-1)
   G = Hq // Hkv
-  qg = q.reshape(B, Tq, Hkv, G, D)
-  pages_per_tile = None if page_table is None else block_k // k.shape[1]
+  qg = _group_queries(q, Hkv)                                 # [B, Hkv, G, Tq, D]
+  pages_per_tile = None if page_table is None else block_k // k.shape[2]
 
   def tile(t):
     if page_table is None:
-      kt = lax.dynamic_slice_in_dim(k, t * block_k, block_k, axis=1)
-      vt = lax.dynamic_slice_in_dim(v, t * block_k, block_k, axis=1)
+      kt = lax.dynamic_slice_in_dim(k, t * block_k, block_k, axis=2)
+      vt = lax.dynamic_slice_in_dim(v, t * block_k, block_k, axis=2)
     else:
       pt = lax.dynamic_slice_in_dim(page_table, t * pages_per_tile, pages_per_tile, axis=1)
       kt, vt = _gather_pages(k, pt), _gather_pages(v, pt)
@@ -224,7 +330,7 @@ def chunk_attention(q, k, v, spec, *, q_pos, kv_pos, kv_limit=None, page_table=N
   def step(t, carry):
     m, l, acc = carry
     kt, vt, pos = tile(t)
-    s = _dot("bthgd,bshd->bhgts", qg, kt) * scale             # [B, Hkv, G, Tq, bk]
+    s = _dot("bhgtd,bhsd->bhgts", qg, kt) * scale             # [B, Hkv, G, Tq, bk]
     vis = _visible(spec, q_pos, pos)[:, None, None]
     s = jnp.where(vis, s, NEG_INF)
     m_new = jnp.maximum(m, s.max(-1))
@@ -232,7 +338,7 @@ def chunk_attention(q, k, v, spec, *, q_pos, kv_pos, kv_limit=None, page_table=N
     p = jnp.exp(s - m_safe[..., None])
     alpha = jnp.exp(m - m_safe)
     l = alpha * l + p.sum(-1)
-    acc = alpha[..., None] * acc + _dot("bhgts,bshd->bhgtd", p.astype(v.dtype), vt)
+    acc = alpha[..., None] * acc + _dot("bhgts,bhsd->bhgtd", p.astype(v.dtype), vt)
     return m_new, l, acc
 
   init = (jnp.full((B, Hkv, G, Tq), NEG_INF, _F32), jnp.zeros((B, Hkv, G, Tq), _F32),

@@ -1,0 +1,45 @@
+"""``benchmarks/serving.py --quick`` (the H100 serving benchmark) as a CPU smoke test."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location("serving_bench",
+                                                os.path.join(ROOT, "benchmarks", "serving.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_quick_serving_benchmark_runs_and_reports(tmp_path, capsys):
+  bench = _load()
+  out = tmp_path / "serving.json"
+  # --max_batch=1 keeps the CPU run short: the batch search still runs (and stops at 1).
+  assert bench.main(["--quick", "--max_batch=1", "--out", str(out)]) == 0
+  res = json.loads(out.read_text())
+  rows = {(r["model"], r["kind"]): r for r in res["rows"]}
+  for model in ("hybrid", "full"):
+    b1 = rows[(model, "batch1")]
+    assert b1["status"] == "ok", b1
+    assert b1["prefill_s"] > 0 and b1["decode_tok_s"] > 0
+    mb = rows[(model, "maxbatch_decode")]
+    assert mb["status"] == "ok" and mb["batch"] == 1 and mb["tries"][0]["fits"], mb
+  kv = {k["model"]: k for k in res["kv"]}
+  assert kv["hybrid"]["kv_bytes"] < kv["full"]["kv_bytes"]
+  assert res["summary"]["256"]["kv_saving_analytic"] > 0.3
+  assert "KV saving" in capsys.readouterr().out
+
+
+def test_benchmark_imports_no_grain_or_ml_collections():
+  """The GPU machine has neither: importing the benchmark must not pull them in."""
+  code = ("import runpy, sys; runpy.run_path('benchmarks/serving.py', run_name='bench'); "
+          "print(sorted(m for m in ('grain', 'ml_collections', 'orbax') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       check=True, timeout=300)
+  assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

@@ -25,12 +25,17 @@ Resume order (the first that applies):
 Outputs in WORKDIR: ``checkpoints/`` (orbax; layout in ``training/checkpoint.py``),
 ``metrics.jsonl`` (one line per step), ``tb/`` (TensorBoard) and ``train_config.json``.
 
+Sharded: with more than one device (or a non-trivial ``config.mesh``) the run uses the mesh of
+``config.mesh`` via ``longgen_jax.parallel.trainer_shardings`` (docs/training.md, "Sharded
+training"; docs/parallel.md); multi-process jobs start ``jax.distributed`` in ``main``.
+
 A step whose loss, gradient norm or updated parameters are not finite stops the run (exit code 1)
 with a message naming the step; nothing is saved at or after that step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -51,6 +56,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from longgen_jax import data as data_lib
+from longgen_jax import parallel
 from longgen_jax.data.errors import DataError
 from longgen_jax.hf.errors import HFConversionError
 from longgen_jax.model.config import ModelConfig
@@ -189,7 +195,11 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: C
     if accum == 1:
       loss, grads = grad_fn(params, rest, batch, denom)
     else:
-      micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+      # Micro-batch m is rows m::accum (not a contiguous block): with the batch sharded over
+      # data x fsdp, every micro-batch is then already spread over all those devices.
+      micro = jax.tree.map(
+          lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1),
+          batch)
 
       def body(carry, mb):
         loss_acc, grad_acc = carry
@@ -217,27 +227,32 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: C
 
 
 def mesh_shardings(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-  """Where arrays live: None on one device (JAX's default placement).
+  """Where arrays live: None on one device with a trivial mesh (JAX's default placement).
 
-  The slot for the sharded trainer (``longgen_jax.parallel``): build the mesh from
-  ``config.mesh`` and return ``{"params", "opt_state", "rest", "batch", "replicated"}``
-  sharding trees; init, restore, ``make_train_step`` and :func:`device_batch` already use them.
+  Otherwise ``parallel.trainer_shardings(config)``: the mesh built from ``config.mesh`` and
+  ``{"params", "opt_state", "rest", "batch", "replicated", "parallel"}`` (``"parallel"`` is the
+  ``parallel.Parallel`` object: data shard, layout-aware batch assembly, attention context).
+  A mesh that does not fit the devices or the batch is a ``ConfigError``.
   """
   n = jax.device_count()
   sizes = {a: config.mesh[a] for a in config_utils.MESH_AXES}
-  if n > 1 or math.prod(s for s in sizes.values() if s != -1) > 1:
-    raise ConfigError(f"mesh {sizes} on {n} device(s): this trainer runs on one device until the "
-                      "sharded step (longgen_jax.parallel) is wired in; use one device "
-                      "(e.g. CUDA_VISIBLE_DEVICES=0) and mesh axes of 1 or -1")
-  return None
+  if n == 1 and math.prod(s for s in sizes.values() if s != -1) == 1:
+    return None
+  try:
+    return parallel.trainer_shardings(config)
+  except parallel.MeshError as e:
+    raise ConfigError(f"mesh {sizes} on {n} device(s): {e}") from None
 
 
 def device_batch(host_batch: dict[str, np.ndarray], shardings: dict[str, Any] | None):
-  """Host numpy batch -> device arrays (one device, or this process's rows of a global array)."""
+  """Host numpy batch -> device arrays (one device, or this process's rows of a global array).
+
+  Sharded: ``Parallel.device_batch`` applies the sequence layout (zigzag / striped) and builds
+  the global arrays from this process's rows (processes of one row group load the same rows).
+  """
   if shardings is None:
     return {k: jnp.asarray(host_batch[k]) for k in BATCH_KEYS}
-  return {k: jax.make_array_from_process_local_data(shardings["batch"][k], host_batch[k])
-          for k in BATCH_KEYS}
+  return shardings["parallel"].device_batch({k: host_batch[k] for k in BATCH_KEYS})
 
 
 def batch_fingerprint(batch: dict[str, np.ndarray]) -> str:
@@ -272,7 +287,9 @@ class _Preemption:
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or continues) the run in ``workdir``; returns the last step's metrics record."""
   # ---- config, workdir, data, model shapes: everything is checked before any allocation.
-  model_cfg = config_utils.validate_config(config, jax.process_count())
+  # Per-process divisibility is the mesh's business (trainer_shardings checks the micro-batch
+  # against data x fsdp; processes sharing rows load the same rows).
+  model_cfg = config_utils.validate_config(config, 1)
   data_lib.normalize_data_config(config.data)
   shardings = mesh_shardings(config)
   t, is_main = config.train, jax.process_index() == 0
@@ -290,10 +307,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if tokenizer.vocab_size > model_cfg.vocab_size:
     raise ConfigError(f"tokenizer {config.data.tokenizer!r} has {tokenizer.vocab_size} ids but "
                       f"model.vocab_size is {model_cfg.vocab_size}")
+  if shardings is None:
+    rows, row_group, row_groups = t.batch_size, 0, 1
+  else:   # this process's row group (see parallel.DataShard)
+    shard = shardings["parallel"].data
+    rows, row_group, row_groups = shard.rows, shard.index, shard.count
+    note(f"mesh {dict(shardings['parallel'].mesh.shape)}; this process loads {rows} of "
+         f"{t.batch_size} rows (row group {row_group} of {row_groups})")
   data_iter = data_lib.build_train_iterator(
-      config.data, tokenizer=tokenizer, seq_len=t.seq_len,
-      batch_size=t.batch_size // jax.process_count(), seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      config.data, tokenizer=tokenizer, seq_len=t.seq_len, batch_size=rows, seed=config.seed,
+      process_index=row_group, process_count=row_groups)
 
   schedule = optim.make_schedule(t)
   tx = optim.make_optimizer(t, schedule)
@@ -322,6 +345,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                    {"out_shardings": shardings["opt_state"]}))
     state = {"params": params, "opt_state": opt_init(params)}
   state["step"] = jnp.asarray(start, jnp.int32)
+  if shardings is not None:
+    state["step"] = jax.device_put(state["step"], shardings["replicated"])
 
   # ---- throughput accounting (training/metrics.py documents the MFU convention).
   tokens_per_step = t.batch_size * t.seq_len
@@ -351,7 +376,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         data_s = time.perf_counter() - t0
         if compiled is None:
           tc = time.perf_counter()
-          compiled = train_step.lower(state, rest, batch).compile()
+          with (shardings["parallel"].attention() if shardings is not None
+                else contextlib.nullcontext()):   # read at trace time
+            compiled = train_step.lower(state, rest, batch).compile()
           note(f"compiled the train step in {time.perf_counter() - tc:.1f}s")
           t0 = time.perf_counter() - data_s
         state, metrics = compiled(state, rest, batch)
@@ -445,6 +472,10 @@ def main(argv: list[str]) -> None:
     _fail(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}")
   if not flags.FLAGS["verbosity"].present:  # keep orbax / absl INFO chatter off the console
     logging.set_verbosity(logging.WARNING)
+  try:
+    parallel.initialize()   # multi-process jobs: jax.distributed, before any device use
+  except ValueError as e:
+    _fail(f"distributed start-up: {e}")
   try:
     train(config, _WORKDIR.value)
   except NonFiniteError as e:

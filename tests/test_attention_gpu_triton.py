@@ -6,6 +6,7 @@ reference; the visit lists are checked against the dense mask; and the kernels a
 Triton IR for CUDA (no GPU needed) to catch lowering errors before device time is spent.
 """
 
+import contextlib
 import functools
 
 import jax
@@ -163,8 +164,26 @@ def test_lowers_to_triton_for_cuda(monkeypatch, spec, seg, heads, dtype):
     return jax.grad(lambda q, k, v: jnp.sum(
         gpu_triton.attention(q, k, v, spec, **kw).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
 
-  text = jax.jit(f).trace(q, k, k, s).lower(lowering_platforms=("cuda",)).as_text()
+  with _abstract_cuda_gpu():  # traced inside too: each equation records the abstract mesh
+    text = jax.jit(f).trace(q, k, k, s).lower(lowering_platforms=("cuda",)).as_text()
   assert text.count("triton") >= 3  # forward, dQ, dK/dV kernels
+
+
+def _abstract_cuda_gpu(device_kind="NVIDIA H100 80GB HBM3"):
+  """Names the CUDA GPU to lower the Pallas-Triton kernels for when none is attached.
+
+  jax <= 0.10 falls back to compute capability 9.0 when there is no local GPU. jax 0.11 reads the
+  target from the current abstract mesh's ``AbstractDevice`` instead and, without one, raises
+  "No supported GPU devices found, please specify an abstract GPU device using AbstractDevice".
+  Trace under it as well as lower: each equation records the abstract mesh it was traced under and
+  lowering re-enters that one. A 1-device mesh with an Auto axis changes nothing else.
+  """
+  if not hasattr(jax.sharding, "AbstractDevice"):
+    return contextlib.nullcontext()
+  device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=None, platform="gpu")
+  mesh = jax.sharding.AbstractMesh((1,), ("x",), (jax.sharding.AxisType.Auto,),
+                                   abstract_device=device)
+  return jax.sharding.use_abstract_mesh(mesh)
 
 
 def test_mosaic_forward_needs_a_hopper_gpu():

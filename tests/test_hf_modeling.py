@@ -11,6 +11,7 @@ from pallas_kernels.spec import AttentionSpec  # noqa: E402
 from longgen_jax.hf.cache_longgen import LongGenCache, pattern_allows, still_needed  # noqa: E402
 from longgen_jax.hf.configuration_longgen import LongGenConfig  # noqa: E402
 from longgen_jax.hf.modeling_longgen import LongGenForCausalLM  # noqa: E402
+from longgen_jax.hf.parity import generated_cache  # noqa: E402
 from longgen_jax.hf.tiny import tiny_llama_config  # noqa: E402
 
 SPECS = [AttentionSpec.full(16), AttentionSpec.sink_window(4, 32, 16),
@@ -108,7 +109,7 @@ def test_chunked_prefill_matches_and_other_caches_are_refused():
   whole = model.generate(x, **kw)
   chunked = model.generate(x, prefill_chunk_size=16, **kw)
   assert torch.equal(whole.sequences, chunked.sequences)
-  assert chunked.cache.kept_tokens()[0] == 4 + 32 - 1
+  assert generated_cache(chunked).kept_tokens()[0] == 4 + 32 - 1
   with pytest.raises(ValueError, match="cache_implementation='static'"):
     model.generate(x, cache_implementation="static", max_new_tokens=2)
   with pytest.raises(TypeError, match="need a LongGenCache"):

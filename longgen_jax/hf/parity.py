@@ -60,7 +60,18 @@ def hf_greedy(hf_model, prompt, n_new: int):
     out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new,
                             do_sample=False, return_dict_in_generate=True, eos_token_id=None,
                             pad_token_id=hf_model.config.pad_token_id)
-  return out.sequences.numpy(), out.cache
+  return out.sequences.numpy(), generated_cache(out)
+
+
+def generated_cache(out):
+  """The cache held by a ``generate(..., return_dict_in_generate=True)`` output.
+
+  transformers renamed the field: ``past_key_values`` up to 5.17, ``cache`` in later 5.x.
+  """
+  for name in ("cache", "past_key_values"):
+    if hasattr(out, name):
+      return getattr(out, name)
+  raise AttributeError(f"{type(out).__name__} has neither 'cache' nor 'past_key_values'")
 
 
 def max_abs_diff(a, b) -> float:

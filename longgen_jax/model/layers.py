@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-import pallas_kernels
 from pallas_kernels.spec import AttentionSpec
 
 from longgen_jax.model.config import ModelConfig
 from longgen_jax.model.rope import apply_rope
+from longgen_jax.parallel.sequence import attention as parallel_attention, constrain
 
 LAYER_PARAM_NAMES = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
 Params = Mapping[str, jax.Array]
@@ -89,11 +89,15 @@ def attention_scale(cfg: ModelConfig) -> float:
 
 
 def spec_attend(cfg: ModelConfig, spec: AttentionSpec, segment_ids=None) -> Attend:
-  """``attend`` for a whole (packed) row: ``pallas_kernels.attention`` with the layer's spec."""
+  """``attend`` for a whole (packed) row: ``pallas_kernels.attention`` with the layer's spec.
+
+  Called through ``longgen_jax.parallel.attention``: the kernel itself on one device, and
+  shard_map'ed ring / halo attention under a mesh (``parallel.sharded_attention``).
+  """
 
   def attend(q, k, v):
-    return pallas_kernels.attention(q, k, v, spec, segment_ids=segment_ids,
-                                    backend=cfg.attention_backend, scale=attention_scale(cfg))
+    return parallel_attention(q, k, v, spec, segment_ids=segment_ids,
+                              backend=cfg.attention_backend, scale=attention_scale(cfg))
 
   return attend
 
@@ -112,7 +116,10 @@ def decoder_layer(cfg: ModelConfig, p: Params, x, cos, sin, attend: Attend):
 
 def embed_tokens(cfg: ModelConfig, embed, tokens):
   """``tokens [B, T]`` int -> ``[B, T, D]`` in the compute dtype."""
-  return jnp.take(embed, tokens, axis=0).astype(compute_dtype(cfg))
+  # Under a mesh: gather from a table replicated over fsdp/sequence (one all-gather of the
+  # compute-dtype table) so the lookup is index-parallel; no-op on one device.
+  table = constrain(embed.astype(compute_dtype(cfg)), ("vocab", None))
+  return jnp.take(table, tokens, axis=0)
 
 
 def final_hidden(cfg: ModelConfig, final_norm, x):

@@ -1,0 +1,87 @@
+"""Ground truth for the memory planner: XLA's buffer assignment of the real train step.
+
+``compiled_vs_estimate`` builds the trainer's step (loss = chunked cross-entropy over
+``model.hidden_states``, gradient accumulation over micro-batches, AdamW from
+``training.optim``), lowers it with the planner's shardings on the current devices (fake CPU
+devices in tests), compiles it, and returns ``(argument + output + temp - alias bytes,
+memory.estimate(...))`` per device. Nothing is executed and no parameter is allocated.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from longgen_jax.parallel import memory
+from longgen_jax.parallel.mesh import MeshConfig, mesh_sizes
+from longgen_jax.parallel.runtime import create
+
+
+def train_step_fn(graphdef, tx, accum: int, chunk: int):
+  """The trainer's step structure (``train.make_train_step``) without metrics."""
+  from longgen_jax.training.loss import chunked_cross_entropy  # pylint: disable=C0415
+  import optax  # pylint: disable=import-outside-toplevel
+
+  def loss_fn(params, rest, micro, denom):
+    model = nnx.merge(graphdef, params, rest)
+    hidden = model.hidden_states(micro["inputs"], positions=micro["positions"],
+                                 segment_ids=micro["segment_ids"])
+    loss_sum, _ = chunked_cross_entropy(hidden, model.unembedding(), micro["targets"],
+                                        micro["loss_mask"], chunk=chunk)
+    return loss_sum / denom
+
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def step(state, rest, batch):
+    params = state["params"]
+    denom = jnp.maximum(jnp.sum(batch["loss_mask"]), 1.0)
+    if accum == 1:
+      loss, grads = grad_fn(params, rest, batch, denom)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+      def body(carry, mb):
+        loss, grads = grad_fn(params, rest, mb, denom)
+        return (carry[0] + loss, jax.tree.map(lambda a, g: a + g.astype(jnp.float32), carry[1],
+                                              grads)), None
+
+      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+      (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), micro)
+      grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    return {"params": optax.apply_updates(params, updates), "opt_state": opt_state}, loss
+
+  return step
+
+
+def compiled_vs_estimate(config, mesh_cfg=None, devices=None):
+  """``(actual_bytes, memory.Estimate)`` per device for a trainer config on this host's devices."""
+  from longgen_jax.model.llama import Llama  # pylint: disable=import-outside-toplevel
+  from longgen_jax.training import config_utils, optim  # pylint: disable=import-outside-toplevel
+  cfg = config_utils.validate_config(config)
+  t = config.train
+  mc = MeshConfig.from_any(mesh_cfg if mesh_cfg is not None else config.mesh)
+  T, B = int(t.seq_len), int(t.batch_size)
+  par = create(mc, seq_len=T, global_batch=B, devices=devices)
+  tx = optim.make_optimizer(t, optim.make_schedule(t))
+  graphdef, abstract, rest = nnx.split(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))),
+                                       nnx.Param, ...)
+  state = {"params": abstract, "opt_state": jax.eval_shape(tx.init, abstract)}
+  sh = par.state_shardings(state)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, sh)
+  bsh = par.batch_shardings()
+  batch = {k: jax.ShapeDtypeStruct((B, T), jnp.float32 if k == "loss_mask" else jnp.int32,
+                                   sharding=s) for k, s in bsh.items()}
+  step = jax.jit(train_step_fn(graphdef, tx, int(t.grad_accum), int(t.loss_chunk)),
+                 donate_argnums=(0,), in_shardings=(sh, par.replicated(rest), bsh),
+                 out_shardings=(sh, par.replicated()))
+  with par.attention():
+    compiled = step.lower(state, rest, batch).compile()
+  m = compiled.memory_analysis()
+  actual = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+            - m.alias_size_in_bytes)
+  est = memory.estimate(cfg, mesh_sizes(par.mesh), seq_len=T, global_batch=B,
+                        grad_accum=int(t.grad_accum), loss_chunk=int(t.loss_chunk),
+                        sp_impl=mc.sequence_attention)
+  return actual, est

@@ -94,14 +94,15 @@ def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: fl
   from longgen_jax.model import Llama  # pylint: disable=import-outside-toplevel
   from longgen_jax.model.flops import flops_per_token  # pylint: disable=import-outside-toplevel
   from longgen_jax.parallel import memory  # pylint: disable=import-outside-toplevel
-  from longgen_jax.parallel.validate import train_step_fn  # pylint: disable=import-outside-toplevel
+  from longgen_jax.training.step import make_step  # pylint: disable=import-outside-toplevel
 
   cfg = model_config(layout, seq_len, remat, tiny)
   dev = jax.devices()[0]
   tx = optax.chain(optax.clip_by_global_norm(1.0),
                    optax.adamw(2e-5, b1=0.9, b2=0.95, weight_decay=0.1))
   graphdef, params, rest = nnx.split(Llama(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-  state = {"params": params, "opt_state": jax.jit(tx.init)(params)}
+  state = {"step": jnp.zeros((), jnp.int32), "params": params,
+           "opt_state": jax.jit(tx.init)(params)}
   rng = np.random.default_rng(0)
   seg = np.ones((1, seq_len), np.int32)
   cuts = np.sort(rng.choice(np.arange(1, seq_len), 3, replace=False))   # 4 packed documents
@@ -114,17 +115,18 @@ def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: fl
            "targets": jnp.asarray(rng.integers(0, cfg.vocab_size, (1, seq_len)), jnp.int32),
            "positions": jnp.asarray(pos), "segment_ids": jnp.asarray(seg),
            "loss_mask": jnp.ones((1, seq_len), jnp.float32)}
-  step = jax.jit(train_step_fn(graphdef, tx, 1, 4096), donate_argnums=(0,))
+  step = jax.jit(make_step(graphdef, tx, optax.constant_schedule(2e-5), grad_accum=1,
+                           loss_chunk=4096), donate_argnums=(0,))
   t0 = time.perf_counter()
   compiled = step.lower(state, rest, batch).compile()
   compile_s = time.perf_counter() - t0
-  state, loss = compiled(state, rest, batch)            # warm-up
-  loss.block_until_ready()
+  state, metrics = compiled(state, rest, batch)         # warm-up
+  metrics["loss"].block_until_ready()
   times = []
   for _ in range(steps):
     t0 = time.perf_counter()
-    state, loss = compiled(state, rest, batch)
-    loss.block_until_ready()
+    state, metrics = compiled(state, rest, batch)
+    metrics["loss"].block_until_ready()
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
   fl = flops_per_token(cfg, seq_len)
@@ -139,7 +141,7 @@ def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: fl
           "mfu": tok_s * fl.total / peak if peak else None, "peak_tflops": (peak or 0) / 1e12,
           "peak_mem_gib": stats.get("peak_bytes_in_use", 0) / 2 ** 30,
           "plan_estimate_gib": est.total / 2 ** 30, "compile_s": compile_s,
-          "loss": float(loss), "device": dev.device_kind, "jax": jax.__version__}
+          "loss": float(metrics["loss"]), "device": dev.device_kind, "jax": jax.__version__}
 
 
 # ------------------------------------------------------------------------------- driver

@@ -16,43 +16,7 @@ from flax import nnx
 from longgen_jax.parallel import memory
 from longgen_jax.parallel.mesh import MeshConfig, mesh_sizes
 from longgen_jax.parallel.runtime import create
-
-
-def train_step_fn(graphdef, tx, accum: int, chunk: int):
-  """The trainer's step structure (``train.make_train_step``) without metrics."""
-  from longgen_jax.training.loss import chunked_cross_entropy  # pylint: disable=C0415
-  import optax  # pylint: disable=import-outside-toplevel
-
-  def loss_fn(params, rest, micro, denom):
-    model = nnx.merge(graphdef, params, rest)
-    hidden = model.hidden_states(micro["inputs"], positions=micro["positions"],
-                                 segment_ids=micro["segment_ids"])
-    loss_sum, _ = chunked_cross_entropy(hidden, model.unembedding(), micro["targets"],
-                                        micro["loss_mask"], chunk=chunk)
-    return loss_sum / denom
-
-  grad_fn = jax.value_and_grad(loss_fn)
-
-  def step(state, rest, batch):
-    params = state["params"]
-    denom = jnp.maximum(jnp.sum(batch["loss_mask"]), 1.0)
-    if accum == 1:
-      loss, grads = grad_fn(params, rest, batch, denom)
-    else:
-      micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
-
-      def body(carry, mb):
-        loss, grads = grad_fn(params, rest, mb, denom)
-        return (carry[0] + loss, jax.tree.map(lambda a, g: a + g.astype(jnp.float32), carry[1],
-                                              grads)), None
-
-      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-      (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), micro)
-      grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
-    return {"params": optax.apply_updates(params, updates), "opt_state": opt_state}, loss
-
-  return step
+from longgen_jax.training.step import make_step
 
 
 def compiled_vs_estimate(config, mesh_cfg=None, devices=None):
@@ -64,16 +28,19 @@ def compiled_vs_estimate(config, mesh_cfg=None, devices=None):
   mc = MeshConfig.from_any(mesh_cfg if mesh_cfg is not None else config.mesh)
   T, B = int(t.seq_len), int(t.batch_size)
   par = create(mc, seq_len=T, global_batch=B, devices=devices)
-  tx = optim.make_optimizer(t, optim.make_schedule(t))
+  schedule = optim.make_schedule(t)
+  tx = optim.make_optimizer(t, schedule)
   graphdef, abstract, rest = nnx.split(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))),
                                        nnx.Param, ...)
   state = {"params": abstract, "opt_state": jax.eval_shape(tx.init, abstract)}
-  sh = par.state_shardings(state)
+  sh = {**par.state_shardings(state), "step": par.replicated()}
+  state["step"] = jax.ShapeDtypeStruct((), jnp.int32)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, sh)
   bsh = par.batch_shardings()
   batch = {k: jax.ShapeDtypeStruct((B, T), jnp.float32 if k == "loss_mask" else jnp.int32,
                                    sharding=s) for k, s in bsh.items()}
-  step = jax.jit(train_step_fn(graphdef, tx, int(t.grad_accum), int(t.loss_chunk)),
+  step = jax.jit(make_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
+                           loss_chunk=t.loss_chunk),
                  donate_argnums=(0,), in_shardings=(sh, par.replicated(rest), bsh),
                  out_shardings=(sh, par.replicated()))
   with par.attention():

@@ -25,8 +25,9 @@ individually synchronised calls (host clock around ``block_until_ready``; kernel
 milliseconds, dispatch is ~0.1 ms). fwd+bwd = ``jax.vjp`` forward plus the cotangent pass in one
 jit. Torch cells: ``triton.testing.do_bench`` median, ``torch.compile(flex_attention,
 dynamic=True)`` (one compile per mode for all lengths; ``--flex-static`` recompiles per length),
-one parametrised mask_mod (no recompile per pattern), ``create_block_mask(_compile=True)`` with
-128 blocks. JAX and torch each run in their own subprocess, JAX first (each gets the whole GPU;
+one parametrised mask_mod (no recompile per pattern), the ``BlockMask`` built from our analytic
+block tables with ``BlockMask.from_kv_blocks`` (``benchmarks/flex_masks.py``; ``--flex-mask create``
+uses ``create_block_mask(_compile=True)``), 128 blocks. JAX and torch each run in their own subprocess, JAX first (each gets the whole GPU;
 the parent kills a worker that outlives its deadline). Every cell is isolated: an error, OOM or
 unsupported combination becomes a row with ``status`` and ``note``. Cells past the time budget
 are skipped with a note. ``err`` = relative L2 error of the forward output against
@@ -260,24 +261,17 @@ def flex_worker(args):
   """Runs in a subprocess: FlexAttention rows as JSON lines on stdout (prefix 'ROW ')."""
   import torch  # pylint: disable=g-import-not-at-top
   import triton  # pylint: disable=g-import-not-at-top
-  from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # pylint: disable=g-import-not-at-top
+  from torch.nn.attention import flex_attention as fa  # pylint: disable=g-import-not-at-top
+  from benchmarks import flex_masks  # pylint: disable=g-import-not-at-top
   torch._dynamo.config.cache_size_limit = 64  # pylint: disable=protected-access
   if hasattr(torch._dynamo.config, "automatic_dynamic_shapes"):  # pylint: disable=protected-access
     torch._dynamo.config.automatic_dynamic_shapes = False  # pylint: disable=protected-access
   # dynamic=True: one compile per mode for every length (static shapes recompile per length,
   # tens of seconds each).
-  flex = torch.compile(flex_attention, dynamic=args.flex_dynamic)
+  flex = torch.compile(fa.flex_attention, dynamic=args.flex_dynamic)
   dev = "cuda"
   # One mask_mod for every pattern; its parameters are a captured tensor (no recompiles).
-  P = torch.zeros(6, dtype=torch.int32, device=dev)
-
-  def mask_mod(b, h, qi, ki):
-    del b, h
-    causal = qi >= ki
-    sw = (ki < P[1]) | (qi - ki < P[2])
-    qb, kb = qi // P[3], ki // P[3]
-    st = ((qb - kb) < P[4]) | ((kb % P[5]) == 0)
-    return causal & ((P[0] == 0) | ((P[0] == 1) & sw) | ((P[0] == 2) & st))
+  mod, set_spec = flex_masks.mask_mod(torch, dev)
 
   deadline = args.deadline
   log = lambda m: print(f"[flex {time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)
@@ -293,20 +287,18 @@ def flex_worker(args):
         x.requires_grad_(True)
       for pattern in patterns:
         s = SPECS[pattern]
-        kind = {"full": 0, "sink_window": 1, "strided": 2}[s.kind]
-        P.copy_(torch.tensor([kind, s.sink, max(s.window, 1), s.block, max(s.local_blocks, 1),
-                              max(s.vert_stride, 1)], dtype=torch.int32, device=dev))
+        set_spec(s)
         for mode in ("fwd", "fwdbwd"):
           if time.time() > deadline:
             r = _row(pattern, "flex", hq, hkv, L, mode, status="skipped", note="flex time budget")
           else:
             try:
               t0 = time.perf_counter()
-              try:  # _compile: build the block mask without an L x L dense mask
-                bm = create_block_mask(mask_mod, None, None, L, L, device=dev, BLOCK_SIZE=128,
-                                       _compile=True)
-              except TypeError:
-                bm = create_block_mask(mask_mod, None, None, L, L, device=dev, BLOCK_SIZE=128)
+              if args.flex_mask == "tables":  # our analytic tables -> BlockMask.from_kv_blocks
+                bm = flex_masks.block_mask_from_tables(s, L, torch, dev, mod)
+              else:
+                bm = fa.create_block_mask(mod, None, None, L, L, device=dev, BLOCK_SIZE=128,
+                                          _compile=True)
               kw = dict(block_mask=bm, enable_gqa=hq != hkv)
               if mode == "fwd":
                 step = lambda: flex(q, k, v, **kw)
@@ -440,9 +432,10 @@ def main(argv=None):
                                                  "num_warps_bwd=4", "num_stages_bwd=3"],
                  help="NativeConfig overrides, one variant each (e.g. block_k=64,num_warps=4)")
   p.add_argument("--no-flex", action="store_true")
-  p.add_argument("--no-jax", action="store_true",
-                 help="torch rows only (its first create_block_mask compile took ~220 s on the "
-                      "H100: give it its own run)")
+  p.add_argument("--no-jax", action="store_true", help="torch rows only")
+  p.add_argument("--flex-mask", choices=("tables", "create"), default="tables",
+                 help="FlexAttention BlockMask: from our analytic tables (from_kv_blocks, default) "
+                      "or torch's create_block_mask(_compile=True) (took ~220 s at 128K on an H100)")
   p.add_argument("--out", default="attention.json")
   p.add_argument("--verbose", action="store_true")
   p.add_argument("--worker", choices=("jax", "flex"), help=argparse.SUPPRESS)

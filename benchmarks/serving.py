@@ -286,6 +286,22 @@ def parse_lengths(text: str) -> list[int]:
   return out
 
 
+CELLS = ("batch1", "maxbatch_decode", "decode_pallas", "maxbatch_prefill")
+
+
+def parse_batches(text: str | None) -> dict[int, int]:
+  """``"32k:16,128k:4"`` -> {32768: 16, 131072: 4} (batch per length, skipping the search)."""
+  out = {}
+  for item in (text or "").split(","):
+    if not item.strip():
+      continue
+    length, sep, batch = item.partition(":")
+    if not sep or not batch.strip().isdigit() or int(batch) < 1:
+      raise ValueError(f"--batches item {item!r} is not LENGTH:BATCH (e.g. 128k:4)")
+    out[parse_lengths(length)[0]] = int(batch)
+  return out
+
+
 def run(args) -> dict:
   t_start = time.perf_counter()
   deadline = t_start + args.budget_s
@@ -334,17 +350,25 @@ def run(args) -> dict:
   print(header(), flush=True)
   # 1. batch 1, every model and length (one capacity for all lengths: the prefill programs are
   #    compiled once per model; decode reads only a bucket of the longest length).
+  cells = set(args.cells.split(","))
+  fixed = parse_batches(args.batches)
   cap1 = benches[models[0]].capacity(max(lengths))
   for m in models:
     for L in lengths:
       out["kv"].append(benches[m].kv(L))
-      cell("batch1", m, 1, L, lambda b=benches[m], L=L: b.prefill_decode(1, L, cap1, True),
-           min_left=30)
-  # 2. largest batch: search, then decode throughput.
-  best: dict = {}
+      if "batch1" in cells:
+          cell("batch1", m, 1, L, lambda b=benches[m], L=L: b.prefill_decode(1, L, cap1, True),
+             min_left=30)
+  # 2. largest batch: search (or ``--batches``), then decode throughput.
+  best: dict = {(m, L): fixed[L] for m in models for L in lengths if L in fixed}
   for m in models:
     for L in lengths:
+      if "maxbatch_decode" not in cells:
+        continue
+
       def search(b=benches[m], L=L, m=m):
+        if L in fixed:
+          return dict(b.max_batch_decode(fixed[L], L), tries=[], batch=fixed[L], note="--batches")
         bmax, tries = b.max_batch(L)
         best[(m, L)] = bmax
         if bmax < 1:
@@ -352,7 +376,8 @@ def run(args) -> dict:
         return dict(b.max_batch_decode(bmax, L), tries=tries, batch=bmax)
       cell("maxbatch_decode", m, None, L, search, min_left=30)
   # 2b. the Pallas split-K decode kernel against XLA's (batch 1, longest length; GPU only).
-  if args.decode_impl == "auto" and jax.default_backend() == "gpu":
+  if (args.decode_impl == "auto" and jax.default_backend() == "gpu"
+      and "decode_pallas" in cells):
     for m in models:
       cell("batch1_decode_pallas", m, 1, max(lengths),
            lambda b=benches[m]: b.decode_impl_cell(max(lengths), "pallas_gpu"), min_left=40)
@@ -362,7 +387,7 @@ def run(args) -> dict:
   for m in models:
     for L in lengths:
       b = best.get((m, L), 0)
-      if b <= 1:
+      if b <= 1 or "maxbatch_prefill" not in cells:
         continue
       slow = 4.0 if b * L > args.one_shot_tokens else 1.2   # chunked: XLA cache-part loop
       est = (lat.get((m, L)) or 0.0) * b * slow + 30.0
@@ -451,8 +476,19 @@ def main(argv=None) -> int:
   p.add_argument("--budget_s", type=float, default=None, help="time budget for starting new "
                  "cells (420 s; a started cell finishes)")
   p.add_argument("--decode_impl", default="auto")
+  p.add_argument("--cells", default=",".join(CELLS),
+                 help=f"comma list of the cells to run, of {','.join(CELLS)}")
+  p.add_argument("--batches", default=None, help="largest batch per length, e.g. "
+                 "32k:16,64k:8,128k:4: skips the search (a previous run's result)")
   p.add_argument("--verbose", action="store_true")
   args = p.parse_args(argv)
+  bad = set(args.cells.split(",")) - set(CELLS)
+  if bad:
+    p.error(f"unknown --cells {sorted(bad)}; known: {', '.join(CELLS)}")
+  try:
+    parse_batches(args.batches)
+  except ValueError as e:
+    p.error(str(e))
   q = args.quick
   defaults = dict(lengths="256" if q else "32k,64k,128k", decode_steps=2 if q else 32,
                   prefill_tokens=512 if q else 16384, min_chunk=64 if q else 1024,

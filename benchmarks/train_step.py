@@ -3,10 +3,12 @@ r"""Training-step benchmark: LongGen hybrid vs full attention on one GPU at 32K 
 Model: Llama-2-7B shapes (d 4096, 32 heads, ffn 11008, vocab 32000) cut to 6 layers: the LongGen
 layout keeps 2 full-attention layers in the middle and uses sink 64 + window 4096 (block 128) in
 the other 4; the baseline has 6 full layers. fp32 master weights, bf16 compute, AdamW, chunked
-loss (4096-token chunks), one 128K/64K/32K row per step, packed-document segment ids.
+loss (4096-token chunks), one 128K/64K/32K row per step, packed-document segment ids (4 documents;
+``--no_segment_ids``: one document per row, no segment ids passed to the kernels).
 
 For each sequence length the remat policy is the least-recompute one that the planner
-(``longgen_jax.parallel.memory``) says fits the device with 15% headroom; hybrid and full run
+(``longgen_jax.parallel.memory``, XLA:GPU-corrected on GPUs) says fits the device with 15%
+headroom; hybrid and full run
 back to back with the same policy, each in a fresh subprocess (clean peak-memory counters).
 Reported: step time, tokens/s, model TFLOP/s, MFU (vs the bf16 dense peak of the device kind,
 H100/H200 SXM = 989 TFLOP/s), peak memory (``memory_stats()["peak_bytes_in_use"]``), the
@@ -34,7 +36,10 @@ BASE_ENV = dict(os.environ)   # what the children get (the parent pins itself to
 
 PEAKS = (("h100", 989e12), ("h200", 989e12), ("a100", 312e12), ("v5p", 459e12),
          ("v6", 918e12), ("v5", 197e12))
-REMATS = ("minimal_with_context", "save_context", "full")
+# Least recompute first. The ``*_attention`` policies save the kernel's named out + lse
+# (``attn_out`` / ``attn_lse``) instead of ``context``: same memory + 1.6%, no attention re-run.
+REMATS = ("minimal_with_attention", "minimal_with_context", "save_attention", "save_context",
+          "full")
 
 
 def model_config(layout: str, seq_len: int, remat: str, tiny: bool = False):
@@ -50,27 +55,33 @@ def model_config(layout: str, seq_len: int, remat: str, tiny: bool = False):
   return llama2_7b(layout="full", full="full@128", **common)
 
 
-def pick_remat(seq_len: int, budget_bytes: float, tiny: bool = False) -> tuple[str, float]:
+def pick_remat(seq_len: int, budget_bytes: float, tiny: bool = False,
+               platform: str = "gpu") -> tuple[str, float]:
   """Least-recompute policy whose planner estimate fits ``budget_bytes`` with 15% headroom."""
   from longgen_jax.parallel import memory  # pylint: disable=import-outside-toplevel
   sizes = {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1}
   for remat in REMATS:
     est = memory.estimate(model_config("full", seq_len, remat, tiny), sizes, seq_len=seq_len,
-                          global_batch=1, loss_chunk=4096)
+                          global_batch=1, loss_chunk=4096, platform=platform)
     if est.total * 1.15 <= budget_bytes:
       return remat, est.total
   return "full", est.total
 
 
-def probe_device(env) -> tuple[str, str, float]:
-  """(jax version, device kind, usable bytes) from a short-lived child: the parent never
+def probe_device(env) -> tuple[str, str, float, str]:
+  """(jax version, device kind, usable bytes, platform) from a short-lived child: the parent never
   initialises the accelerator (it would hold memory the children need)."""
   code = ("import jax, json; d = jax.devices()[0]; print('PROBE ' + json.dumps([jax.__version__, "
-          "d.device_kind, (d.memory_stats() or {}).get('bytes_limit', 0)]))")
+          "d.device_kind, (d.memory_stats() or {}).get('bytes_limit', 0), d.platform]))")
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        check=True).stdout
-  version, kind, limit = json.loads(out.split("PROBE ", 1)[1])
-  return version, kind, float(limit or 0)
+  version, kind, limit, platform = json.loads(out.split("PROBE ", 1)[1])
+  return version, kind, float(limit or 0), _planner_platform(platform)
+
+
+def _planner_platform(platform: str) -> str:
+  """``memory.estimate``'s platform for a jax device platform (cuda / rocm -> gpu)."""
+  return "gpu" if platform in ("gpu", "cuda", "rocm") else ("tpu" if platform == "tpu" else "cpu")
 
 
 def peak_flops(kind: str, override: float) -> float | None:
@@ -85,7 +96,7 @@ def peak_flops(kind: str, override: float) -> float | None:
 
 # ------------------------------------------------------------------------------- one config
 def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: float,
-            tiny: bool = False) -> dict:
+            tiny: bool = False, segment_ids: bool = True) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -105,16 +116,18 @@ def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: fl
            "opt_state": jax.jit(tx.init)(params)}
   rng = np.random.default_rng(0)
   seg = np.ones((1, seq_len), np.int32)
-  cuts = np.sort(rng.choice(np.arange(1, seq_len), 3, replace=False))   # 4 packed documents
-  seg[0] = 1 + np.searchsorted(cuts, np.arange(seq_len), side="right")
+  if segment_ids:
+    cuts = np.sort(rng.choice(np.arange(1, seq_len), 3, replace=False))   # 4 packed documents
+    seg[0] = 1 + np.searchsorted(cuts, np.arange(seq_len), side="right")
   pos = np.zeros_like(seg)
   for s in np.unique(seg[0]):
     idx = np.flatnonzero(seg[0] == s)
     pos[0, idx] = np.arange(len(idx))
   batch = {"inputs": jnp.asarray(rng.integers(0, cfg.vocab_size, (1, seq_len)), jnp.int32),
            "targets": jnp.asarray(rng.integers(0, cfg.vocab_size, (1, seq_len)), jnp.int32),
-           "positions": jnp.asarray(pos), "segment_ids": jnp.asarray(seg),
-           "loss_mask": jnp.ones((1, seq_len), jnp.float32)}
+           "positions": jnp.asarray(pos), "loss_mask": jnp.ones((1, seq_len), jnp.float32)}
+  if segment_ids:   # else one document per row: the kernels get no segment ids
+    batch["segment_ids"] = jnp.asarray(seg)
   step = jax.jit(make_step(graphdef, tx, optax.constant_schedule(2e-5), grad_accum=1,
                            loss_chunk=4096), donate_argnums=(0,))
   t0 = time.perf_counter()
@@ -129,13 +142,19 @@ def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: fl
     metrics["loss"].block_until_ready()
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
-  fl = flops_per_token(cfg, seq_len)
+  # Packed rows: count same-document attention pairs only (cuDNN's packed path skips the rest;
+  # counting the whole causal row would inflate MFU ~4x for the attention part here).
+  doc_lens = np.bincount(seg[0])[1:].tolist() if segment_ids else None
+  fl = flops_per_token(cfg, seq_len, doc_lens=doc_lens)
   tok_s = seq_len / step_s
   peak = peak_flops(dev.device_kind, peak_override)
   stats = dev.memory_stats() or {}
   est = memory.estimate(cfg, {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1},
-                        seq_len=seq_len, global_batch=1, loss_chunk=4096)
-  return {"layout": layout, "seq_len": seq_len, "remat": remat, "step_s": step_s,
+                        seq_len=seq_len, global_batch=1, loss_chunk=4096,
+                        platform=_planner_platform(dev.platform))
+  return {"layout": layout, "seq_len": seq_len, "remat": remat, "segment_ids": segment_ids,
+          "doc_lens": doc_lens,
+          "step_s": step_s,
           "step_times": times, "tokens_per_s": tok_s, "gflop_per_token": fl.total / 1e9,
           "model_tflops": tok_s * fl.total / 1e12,
           "mfu": tok_s * fl.total / peak if peak else None, "peak_tflops": (peak or 0) / 1e12,
@@ -158,6 +177,8 @@ def main() -> None:
   ap.add_argument("--remat", default="auto", help="auto (planner) or a policy name")
   ap.add_argument("--peak_tflops", type=float, default=0.0, help="override the device peak")
   ap.add_argument("--tiny", action="store_true", help="toy widths: smoke-test the script on CPU")
+  ap.add_argument("--no_segment_ids", dest="segment_ids", action="store_false",
+                  help="one document per row (default: 4 packed documents with segment ids)")
   ap.add_argument("--budget_s", type=float, default=480.0,
                   help="skip configs that would start after this many seconds")
   ap.add_argument("--json_out", default="")
@@ -166,7 +187,7 @@ def main() -> None:
   if args.child:
     a = json.loads(args.child)
     print("RESULT " + json.dumps(run_one(a["layout"], a["seq_len"], a["remat"], a["steps"],
-                                         a["peak"], a["tiny"])), flush=True)
+                                         a["peak"], a["tiny"], a["segment_ids"])), flush=True)
     return
 
   # The parent only plans (CPU); the children own the accelerator, one at a time.
@@ -174,29 +195,33 @@ def main() -> None:
   env = dict(BASE_ENV, XLA_PYTHON_CLIENT_MEM_FRACTION="0.95",
              PYTHONPATH=os.pathsep.join(filter(None, [ROOT, BASE_ENV.get("PYTHONPATH")])))
   start, results = time.perf_counter(), []
-  version, kind, limit = probe_device(env)
+  version, kind, limit, platform = probe_device(env)
   budget = limit if limit > 0 else 0.94 * 80e9
-  print(f"jax {version} on {kind}; usable device memory {budget / 2 ** 30:.1f} GiB", flush=True)
+  print(f"jax {version} on {kind}; usable device memory {budget / 2 ** 30:.1f} GiB; segment ids "
+        f"{'on (4 packed documents)' if args.segment_ids else 'off (one document)'}", flush=True)
   for seq_len in [int(x) for x in args.seq_lens.split(",")]:
-    remat = args.remat if args.remat != "auto" else pick_remat(seq_len, budget, args.tiny)[0]
+    remat = (args.remat if args.remat != "auto"
+             else pick_remat(seq_len, budget, args.tiny, platform)[0])
     for layout in args.layouts.split(","):
       elapsed = time.perf_counter() - start
       if elapsed > args.budget_s:
         print(f"skip {layout} {seq_len}: {elapsed:.0f}s > budget {args.budget_s:.0f}s")
         continue
       child = json.dumps({"layout": layout, "seq_len": seq_len, "remat": remat,
-                          "steps": args.steps, "peak": args.peak_tflops, "tiny": args.tiny})
+                          "steps": args.steps, "peak": args.peak_tflops, "tiny": args.tiny,
+                          "segment_ids": args.segment_ids})
       proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", child],
                             env=env, capture_output=True, text=True, check=False)
       lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
       if proc.returncode or not lines:
         err = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
         print(f"FAILED {layout} {seq_len} ({remat}):\n  " + "\n  ".join(err), flush=True)
-        results.append({"layout": layout, "seq_len": seq_len, "remat": remat, "error": err[-1:]})
+        results.append({"layout": layout, "seq_len": seq_len, "remat": remat,
+                        "segment_ids": args.segment_ids, "error": err[-1:]})
         continue
       r = json.loads(lines[-1][len("RESULT "):])
       results.append(r)
-      print(f"{layout:6s} {seq_len:>7d} {remat:21s} step {r['step_s']:7.3f}s  "
+      print(f"{layout:6s} {seq_len:>7d} {remat:22s} step {r['step_s']:7.3f}s  "
             f"{r['tokens_per_s']:9.0f} tok/s  MFU {_pct(r['mfu'])}  peak "
             f"{r['peak_mem_gib']:5.1f} GiB (plan {r['plan_estimate_gib']:5.1f})  compile "
             f"{r['compile_s']:.0f}s", flush=True)
@@ -221,7 +246,7 @@ def main() -> None:
   for seq_len, ratio in ratios.items():
     print(f"hybrid/full step-time ratio at {seq_len}: {ratio:.3f} (speed-up {1 / ratio:.2f}x)")
   out = {"results": results, "hybrid_over_full_step_time": {str(k): v for k, v in ratios.items()},
-         "total_s": time.perf_counter() - start}
+         "segment_ids": args.segment_ids, "total_s": time.perf_counter() - start}
   print("JSON " + json.dumps(out))
   if args.json_out:
     with open(args.json_out, "w", encoding="utf-8") as f:

@@ -29,71 +29,18 @@ positions beyond 4K) and settles within ~200 steps; the hybrid model's loss trac
 baseline's closely, at ~1.5-1.8x its step speed (LongGen reports 1.55x at 128K).
 """
 
-from ml_collections import FieldReference
-
-from longgen_jax.training import config_utils
-
-SEQ_LEN = 131072
-TOKEN_BUDGET = 5_000_000_000
+from longgen_jax.training import recipe_128k
 
 
 def get_config(arg=None):
-  """Config; ``arg``: ``full``, ``sparse=<spec>``, ``rope_theta=<float>``, ``batch=<rows>``."""
-  arg = config_utils.parse_arg(arg, full=False, sparse="sink_window:64:4096@128",
-                               rope_theta=5e6, batch=32)
-  config = config_utils.base_config()
-  config.seed = 0
-  config.init_from = ""            # set to a Hugging Face Llama-2-7b directory (see above)
+  """Config; ``arg``: ``full``, ``sparse=<spec>``, ``rope_theta=<float>``, ``batch=<rows>``.
 
-  config.model.update(dict(
-      vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=11008,
-      norm_eps=1e-5,
-      rope=dict(theta=arg.rope_theta),
-      tie_embeddings=False,
-      param_dtype="float32",
-      dtype="bfloat16",
-      remat="full",
-      scan_layers=True,
-      attention_backend="auto",
-      layout="full" if arg.full else "longgen",
-  ))
-  if not arg.full:
-    config.model.sparse = arg.sparse
-    config.model.full_layers = FieldReference(None, field_type=tuple)  # with layout="indices"
-    config.model.n_full = FieldReference(None, field_type=int)   # None: round(32 / 3) = 11
-  config_utils.link_seq_len(config)
-
-  # Fu et al.: SlimPajama pre-tokenized with Llama-2's tokenizer (python -m
-  # longgen_jax.data.prepare), documents < 4096 tokens kept with p=0.1, packed into 128K rows
-  # regardless of document boundaries. docs/data.md has every field.
-  config.data.update(dict(
-      sources={"slimpajama": dict(type="arrayrecord", path="", weight=1.0,
-                                  upsample=dict(threshold=4096, keep_prob=0.1))},
-      tokenizer=dict(type="hf", path=""),   # the Llama-2 tokenizer directory
-      packing="concat_then_split",
-      mask_documents=False,
-      add_bos=True,
-      add_eos=True,
-      shuffle=True,
-  ))
-
-  t = config.train
-  t.seq_len = SEQ_LEN
-  t.batch_size = arg.batch
-  t.grad_accum = 4
-  t.steps = TOKEN_BUDGET // (t.batch_size * SEQ_LEN)   # 1192 at 32 rows
-  t.loss_chunk = 4096
-  t.lr = 2e-5
-  t.schedule = "constant"
-  t.warmup_steps = 20
-  t.weight_decay = 0.1
-  t.b1, t.b2, t.eps = 0.9, 0.95, 1e-8
-  t.grad_clip = 1.0
-  t.log_every = 1
-
-  config.checkpoint.every = 50
-  config.checkpoint.keep = 3
-
-  config.mesh.update(dict(data=1, fsdp=-1, sequence=8, tensor=1,
-                          sequence_attention="ring", sequence_layout="zigzag"))
-  return config
+  The shared recipe is ``longgen_jax/training/recipe_128k.py``; the 7B specifics are here.
+  """
+  return recipe_128k.get_config(
+      arg,
+      model=dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+                 ffn_dim=11008),   # LongGen: round(32 / 3) = 11 full layers
+      grad_accum=4,                # micro-batch 8 rows: one per FSDP group
+      checkpoint_every=50,
+      mesh=dict(fsdp=-1, sequence=8, tensor=1))

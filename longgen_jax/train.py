@@ -63,7 +63,7 @@ from longgen_jax.model.config import ModelConfig
 from longgen_jax.model.errors import ConfigError
 from longgen_jax.model.flops import flops_per_token
 from longgen_jax.model.llama import Llama
-from longgen_jax.model.params import param_count
+from longgen_jax.model.params import load_canonical, param_count
 from longgen_jax.training import checkpoint as ckpt_lib
 from longgen_jax.training import config_utils
 from longgen_jax.training import metrics as metrics_lib
@@ -123,8 +123,9 @@ def load_init_from(path: str, model_cfg: ModelConfig, abstract: dict[str, Any]) 
 
   An orbax checkpoint of this trainer is restored (params only, checksum-verified). A directory
   with ``config.json`` (Hugging Face) or ``longgen_checkpoint.json`` goes through
-  ``longgen_jax.hf.import_hf.load_for_training(path, model_cfg)``, which returns a canonical
-  tree (or a ``Llama``).
+  ``longgen_jax.hf.import_hf.load_for_training(path, model_cfg, sharding_fn=...)``: each tensor
+  is read straight into its shards (the train state's sharding of that parameter, one layer of it
+  for a scanned stack), so no device or host ever holds the whole model.
   """
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
@@ -148,20 +149,18 @@ def load_init_from(path: str, model_cfg: ModelConfig, abstract: dict[str, Any]) 
                       "(config.json) nor an imported checkpoint (longgen_checkpoint.json)")
   try:
     from longgen_jax.hf import import_hf  # pylint: disable=import-outside-toplevel
+    from longgen_jax.hf import shardings as hf_shardings  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ConfigError(f"init_from={path!r} is a Hugging Face directory, but "
                       f"longgen_jax.hf.import_hf cannot be imported ({e})") from None
-  loader = getattr(import_hf, "load_for_training", None)
-  if loader is None:
-    raise ConfigError(f"init_from={path!r} is a Hugging Face directory, but "
-                      "longgen_jax.hf.import_hf has no load_for_training(path, model_cfg)")
-  loaded = loader(path, model_cfg)
-  if not isinstance(loaded, nnx.Module):  # a canonical parameter tree
-    from longgen_jax.model.params import from_canonical  # pylint: disable=import-outside-toplevel
-    loaded = from_canonical(model_cfg, loaded)
+  # An abstract model holding the train state's shardings: its canonical view gives each
+  # tensor's target sharding, and load_canonical then stacks the layers into those shardings.
+  model, targets = hf_shardings.model_targets(model_cfg, abstract["params"])
+  loaded = import_hf.load_for_training(path, model_cfg,
+                                       sharding_fn=hf_shardings.sharding_fn(targets))
+  load_canonical(model, loaded)
   note(f"init_from: Hugging Face weights in {path}")
-  return jax.tree.map(lambda x, a: jax.device_put(jnp.asarray(x, a.dtype), a.sharding),
-                      nnx.state(loaded, nnx.Param), abstract["params"])
+  return nnx.state(model, nnx.Param)
 
 
 # ----------------------------------------------------------------------------- the train step
@@ -308,10 +307,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   # ---- throughput accounting (training/metrics.py documents the MFU convention).
   tokens_per_step = t.batch_size * t.seq_len
-  flops_per_tok = flops_per_token(model_cfg, t.seq_len).total
+  flops_per_tok = flops_per_token(model_cfg, t.seq_len).total   # whole-row count: mfu_row
+  step_flops = metrics_lib.StepFlops(model_cfg, t.seq_len)       # same-document pairs: mfu
   peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind, t.peak_tflops)
   note(f"{t.steps} steps x {tokens_per_step:,} tokens; {flops_per_tok / 1e9:,.3f} GFLOP/token "
-       "(attention over the pairs each layer computes); "
+       "(attention over the pairs each layer computes, one document per row; packed rows "
+       "count same-document pairs only in mfu); "
        + (f"MFU against {peak / 1e12:,.0f} TFLOP/s/device" if peak else "no peak known: no MFU"))
 
   train_step = make_train_step(graphdef, tx, schedule, t, shardings)
@@ -340,6 +341,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           note(f"compiled the train step in {time.perf_counter() - tc:.1f}s")
           t0 = time.perf_counter() - data_s
         state, metrics = compiled(state, rest, batch)
+        # Useful FLOPs of the whole step from this process's rows (host numpy, while the device
+        # runs); with several row groups the other groups' rows are assumed alike.
+        flops = step_flops(host_batch.get("segment_ids"), rows) * (t.batch_size / rows)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         step_s = time.perf_counter() - t0
 
@@ -354,9 +358,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
         record = dict(metrics, step=step, step_time=step_s, data_time=data_s,
                       tokens_per_s=tokens_per_step / step_s, tokens_seen=step * tokens_per_step,
-                      batch_fp=batch_fingerprint(host_batch))
+                      batch_fp=batch_fingerprint(host_batch),
+                      tflops_per_device=flops / (step_s * jax.device_count()) / 1e12)
         if peak:
-          record["mfu"] = record["tokens_per_s"] * flops_per_tok / (peak * jax.device_count())
+          record["mfu"] = flops / (step_s * peak * jax.device_count())
+          record["mfu_row"] = record["tokens_per_s"] * flops_per_tok / (peak * jax.device_count())
         mfu = f"{record['mfu']:.1%}" if peak else "n/a"
         writer.write(record)
         pbar.update(1)

@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 NEG_INF = float("-inf")
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+# Checkpoint names of the attention residuals (the kernel forward's output and lse, what every
+# backend's custom_vjp backward reads). Every backend's forward rule tags them with
+# ``tag_residuals`` so a remat policy that saves these names (``longgen_jax.model.remat``:
+# ``save_attention``...) leaves the kernel forward dead in the backward's recomputation.
+ATTN_OUT = "attn_out"
+ATTN_LSE = "attn_lse"
+
+
+def tag_residuals(out, lse):
+  """``(out, lse)`` tagged ``ATTN_OUT`` / ``ATTN_LSE``.
+
+  Call it in a custom_vjp forward rule on the kernel's raw outputs and derive BOTH the primal
+  outputs and the residuals from the tagged values: if anything still read the untagged
+  arrays, the recomputation would have to run the kernel again.
+  """
+  return checkpoint_name(out, ATTN_OUT), checkpoint_name(lse, ATTN_LSE)
 
 
 def is_pow2(x: int) -> bool:

@@ -8,7 +8,8 @@ tiles) and a static ``Problem``:
 
 ``run_blocked`` checks and pads the inputs, calls them through one ``jax.custom_vjp`` (so the lse
 output is differentiable too: ring attention merges partial results by lse) and slices the padding
-off. Padded keys and queries are masked through the block tables' ``partial`` flags.
+off. Padded keys and queries are masked through the block tables' ``partial`` flags. The forward
+rule tags its residual out / lse ``attn_out`` / ``attn_lse`` (``_common.tag_residuals``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels._common import FLOAT_DTYPES, cdiv, default_tile, is_pow2
+from pallas_kernels._common import FLOAT_DTYPES, cdiv, default_tile, is_pow2, tag_residuals
 from pallas_kernels.spec import AttentionSpec
 
 
@@ -134,7 +135,8 @@ def _vjp_for(fwd: Callable, bwd: Callable):
     return fwd(q, k, v, q_seg, kv_seg, prob)
 
   def attn_fwd(q, k, v, q_seg, kv_seg, prob):
-    out, lse = fwd(q, k, v, q_seg, kv_seg, prob)
+    # Named residuals: a remat policy saving them skips this forward in the backward.
+    out, lse = tag_residuals(*fwd(q, k, v, q_seg, kv_seg, prob))
     return (out, lse), (q, k, v, q_seg, kv_seg, out, lse)
 
   def attn_bwd(prob, res, cts):

@@ -128,6 +128,14 @@ def available_backends() -> list[str]:
   return sorted(_BACKENDS)
 
 
+def get_backend_fn(name: str):
+  """The (imported) ``fn`` of the registered backend ``name``."""
+  _ensure_builtins()
+  if name not in _BACKENDS:
+    raise ValueError(f"unknown attention backend {name!r}; available: {available_backends()}")
+  return _BACKENDS[name].resolve("fn")
+
+
 def current_platform() -> str:
   """``cpu``, ``gpu`` or ``tpu`` (``cuda``/``rocm`` map to ``gpu``)."""
   p = jax.default_backend()

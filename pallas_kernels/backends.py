@@ -13,6 +13,7 @@ GPU backends register here too, e.g.
 from __future__ import annotations
 
 from pallas_kernels.api import register_backend
+from pallas_kernels.split import split_attention
 
 
 def _reference_only_small(platform, spec, shapes, dtype):
@@ -31,10 +32,17 @@ register_backend("pallas_gpu", "pallas_kernels.gpu_triton:attention",
                  "pallas_kernels.gpu_triton:supports", priority=50, platforms=("gpu",))
 # Measured on one H100 (docs/kernels.md, benchmarks/results/attention_2026-11-24.json): cuDNN is the
 # fastest full causal kernel and the fastest sink+window forward+backward (window + LSE-merged sinks);
-# it refuses segment ids, fp32 and strided patterns, which then fall to pallas_gpu.
+# packed rows (segment ids) go through cuDNN's packed layout on sm_90 with cuDNN >= 9.6; it refuses
+# fp32, offsets of packed rows and strided patterns, which then fall to pallas_gpu.
 register_backend("cudnn", "pallas_kernels.gpu_cudnn:cudnn_attention",
                  "pallas_kernels.gpu_cudnn:registry_supports", priority=70, platforms=("gpu",))
 # Native Triton through jax-triton: slower than pallas_gpu on every pattern; kept as the fallback for
 # when Pallas' (deprecated) Triton lowering goes away.
 register_backend("triton_native", "pallas_kernels.gpu_native:native_attention",
                  "pallas_kernels.gpu_native:registry_supports", priority=40, platforms=("gpu",))
+# Sink+window on Hopper: the Mosaic GPU forward (pallas_gpu) is the fastest forward and cuDNN the
+# fastest forward+backward (docs/benchmarks.md), so ``auto`` takes a split backend that runs the
+# first when the call is not differentiated and the second under autodiff (pallas_kernels/split.py).
+register_backend("split_gpu", split_attention("pallas_gpu", "cudnn"),
+                 "pallas_kernels.split:mosaic_sink_window_supports", priority=80,
+                 platforms=("gpu",))

@@ -1,8 +1,8 @@
 """Block-sparse attention forward in Pallas Mosaic GPU (Hopper, FA3 style).
 
-``gpu_triton.attention`` takes this forward with ``TritonConfig(fwd_impl="auto" | "mosaic")``
-(opt-in until tests/gpu has passed with it); the backward stays the Triton kernels, which consume
-the base-2 lse returned here.
+``gpu_triton.attention`` takes this forward by default on Hopper (``TritonConfig.fwd_impl="auto"``,
+where it applies; ``"mosaic"`` forces it); the backward stays the Triton kernels, which consume
+the base-2 lse returned here. GPU tests: ``tests/gpu/test_gpu_triton.py`` (``-k mosaic``).
 Measured against the Triton forward in docs/kernels.md ("Pallas GPU (Triton lowering)").
 
 Structure follows jax's ``pallas/ops/gpu/attention_mgpu.py`` forward: per CTA two compute

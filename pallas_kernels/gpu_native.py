@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels._common import tag_residuals
 from pallas_kernels.gpu_tables import kernel_tables
 from pallas_kernels.spec import AttentionSpec, as_spec
 
@@ -404,7 +405,8 @@ def _flash(q, k, v, qseg, kseg, cs):
 
 
 def _flash_fwd(q, k, v, qseg, kseg, cs):
-  out, lse = _fwd_call(cs, q, k, v, qseg, kseg)
+  # Named residuals (attn_out / attn_lse): a remat policy saving them skips this kernel.
+  out, lse = tag_residuals(*_fwd_call(cs, q, k, v, qseg, kseg))
   return (out, lse), (q, k, v, qseg, kseg, out, lse)
 
 

@@ -53,12 +53,11 @@ class TritonConfig:
   kernel's and ``*_dkv`` the dK/dV kernel's. Blocks are clamped to the (power-of-two rounded)
   lengths. Defaults: tuned on an H100 for D=128 bf16 (docs/kernels.md).
 
-  ``fwd_impl``: ``"triton"`` (default); ``"mosaic"`` (the Mosaic GPU forward of
-  ``gpu_mosaic_fwd.py``, Hopper only, raises where unsupported); ``"auto"`` takes Mosaic where it
-  applies (sm_90, bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets, Tq == Tk,
-  T % 128 == 0, not interpreting) and Triton otherwise. The backward is always the Triton kernels.
-  The Mosaic forward was ~1.4x faster on an H100 but has not yet passed tests/gpu (GQA, D=64,
-  gradients); flip the default to "auto" once it has (docs/kernels.md).
+  ``fwd_impl``: ``"auto"`` (default) takes the Mosaic GPU forward of ``gpu_mosaic_fwd.py`` where
+  it applies (sm_90, bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets, Tq == Tk,
+  T % 128 == 0, not interpreting) and the Triton forward otherwise; ``"mosaic"`` raises where it
+  does not apply; ``"triton"`` always takes Triton. The backward is always the Triton kernels.
+  On an H100 the Mosaic forward is ~1.3-1.4x faster than Triton's (docs/kernels.md).
   """
 
   block_q: int = 128
@@ -73,7 +72,7 @@ class TritonConfig:
   block_k_dkv: int = 64
   num_warps_dkv: int = 4
   num_stages_dkv: int = 2
-  fwd_impl: str = "triton"
+  fwd_impl: str = "auto"
 
   def __post_init__(self):
     if self.fwd_impl not in FWD_IMPLS:
@@ -281,7 +280,10 @@ def _flash(q, k, v, qseg, kseg, cs: _CallStatic):
 
 
 def _flash_fwd(q, k, v, qseg, kseg, cs):
-  out, lse2 = _forward(cs, q, k, v, qseg, kseg)
+  from pallas_kernels._common import tag_residuals  # pylint: disable=import-outside-toplevel
+  # Named residuals (attn_out / attn_lse; the primal outputs derive from them too): a remat
+  # policy saving them skips this kernel in the backward's recomputation.
+  out, lse2 = tag_residuals(*_forward(cs, q, k, v, qseg, kseg))
   valid = jnp.arange(q.shape[1]) < cs.q_len
   # Rows that see nothing, and padded rows, get lse = +inf in the backward: p == 0 exactly.
   lse2_bwd = jnp.where(valid & jnp.isfinite(lse2), lse2, jnp.inf)

@@ -194,6 +194,32 @@ class AttentionSpec:
       total += nq * b * (local_full + strided_below)
     return int(total)
 
+  def visible_pairs_packed(self, doc_lens) -> int:
+    """Visible (query, key) pairs of one row packed with documents of ``doc_lens`` tokens (in
+    order): ``allowed`` AND same document, the reference's segment-id semantics (sinks and
+    strided blocks stay at absolute row positions). O(row length) time."""
+    total, a = 0, 0
+    for n in (int(x) for x in doc_lens):
+      if n < 1:
+        raise ValueError(f"document lengths must be >= 1, got {list(doc_lens)}")
+      i = np.arange(a, a + n, dtype=np.int64)
+      if self.kind == "full":
+        total += n * (n + 1) // 2
+      elif self.kind == "sink_window":
+        win = np.minimum(i - a + 1, self.window)
+        sinks = np.maximum(0, np.minimum(self.sink, i - win + 1) - a)
+        total += int(np.sum(win + sinks))
+      else:
+        b, lb, vs = self.block, self.local_blocks, self.vert_stride
+        lo = np.maximum(0, i // b - lb + 1)                 # first local block of each query
+        total += int(np.sum(i - np.maximum(a, lo * b) + 1))  # local blocks, clipped to the doc
+        kb = np.arange(int(lo.max()) + 1, dtype=np.int64)
+        per = np.where(kb % vs == 0, np.maximum(0, (kb + 1) * b - np.maximum(a, kb * b)), 0)
+        below = np.concatenate([[0], np.cumsum(per)])        # strided tokens in blocks < lo
+        total += int(np.sum(below[lo]))
+      a += n
+    return int(total)
+
 
 FULL = AttentionSpec.full()
 

@@ -136,3 +136,16 @@ def test_long_sequence_uses_memory_proportional_to_visited_tiles():
 def test_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     block_tables(S.full(16), **kwargs)
+
+
+@pytest.mark.parametrize("spec", ["full@32", "sink_window:40:64@32", "sink_window:0:96@32",
+                                  "strided:2:3@32", "strided:1:2@16"])
+@pytest.mark.parametrize("docs", [[300], [100, 57, 143], [10, 20, 270], [1, 299]])
+def test_visible_pairs_packed_equals_dense(spec, docs):
+  spec = AttentionSpec.parse(spec)
+  seg = np.repeat(np.arange(len(docs)), docs)
+  L = seg.size
+  qi, ki = np.meshgrid(np.arange(L), np.arange(L), indexing="ij")
+  dense = np.sum(spec.allowed(qi, ki) & (seg[:, None] == seg[None, :]))
+  assert spec.visible_pairs_packed(docs) == dense
+  assert spec.visible_pairs_packed([L]) == spec.visible_pairs(L)

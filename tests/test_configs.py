@@ -111,3 +111,25 @@ def test_tiny_data_config_is_the_shipped_corpus():
   from longgen_jax.data.config import normalize_data_config
   data = normalize_data_config(load("tiny_cpu.py").data)
   assert all(os.path.isfile(s["path"]) for s in data["sources"])
+
+
+GOLDEN_128K = os.path.join(ROOT, "tests", "golden", "llama_128k_configs.json")
+
+
+def test_llama_128k_configs_match_golden():
+  """Every value of the 128K configs (shared body: ``training/recipe_128k.py``) is pinned.
+
+  An intended change: regenerate the file with the ``print`` below and review its diff.
+  """
+  import json  # pylint: disable=import-outside-toplevel
+  with open(GOLDEN_128K, encoding="utf-8") as f:
+    golden = json.load(f)
+  got = {}
+  for key in golden:
+    name, arg = key.split(":", 1)
+    got[key] = json.loads(load(name, arg or None).to_json_best_effort(sort_keys=True))
+  # print(json.dumps(got, indent=1, sort_keys=True))   # to regenerate GOLDEN_128K
+  for key in golden:
+    assert got[key] == golden[key], f"{key} differs from {GOLDEN_128K}"
+  for name in ("llama7b_128k", "llama70b_128k"):   # the _full files are the ":full" variant
+    assert load(f"{name}_full.py").to_dict() == load(f"{name}.py", "full").to_dict()

@@ -43,3 +43,26 @@ def test_benchmark_imports_no_grain_or_ml_collections():
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        check=True, timeout=300)
   assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_selected_cells_with_fixed_batches(tmp_path):
+  """``--cells`` runs only the named cells; ``--batches`` replaces the batch search."""
+  bench = _load()
+  out = tmp_path / "serving.json"
+  assert bench.main(["--quick", "--models=full", "--cells=maxbatch_prefill", "--batches=256:2",
+                     "--out", str(out)]) == 0
+  rows = json.loads(out.read_text())["rows"]
+  assert [(r["kind"], r["batch"], r["status"]) for r in rows] == [("maxbatch_prefill", 2, "ok")]
+  assert rows[0]["prefill_s"] > 0
+
+
+def test_bad_cells_and_batches_are_refused(capsys):
+  bench = _load()
+  for bad in (["--cells=batch1,nope"], ["--batches=128k"], ["--batches=128k:0"]):
+    try:
+      bench.main(["--quick", *bad])
+    except SystemExit as e:
+      assert e.code == 2
+    else:
+      raise AssertionError(f"{bad} was accepted")
+  assert "nope" in capsys.readouterr().err

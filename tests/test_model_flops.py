@@ -60,3 +60,21 @@ def test_mfu():
   with pytest.raises(ValueError):
     mfu(1.0, cfg, 4096, 0.0)
   assert np.isfinite(flops_per_token(cfg, 1).total)
+
+
+def test_packed_rows_count_same_document_pairs_only():
+  from longgen_jax.model.flops import attention_pairs, flops_per_token  # noqa: PLC0415
+  cfg = _cfg_for_packed()
+  one = flops_per_token(cfg, 4096)
+  four = flops_per_token(cfg, 4096, doc_lens=[1024] * 4)
+  assert four.matmul == one.matmul
+  assert attention_pairs(cfg, 4096, [4096]) == attention_pairs(cfg, 4096)
+  full_pairs = sum(1 for s in cfg.layers if s.kind == "full")
+  assert attention_pairs(cfg, 4096, [1024] * 4) < attention_pairs(cfg, 4096)
+  assert full_pairs and four.attention < one.attention
+  with pytest.raises(ValueError, match="doc_lens"):
+    flops_per_token(cfg, 4096, doc_lens=[1000])
+
+
+def _cfg_for_packed():
+  return llama2_7b(n_layers=6)

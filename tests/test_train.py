@@ -105,9 +105,14 @@ def test_loss_falls(tmp_path):
   """In-process run of the shrunk tiny config: 30 steps take the loss well below its start."""
   from longgen_jax.train import train
   wd = str(tmp_path)
-  last = train(load_tiny(["--config.train.steps=30", "--config.checkpoint.every=30"]), wd)
+  last = train(load_tiny(["--config.train.steps=30", "--config.checkpoint.every=30",
+                           "--config.train.peak_tflops=1"]), wd)   # a made-up peak: MFU shown
   losses = [r["loss"] for r in steps_of(wd)]
   assert len(losses) == 30 and last["step"] == 30
+  # Packed rows: MFU over same-document pairs, never above the whole-row figure.
+  assert all(0 < r["mfu"] <= r["mfu_row"] * (1 + 1e-9) and r["tflops_per_device"] > 0
+             for r in steps_of(wd))
+  assert any(r["mfu"] < r["mfu_row"] * 0.999 for r in steps_of(wd))
   assert losses[0] > 5.0, losses[0]                        # ~ln(264) at init
   assert np.mean(losses[-5:]) < losses[0] - 1.5, losses    # clearly learning
   assert saved_steps(wd) == [30]

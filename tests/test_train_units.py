@@ -1,4 +1,5 @@
-"""Unit tests of the trainer's helpers: chunked loss, schedules, checksums, config arguments."""
+"""Unit tests of the trainer's helpers: chunked loss, schedules, checksums, config arguments,
+packed-batch FLOPs (MFU)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,9 +8,10 @@ import numpy as np
 import optax
 import pytest
 
+from longgen_jax.model import flops_per_token, tiny
 from longgen_jax.model.errors import ConfigError
 from longgen_jax.training import checkpoint as ckpt_lib
-from longgen_jax.training import config_utils, optim
+from longgen_jax.training import config_utils, metrics as metrics_lib, optim
 from longgen_jax.training.loss import chunked_cross_entropy
 
 
@@ -199,3 +201,28 @@ def test_checkpoint_of_another_model_is_a_mismatch_not_corruption(tmp_path):
     reader.restore_latest(other, it)
   reader.close()
   assert (tmp_path / "checkpoints" / "1").is_dir() and not (tmp_path / "checkpoints_corrupt").exists()
+
+
+def test_step_flops_count_same_document_pairs_of_packed_rows():
+  """4 packed documents (+ padding, its own segment) cost less attention than one document; the
+  figure equals flops_per_token(..., doc_lens=...); unpacked rows keep the whole-row number."""
+  T = 256
+  for layers in (("full",), ("sink_window:4:32@16", "full")):
+    cfg = tiny(layout="explicit", n_layers=len(layers), layers=layers, max_seq_len=T)
+    sf = metrics_lib.StepFlops(cfg, T)
+    whole = flops_per_token(cfg, T).total * T
+    lens = (100, 60, 50, 40, 6)   # 4 documents and a padding run (id 0) at the end of the row
+    packed = np.concatenate([np.full(n, i, np.int32) for i, n in zip((1, 2, 3, 4, 0), lens)])
+    assert metrics_lib.doc_lengths(packed) == lens
+    one_doc = np.concatenate([np.ones(T - 6, np.int32), np.zeros(6, np.int32)])
+    seg = np.stack([packed, np.ones(T, np.int32), one_doc])
+    hand = flops_per_token(cfg, T, doc_lens=lens)
+    assert hand.matmul == flops_per_token(cfg, T).matmul
+    assert hand.attention < flops_per_token(cfg, T).attention
+    want = hand.total * T + whole + flops_per_token(cfg, T, doc_lens=(T - 6, 6)).total * T
+    assert sf(seg) == pytest.approx(want, rel=1e-12)
+    assert sf(seg[:1]) < sf(seg[1:2])              # packed < one document of the same length
+    assert sf(seg[1:2]) == whole and sf(None, rows=3) == 3 * whole   # old number, exactly
+    assert sf(seg) == sf(seg)                        # the cached path gives the same figure
+  with pytest.raises(ValueError):
+    sf(np.ones((2, T + 1), np.int32))

@@ -1,14 +1,17 @@
 """Hugging Face Llama (safetensors) -> canonical parameters -> longgen checkpoint.
 
-  python -m longgen_jax.hf.import_hf --hf_dir=DIR --out=CKPT \
+  python -m longgen_jax.hf.import_hf --hf_dir=DIR --out=CKPT [--mesh=fsdp=-1 --progress_secs=10]
       [--config=configs/x.py] [--layout=longgen --sparse=sink_window:64:4096 --n_full=N]
       [--rope_theta=5e6 --rope_scaling=none --max_seq_len=131072 --param_dtype=bfloat16]
+      [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]   # multi-host
 
 Tensors are streamed one at a time: ``safe_open`` + ``get_slice`` read only the part each device
-holds, and ``jax.make_array_from_callback`` places it straight into its shard (default: one
-device), so no host ever holds more than one tensor's local shards. The LongGen layout and the new
-RoPE come from our config (they do not change any weight). The tokenizer files are copied
-unchanged into ``CKPT/tokenizer``. Pickle files are never loaded.
+holds, and ``jax.make_array_from_callback`` places it straight into its shard (the CLI: the
+trainer's sharding of that parameter on ``--mesh``, all devices on ``fsdp`` by default; the
+library default: one device), so no host ever holds more than one tensor's local shards, and
+orbax writes the sharded arrays (every process its own shards under ``jax.distributed``). The
+LongGen layout and the new RoPE come from our config (they do not change any weight). The
+tokenizer files are copied unchanged into ``CKPT/tokenizer``. Pickle files are never loaded.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from typing import Any, Callable
 
 import jax
@@ -30,6 +34,7 @@ from longgen_jax.hf.tokenizer_files import copy_tokenizer, tokenizer_files
 from longgen_jax.model.config import ModelConfig
 
 ShardingFn = Callable[[tuple, tuple[int, ...]], jax.sharding.Sharding]
+ProgressFn = Callable[[str], None]
 # Tensors a Llama checkpoint may carry that hold no parameter of ours.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _ST_TO_NAME = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float32"}
@@ -63,14 +68,53 @@ def _check_tensors(shards: HFShards, plans: list[TensorPlan], cfg: ModelConfig) 
                               f"{dt}; only float tensors ({', '.join(FLOAT_DTYPES)}) are supported")
 
 
-def _load_tensor(shards: HFShards, p: TensorPlan, sharding: jax.sharding.Sharding, dtype):
-  """One parameter as a jax.Array: every addressable shard reads only its own slice."""
+def _index_key(index: tuple[slice, ...]) -> tuple:
+  return tuple((s.start, s.stop, s.step) for s in index)
+
+
+def _load_tensor(shards: HFShards, p: TensorPlan, sharding: jax.sharding.Sharding, dtype
+                 ) -> tuple[jax.Array, int]:
+  """One parameter as a jax.Array: every addressable shard reads only its own slice.
+
+  Devices holding the same slice (replicas) share one read (each still gets its own host
+  buffer: a zero-copy device buffer must not alias another's). Returns the array and the bytes
+  this process read.
+  """
+  cache: dict[tuple, np.ndarray] = {}
 
   def callback(index):
+    key = _index_key(index)
+    if key in cache:
+      return cache[key].copy()
     hf_index, post = hf_read_index(p, index)
-    return np.asarray(post(shards.read(p.hf_name, hf_index)), dtype=dtype)
+    cache[key] = np.asarray(post(shards.read(p.hf_name, hf_index)), dtype=dtype)
+    return cache[key]
 
-  return jax.make_array_from_callback(p.shape, sharding, callback)
+  arr = jax.make_array_from_callback(p.shape, sharding, callback)
+  return arr, sum(a.nbytes for a in cache.values())
+
+
+class _Progress:
+  """``tensor i/N name [shape] MiB | GiB imported, GiB this process read | elapsed`` lines, at
+  most one every ``every_s`` seconds (always the first and the last tensor)."""
+
+  def __init__(self, plans: list[TensorPlan], dtype, out: ProgressFn | None, every_s: float):
+    self.n, self.out, self.every_s = len(plans), out, every_s
+    self.total = sum(int(np.prod(p.shape)) * dtype.itemsize for p in plans)
+    self.done = self.local = 0
+    self.start = self.last = time.monotonic()
+
+  def __call__(self, i: int, p: TensorPlan, nbytes: int, local: int) -> None:
+    self.done += nbytes
+    self.local += local
+    now = time.monotonic()
+    if self.out is None or (0 < i < self.n - 1 and now - self.last < self.every_s):
+      return
+    self.last = now
+    gib = 1024.0 ** 3
+    self.out(f"tensor {i + 1}/{self.n} {p.hf_name} {list(p.shape)} {nbytes / 2**20:.1f} MiB | "
+             f"{self.done / gib:.2f}/{self.total / gib:.2f} GiB imported, this process read "
+             f"{self.local / gib:.2f} GiB | {now - self.start:.1f} s")
 
 
 def hf_model_config(hf_dir: str, **overrides: Any) -> ModelConfig:
@@ -84,7 +128,8 @@ def hf_model_config(hf_dir: str, **overrides: Any) -> ModelConfig:
 
 
 def import_params(hf_dir: str, cfg: ModelConfig | None = None, *,
-                  sharding_fn: ShardingFn | None = None) -> tuple[dict[str, Any], ModelConfig]:
+                  sharding_fn: ShardingFn | None = None, progress: ProgressFn | None = None,
+                  progress_every_s: float = 0.0) -> tuple[dict[str, Any], ModelConfig]:
   """Reads an HF Llama directory into a canonical tree of jax.Arrays.
 
   Args:
@@ -92,6 +137,9 @@ def import_params(hf_dir: str, cfg: ModelConfig | None = None, *,
     cfg: our ModelConfig (layout, RoPE, dtypes); its shapes must match config.json. None: the
       exact equivalent of config.json (``hf_model_config``).
     sharding_fn: ``(canonical path, shape) -> Sharding`` for each parameter; default one device.
+      Each process reads only the slices of its addressable shards.
+    progress: called with one line (tensor i/N, bytes, elapsed) per tensor, at most one every
+      ``progress_every_s`` seconds (the first and last always); None: silent.
   Returns:
     ``(params, cfg)``; every array is in ``cfg.param_dtype``.
   """
@@ -105,8 +153,10 @@ def import_params(hf_dir: str, cfg: ModelConfig | None = None, *,
   sharding_fn = sharding_fn or _single_device
   dtype = np.dtype(cfg.param_dtype)
   params: dict[str, Any] = {"layers": [dict() for _ in range(cfg.n_layers)]}
-  for p in plans:
-    arr = _load_tensor(shards, p, sharding_fn(p.path, p.shape), dtype)
+  report = _Progress(plans, dtype, progress, progress_every_s)
+  for i, p in enumerate(plans):
+    arr, local = _load_tensor(shards, p, sharding_fn(p.path, p.shape), dtype)
+    report(i, p, arr.nbytes, local)
     if p.path[0] == "layers":
       params["layers"][p.path[1]][p.path[2]] = arr
     else:
@@ -123,15 +173,32 @@ def _generation_config(hf_dir: str) -> dict | None:
     return json.load(f)
 
 
+def _sync(name: str) -> None:
+  """Barrier across processes (no-op for one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
 def import_checkpoint(hf_dir: str, out_dir: str, cfg: ModelConfig | None = None, *,
-                      sharding_fn: ShardingFn | None = None,
-                      overwrite: bool = False) -> ModelConfig:
-  """``import_params`` + write ``out_dir`` (orbax params, metadata, tokenizer files)."""
+                      sharding_fn: ShardingFn | None = None, overwrite: bool = False,
+                      progress: ProgressFn | None = None,
+                      progress_every_s: float = 0.0) -> ModelConfig:
+  """``import_params`` + write ``out_dir`` (orbax params, metadata, tokenizer files).
+
+  Multi-process (``jax.distributed``): every process calls this with the same arguments and
+  ``out_dir`` on a shared filesystem; each reads and writes only its own shards, process 0
+  writes the metadata and the tokenizer.
+  """
   if os.path.exists(out_dir) and os.listdir(out_dir):
     if not overwrite:
       raise HFConversionError(f"output directory {out_dir} exists and is not empty")
-    shutil.rmtree(out_dir)
-  params, cfg = import_params(hf_dir, cfg, sharding_fn=sharding_fn)
+    _sync("longgen_import_hf_checked")
+    if jax.process_index() == 0:
+      shutil.rmtree(out_dir)
+    _sync("longgen_import_hf_cleared")
+  params, cfg = import_params(hf_dir, cfg, sharding_fn=sharding_fn, progress=progress,
+                              progress_every_s=progress_every_s)
   os.makedirs(out_dir, exist_ok=True)
   ckpt_lib.save_params(out_dir, params)
   if jax.process_index() == 0:   # one writer on a shared filesystem
@@ -142,6 +209,7 @@ def import_checkpoint(hf_dir: str, out_dir: str, cfg: ModelConfig | None = None,
         "source": {"hf_dir": os.path.abspath(hf_dir), "tokenizer_files": tok},
         "hf_config": read_hf_config(hf_dir), "generation_config": _generation_config(hf_dir),
         "tokenizer": ckpt_lib.TOKENIZER_DIR if tok else None})
+  _sync("longgen_import_hf_done")   # the checkpoint is complete for every process
   return cfg
 
 

@@ -48,8 +48,13 @@ def abstract_model(cfg: ModelConfig) -> Llama:
 
 
 def _unstack(v, r: int):
+  """Layer ``r`` of a stacked value; an abstract one keeps its sharding minus the layer axis."""
   if isinstance(v, jax.ShapeDtypeStruct):
-    return jax.ShapeDtypeStruct(v.shape[1:], v.dtype)
+    sharding = v.sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      sharding = jax.sharding.NamedSharding(sharding.mesh,
+                                            jax.sharding.PartitionSpec(*sharding.spec[1:]))
+    return jax.ShapeDtypeStruct(v.shape[1:], v.dtype, sharding=sharding)
   return v[r]
 
 
@@ -65,7 +70,7 @@ def _iter_layers(model: Llama):
 
 def to_canonical(model: Llama) -> dict[str, Any]:
   """The model's parameters as a canonical tree (arrays in ``param_dtype``; abstract stays
-  abstract)."""
+  abstract, with each leaf's sharding: the trainer's ``init_from`` reads into those)."""
   cfg = model.cfg
   tree: dict[str, Any] = {"embed": model.embed.get_value(),
                           "final_norm": model.final_norm.get_value()}

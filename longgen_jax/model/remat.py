@@ -10,11 +10,40 @@
 * ``save_context``: save only the attention output (``"context"``, the tensor before ``wo``).
 * ``minimal_with_context``: ``minimal`` plus ``"context"`` (MaxText's GPU default).
 * ``save_qkv_context``: the post-RoPE q, k, v (``"query_proj"``, ``"key_proj"``,
-  ``"value_proj"``) and ``"context"``: attention is never recomputed.
+  ``"value_proj"``) and ``"context"``.
+* ``save_attention``: only the attention kernel's residuals ``"attn_out"`` and ``"attn_lse"``:
+  q, k, v (projections + RoPE) and the MLP are recomputed, the attention kernel forward is not.
+* ``save_attention_qkv``: ``save_attention`` plus the post-RoPE q, k, v: only norms and the MLP
+  are recomputed.
+* ``minimal_with_attention``: ``minimal`` plus ``"attn_out"`` / ``"attn_lse"``: the GPU
+  analogue of ``minimal_with_context`` without the kernel re-run.
 * ``everything_saveable``: save everything (remat boundary only; for debugging).
 
 Names tagged with ``jax.ad_checkpoint.checkpoint_name`` inside a layer: ``query_proj``,
-``key_proj``, ``value_proj``, ``context``, ``mlp_gate``, ``mlp_up``.
+``key_proj``, ``value_proj``, ``context``, ``mlp_gate``, ``mlp_up`` (``layers.py``), and, inside
+every attention backend's ``custom_vjp`` forward rule (``pallas_kernels._common.tag_residuals``;
+also the ring's), ``attn_out`` / ``attn_lse``: the kernel output and lse the backward reads.
+
+Why the kernel names: the attention backward needs the forward's ``out`` and ``lse`` (plus q, k,
+v). Policies that do not save ``attn_out`` / ``attn_lse`` -- ``full``, ``save_context``,
+``minimal_with_context`` and ``save_qkv_context`` included -- re-run the attention kernel forward
+in the backward pass (at 128K tokens on an H100 ~1.5 s of a 13 s 7B-shaped step) even where the
+output itself (``context``) is saved. Saving ``context`` AND ``attn_out`` would store the same
+values twice (``context`` is ``attn_out`` un-padded, or its lse merge under halo attention), so
+the ``*attention*`` policies never save ``context``: it is recomputed from ``attn_out`` for free.
+
+Memory saved per layer and micro-batch (``B`` rows of ``T`` local tokens, ``Hq`` local query
+heads, head dim ``Dh``, bf16 compute, ``Dm`` = d_model):
+
+* layer input (every policy): ``B * T * Dm * 2`` bytes;
+* ``attn_out``: ``B * T * Hq * Dh * 2`` bytes (the same size as ``context``);
+* ``attn_lse``: ``B * Hq * T * 4`` bytes (fp32; ``2 / Dh`` of ``attn_out``, 1.6% at Dh=128);
+* q, k, v: ``B * T * (Hq + 2 Hkv) * Dh * 2`` bytes.
+
+E.g. 7B-shaped (Dm = Hq Dh = 4096, 32 heads) at T = 128K, B = 1: input 1 GiB, ``attn_out``
+1 GiB, ``attn_lse`` 16 MiB per layer. Sparse layers whose backend splits the call (halo
+attention's local + global parts under sequence parallelism) save one out / lse per kernel call.
+The memory planner (``longgen_jax.parallel.memory.saved_bytes_per_token``) uses these numbers.
 """
 
 from __future__ import annotations
@@ -23,7 +52,11 @@ from typing import Callable
 
 import jax
 
+from pallas_kernels._common import ATTN_LSE, ATTN_OUT
+
 _cp = jax.checkpoint_policies
+QKV_NAMES = ("query_proj", "key_proj", "value_proj")
+ATTENTION_NAMES = (ATTN_OUT, ATTN_LSE)
 
 REMAT_POLICIES: dict[str, Callable[[], Callable[..., bool] | None]] = {
     "none": lambda: None,
@@ -35,8 +68,11 @@ REMAT_POLICIES: dict[str, Callable[[], Callable[..., bool] | None]] = {
     "save_context": lambda: _cp.save_only_these_names("context"),
     "minimal_with_context": lambda: _cp.save_from_both_policies(
         _cp.dots_with_no_batch_dims_saveable, _cp.save_only_these_names("context")),
-    "save_qkv_context": lambda: _cp.save_only_these_names(
-        "query_proj", "key_proj", "value_proj", "context"),
+    "save_qkv_context": lambda: _cp.save_only_these_names(*QKV_NAMES, "context"),
+    "save_attention": lambda: _cp.save_only_these_names(*ATTENTION_NAMES),
+    "save_attention_qkv": lambda: _cp.save_only_these_names(*QKV_NAMES, *ATTENTION_NAMES),
+    "minimal_with_attention": lambda: _cp.save_from_both_policies(
+        _cp.dots_with_no_batch_dims_saveable, _cp.save_only_these_names(*ATTENTION_NAMES)),
     "everything_saveable": lambda: _cp.everything_saveable,
 }
 

@@ -14,13 +14,23 @@ Model (``docs/parallel.md`` has the derivation and the check against XLA):
   heads / ffn divided by ``tensor``):
   ``full``: the layer input ``D``; ``save_context``: ``D + Hq Dh``; ``minimal``: input and every
   projection output ``D + (Hq + 2 Hkv) Dh + D + 2 F + D``; ``minimal_with_context``: minimal +
-  ``Hq Dh``; ``save_qkv_context``: ``D + (2 Hq + 2 Hkv) Dh``; ``none``: everything a layer
+  ``Hq Dh``; ``save_qkv_context``: ``D + (2 Hq + 2 Hkv) Dh``; ``save_attention``: ``D + Hq Dh``
+  plus the fp32 lse ``4 Hq`` bytes (the kernel's named residuals ``attn_out`` / ``attn_lse``;
+  ``context`` is not saved as well); ``save_attention_qkv``: ``save_qkv_context`` + ``4 Hq``;
+  ``minimal_with_attention``: ``minimal_with_context`` + ``4 Hq``; ``none``: everything a layer
   computes (1.4 x its forward intermediates).
 * one layer's transient peak (forward recompute + backward) ~ 1.5 x its forward intermediates
   (fitted on XLA buffer assignments, see ``docs/parallel.md``) plus attention-parallel buffers
   (ring: current + next KV chunk, fp32 dK/dV travelling, fp32 output accumulator; all-gather:
   the gathered KV).
 * logits: ``3 x fp32 [rows, loss_chunk / sequence, V / tensor]`` (logits, softmax, gradient).
+
+The terms above were fitted on XLA:CPU buffer assignments (``platform="cpu"``, the default; also
+used for TPU, not yet measured there). XLA:GPU needs less: ``platform="gpu"`` multiplies every
+token-proportional term (saved activations, layer peak, logits) by ``GPU_ACTIVATION_FACTOR`` and
+drops the fp32 update temporary (``GPU_UPDATE_TEMP``). Calibration (H100, jax 0.10, 7B shapes cut
+to 6 layers, batch 1, fp32 weights + AdamW, bf16 compute, 4096-token loss chunks,
+``benchmarks/train_step.py``, ``peak_bytes_in_use``), see ``GPU_CALIBRATION``.
 """
 
 from __future__ import annotations
@@ -35,14 +45,30 @@ GiB = 1024 ** 3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
+# XLA:GPU correction of the XLA:CPU-fitted model. On GPU, XLA fuses the norm statistics, casts
+# and the AdamW update (no fp32 update temporary next to the donated buffers), and the attention
+# kernels keep their fp32 accumulators on chip. Fitted on the three measurements below (measured
+# peak GiB on one H100 -> the CPU model's estimate -> with this correction):
+GPU_ACTIVATION_FACTOR = 0.70
+GPU_UPDATE_TEMP = False
+GPU_CALIBRATION = (
+    # (seq_len, remat, measured GiB (hybrid / full layout), CPU-model GiB, GPU-model GiB)
+    (131072, "full", (53.4, 53.4), 72.6, 53.6),
+    (65536, "save_context", (38.0, 39.4), 53.8, 40.4),
+    (32768, "minimal_with_context", (42.8, 42.8), 56.9, 42.6),
+)
+PLATFORMS = ("cpu", "gpu", "tpu")
+
+
 @dataclasses.dataclass(frozen=True)
 class Hardware:
-  """One accelerator kind: memory per device and dense bf16 peak."""
+  """One accelerator kind: memory per device, dense bf16 peak and the estimate's platform."""
 
   name: str
   hbm_bytes: float
   peak_flops: float
   usable: float = 0.94   # runtime, workspace and fragmentation headroom
+  platform: str = "gpu"  # ``estimate(platform=...)``
 
   @property
   def budget(self) -> float:
@@ -54,7 +80,7 @@ HARDWARE = {
     "h100": Hardware("H100-80GB", 80e9, 989e12),
     "h200": Hardware("H200-141GB", 141e9, 989e12),
     # TPU v5p: 95 GB HBM per chip (one JAX device per chip), 459 TFLOP/s bf16.
-    "v5p": Hardware("TPU v5p", 95e9, 459e12, usable=0.95),
+    "v5p": Hardware("TPU v5p", 95e9, 459e12, usable=0.95, platform="tpu"),
 }
 
 # Named systems: (hardware, number of JAX devices).
@@ -160,6 +186,13 @@ def saved_bytes_per_token(policy: str, cfg, tp: int, c: int, spec=None, sp_impl=
     return minimal + c * hq * Dh
   if policy == "save_qkv_context":
     return c * (D + (2 * hq + 2 * hkv) * Dh)
+  lse = 4 * hq                         # the fp32 ``attn_lse`` residual
+  if policy == "save_attention":
+    return c * (D + hq * Dh) + lse
+  if policy == "save_attention_qkv":
+    return c * (D + (2 * hq + 2 * hkv) * Dh) + lse
+  if policy == "minimal_with_attention":
+    return minimal + c * hq * Dh + lse
   if policy in ("none", "everything_saveable"):
     # Without remat XLA also keeps casts, masks and kernel / merge residuals: 1.4x the forward
     # intermediates (fitted on XLA buffer assignments, see docs/parallel.md).
@@ -168,8 +201,15 @@ def saved_bytes_per_token(policy: str, cfg, tp: int, c: int, spec=None, sp_impl=
 
 
 def estimate(cfg, sizes: Mapping[str, int], *, seq_len: int, global_batch: int,
-             grad_accum: int = 1, loss_chunk: int = 0, sp_impl: str = "ring") -> Estimate:
-  """Per-device estimate for ``cfg`` on a mesh of ``sizes`` (data/fsdp/sequence/tensor)."""
+             grad_accum: int = 1, loss_chunk: int = 0, sp_impl: str = "ring",
+             platform: str = "cpu") -> Estimate:
+  """Per-device estimate for ``cfg`` on a mesh of ``sizes`` (data/fsdp/sequence/tensor).
+
+  ``platform``: ``"cpu"`` / ``"tpu"``: the XLA:CPU-fitted model; ``"gpu"``: with the XLA:GPU
+  correction (``GPU_ACTIVATION_FACTOR``, ``GPU_UPDATE_TEMP``; module docstring).
+  """
+  if platform not in PLATFORMS:
+    raise ValueError(f"unknown platform {platform!r}; known: {PLATFORMS}")
   from longgen_jax.model.flops import flops_per_token  # pylint: disable=import-outside-toplevel
   sizes = {a: int(sizes.get(a, 1)) for a in ("data", "fsdp", "sequence", "tensor")}
   n_dev = math.prod(sizes.values())
@@ -206,5 +246,8 @@ def estimate(cfg, sizes: Mapping[str, int], *, seq_len: int, global_batch: int,
     if cfg.remat_for(spec) in ("full", "nothing_saveable"):
       recompute += 1.0 / len(cfg.layers)
   hw = model_flops * (1 + recompute / 3)   # a full recompute adds one forward (1/3 of a step)
+  if platform == "gpu":
+    acts, peak_layer, logits = (x * GPU_ACTIVATION_FACTOR for x in (acts, peak_layer, logits))
+    update_temp = update_temp if GPU_UPDATE_TEMP else 0.0
   return Estimate(params, grads, opt_state, acts, peak_layer, logits, update_temp, model_flops,
                   hw, step_tokens / n_dev)

@@ -15,9 +15,10 @@ with ``lax.switch`` on ``(i, j)``; each case calls ``pallas_kernels.attention`` 
   chunk sees both KV chunks (half the queries) -- equal work on every shard at every step;
 * striped: ``j <= i`` local causal incl. diagonal; ``j > i`` strictly causal (``kv_offset=1``).
 
-Gradients (``custom_vjp``): the forward saves only local ``q, k, v, out, lse``. The backward
-runs the ring again; KV AND its running ``dK, dV`` travel together (so every step uses the KV
-it differentiates, never a stale chunk), and each step's kernel backward gets the cotangents
+Gradients (``custom_vjp``): the forward saves only local ``q, k, v, out, lse`` (out / lse named
+``attn_out`` / ``attn_lse`` like the kernels' residuals). The backward runs the ring again; KV
+AND its running ``dK, dV`` travel together (so every step uses the KV it differentiates, never
+a stale chunk), and each step's kernel backward gets the cotangents
 of the GLOBAL softmax: with ``w_j = exp(lse_j - lse)``, the part's output cotangent is
 ``w_j * dO`` and its lse cotangent ``w_j * (<dO, O_j - O> + dlse)`` -- exactly
 ``dS = P_global * (dP - D_global)`` (see ``pallas_kernels/lse_merge.py``). After ``n`` hops
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pallas_kernels import lse_merge
+from pallas_kernels._common import tag_residuals
 from pallas_kernels.api import attention as kernel_attention
 from pallas_kernels.spec import AttentionSpec
 
@@ -165,7 +167,9 @@ def _ring(cfg, q, k, v, qs, ks):
 
 
 def _ring_fwd(cfg, q, k, v, qs, ks):
-  out, lse = _ring_forward(cfg, q, k, v, qs, ks)
+  # Named like the kernels' residuals: ``save_attention`` keeps the ring forward out of the
+  # backward's recomputation too (saving only the local out / lse).
+  out, lse = tag_residuals(*_ring_forward(cfg, q, k, v, qs, ks))
   return (out, lse), (q, k, v, qs, ks, out, lse)
 
 

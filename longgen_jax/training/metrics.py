@@ -12,13 +12,26 @@ really computes (its causal / sink-window / strided pattern), times 3 for traini
 recomputation is NOT counted (that would be "hardware FLOPs"). The peak is the vendor's dense
 bf16 spec (H100/H200 SXM: 989 TFLOP/s), not a measured matmul rate; on CPU no peak is known and
 MFU is not shown unless ``train.peak_tflops`` is set.
+
+Packed rows (:class:`StepFlops`): ``mfu`` counts, per row, attention over same-document pairs
+only (the documents are the runs of equal ``segment_ids``; the padding run at the end of a row is
+one more document, as in the kernels, whose segment mask is plain id equality), which is what
+kernels that skip cross-document work compute. Matmul FLOPs count every token, padding included,
+like ``tokens_per_s``. ``mfu_row`` is the old figure, each row counted as one causal document of
+``seq_len`` (MaxText's convention), which overstates MFU on packed batches.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from typing import Any, Mapping
+
+import numpy as np
+
+from longgen_jax.model.config import ModelConfig
+from longgen_jax.model.flops import flops_per_token
 
 # Dense bf16 peak TFLOP/s per device, by substring of ``jax.Device.device_kind`` (lower case).
 PEAK_TFLOPS = (
@@ -45,6 +58,60 @@ def peak_flops_per_device(device_kind: str, override_tflops: float = 0.0) -> flo
     if key in kind:
       return tflops * 1e12
   return None
+
+
+def doc_lengths(segment_ids) -> tuple[int, ...]:
+  """Lengths of the runs of equal ids in one row of ``segment_ids`` (in order; O(row))."""
+  s = np.asarray(segment_ids).reshape(-1)
+  cuts = np.flatnonzero(s[1:] != s[:-1]) + 1
+  return tuple(np.diff(np.concatenate([[0], cuts, [s.size]])).tolist())
+
+
+class StepFlops:
+  """Model FLOPs of one step's rows from their ``segment_ids`` (see the module docstring).
+
+  A row of one run (or a batch without segment ids) costs exactly the old whole-row figure,
+  ``flops_per_token(cfg, seq_len).total * seq_len``; a row of several runs costs
+  ``flops_per_token(cfg, seq_len, doc_lens=...).total * seq_len``, cached per distinct tuple of
+  document lengths (the last ``cache_size``). Host-side numpy, O(seq_len) per row.
+  """
+
+  def __init__(self, cfg: ModelConfig, seq_len: int, *, training: bool = True,
+               cache_size: int = 1024):
+    self.cfg, self.seq_len, self.training = cfg, int(seq_len), training
+    self.row_flops = flops_per_token(cfg, self.seq_len, training=training).total * self.seq_len
+    self._cache: collections.OrderedDict = collections.OrderedDict()
+    self._cache_size = cache_size
+
+  def packed_row_flops(self, doc_lens: tuple[int, ...]) -> float:
+    """FLOPs of one row packed with documents of ``doc_lens`` tokens (same-document pairs)."""
+    if len(doc_lens) <= 1:
+      return self.row_flops
+    hit = self._cache.get(doc_lens)
+    if hit is None:
+      hit = flops_per_token(self.cfg, self.seq_len, training=self.training,
+                            doc_lens=doc_lens).total * self.seq_len
+      self._cache[doc_lens] = hit
+      if len(self._cache) > self._cache_size:
+        self._cache.popitem(last=False)
+    else:
+      self._cache.move_to_end(doc_lens)
+    return hit
+
+  def __call__(self, segment_ids: np.ndarray | None, rows: int | None = None) -> float:
+    """FLOPs of a ``[rows, seq_len]`` batch; ``segment_ids`` None: ``rows`` whole-row rows."""
+    if segment_ids is None:
+      if rows is None:
+        raise ValueError("rows is needed when segment_ids is None")
+      return rows * self.row_flops
+    seg = np.asarray(segment_ids)
+    if seg.ndim != 2 or seg.shape[1] != self.seq_len:
+      raise ValueError(f"segment_ids must be [rows, {self.seq_len}], got {seg.shape}")
+    packed = np.any(seg[:, 1:] != seg[:, :-1], axis=1)
+    total = float(np.count_nonzero(~packed)) * self.row_flops
+    for r in np.flatnonzero(packed):
+      total += self.packed_row_flops(doc_lengths(seg[r]))
+    return total
 
 
 class MetricsWriter:

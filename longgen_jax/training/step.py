@@ -32,7 +32,7 @@ def make_step(graphdef: Any, tx: optax.GradientTransformation, schedule: Callabl
   def loss_fn(params, rest, micro, denom):
     model = nnx.merge(graphdef, params, rest)
     hidden = model.hidden_states(micro["inputs"], positions=micro["positions"],
-                                 segment_ids=micro["segment_ids"])
+                                 segment_ids=micro.get("segment_ids"))
     loss_sum, _ = chunked_cross_entropy(hidden, model.unembedding(), micro["targets"],
                                         micro["loss_mask"], chunk=chunk)
     return loss_sum / denom

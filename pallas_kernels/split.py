@@ -1,0 +1,66 @@
+"""Split backends: one kernel for calls that are not differentiated, another under autodiff.
+
+On an H100 the fastest sink+window forward (the Mosaic GPU forward of ``pallas_gpu``) is not the
+fastest forward+backward (cuDNN window attention + LSE-merged sinks, whose backward is cuDNN's):
+docs/benchmarks.md. ``split_attention(infer, train)`` makes one backend out of two registered ones
+with a ``jax.custom_vjp`` whose primal runs ``infer`` and whose forward rule runs ``train`` (and
+keeps ``train``'s own VJP as the residual). JAX calls the primal when nothing differentiates the
+call (prefill, evaluation) and the forward rule under ``grad``/``vjp`` (training, including the
+forward recomputed under remat), so each use gets its fastest kernel. The two kernels compute the
+same function; their outputs differ by rounding only (both are checked against the dense reference
+in the tests of each backend).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+
+
+def split_attention(infer: str, train: str):
+  """A backend ``fn`` (contract of ``pallas_kernels.api.register_backend``) running the registered
+  backend ``infer`` when not differentiated and ``train`` when differentiated."""
+
+  def fn(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_offset=0, kv_offset=0,
+         scale=None, return_lse=False):
+    from pallas_kernels import api  # pylint: disable=g-import-not-at-top
+    run = {name: functools.partial(api.get_backend_fn(name), spec=spec, q_offset=q_offset,
+                                   kv_offset=kv_offset, scale=scale, return_lse=return_lse)
+           for name in (infer, train)}
+
+    @jax.custom_vjp
+    def call(q, k, v, seg, kv_seg):
+      return run[infer](q, k, v, segment_ids=seg, kv_segment_ids=kv_seg)
+
+    def call_fwd(q, k, v, seg, kv_seg):
+      out, vjp = jax.vjp(lambda q, k, v: run[train](q, k, v, segment_ids=seg,
+                                                    kv_segment_ids=kv_seg), q, k, v)
+      return out, vjp
+
+    def call_bwd(vjp, ct):
+      return (*vjp(ct), None, None)
+
+    call.defvjp(call_fwd, call_bwd)
+    return call(q, k, v, segment_ids, kv_segment_ids)
+
+  fn.__name__ = f"split_{infer}_{train}"
+  return fn
+
+
+def mosaic_sink_window_supports(platform, spec, shapes, dtype) -> str | None:
+  """``split_gpu``: sink+window calls where both the Mosaic GPU forward (pallas_gpu) and cuDNN
+  apply; elsewhere ``auto`` takes the next backend (cudnn or pallas_gpu)."""
+  from pallas_kernels import gpu_cudnn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  if spec.kind != "sink_window":
+    return f"only sink_window (the {spec.kind} pattern has one fastest kernel)"
+  dev = jax.devices()[0]
+  if getattr(dev, "compute_capability", None) != "9.0":
+    return "the Mosaic GPU forward needs an sm_90 (Hopper) GPU"
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return f"dtype {dtype} (bf16/f16 only)"
+  if (shapes.has_segment_ids or shapes.q_offset or shapes.kv_offset
+      or shapes.q_len != shapes.kv_len or shapes.q_len % 128 or shapes.head_dim % 64):
+    return "the Mosaic GPU forward needs Tq == Tk % 128 == 0, zero offsets, no segment ids, D % 64"
+  return gpu_cudnn.registry_supports(platform, spec, shapes, dtype)

@@ -16,8 +16,8 @@ LongGen layout: the middle 27 layers (26..52) keep full attention, the 53 others
 window (64 sink tokens + the last 4096, block 128). RoPE theta 5e6 (configurable).
 
 Recipe: as ``llama7b_128k.py``: 5B tokens in 131072-token rows, 32 rows per step -> 1192 steps,
-AdamW with LR 2e-5 constant after warmup, clip 1.0, bf16 compute / fp32 master weights, full
-remat, chunked loss.
+AdamW with LR 2e-5 constant after warmup, clip 1.0, bf16 compute / fp32 master weights,
+``save_attention`` remat (the attention forward is never re-run), chunked loss.
 
 Hardware: 256 x H100-80GB (32 hosts; LongGen used tensor parallel 8 on 256 GPUs): mesh
 tensor=8 x sequence=8 x fsdp=4 (-1), micro-batch 4 rows, 8 accumulation steps. FLOPs: 607.6

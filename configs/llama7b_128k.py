@@ -18,7 +18,10 @@ theta raised from 1e4 to 5e6 (configurable) for 32x longer positions.
 
 Recipe (Fu et al. 2024, which LongGen follows): 5B tokens of length-upsampled data packed into
 131072-token rows, 32 rows (4.2M tokens) per step -> 1192 steps; AdamW, LR 2e-5 constant after a
-short warmup, clip 1.0; bf16 compute, fp32 master weights, full remat, chunked loss.
+short warmup, clip 1.0; bf16 compute, fp32 master weights, chunked loss; remat ``save_attention``
+(layer inputs and the attention kernels' out + lse are kept, projections and MLP recomputed: the
+attention forward is never re-run; measured 46% MFU for the full layout on one H100 at 128K,
+docs/benchmarks.md).
 
 Hardware: 64 x H100-80GB (8 hosts): mesh fsdp=8 (-1) x sequence=8, micro-batch 8 rows
 (1 per FSDP group), 4 accumulation steps. FLOPs: 79.3 GFLOP/token (39.6 matmul + 39.7

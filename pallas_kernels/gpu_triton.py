@@ -32,6 +32,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels import gpu_triton_kernels as K
+from pallas_kernels._common import tag_residuals
 from pallas_kernels.gpu_tables import kernel_tables
 from pallas_kernels.spec import AttentionSpec, as_spec
 
@@ -280,7 +281,6 @@ def _flash(q, k, v, qseg, kseg, cs: _CallStatic):
 
 
 def _flash_fwd(q, k, v, qseg, kseg, cs):
-  from pallas_kernels._common import tag_residuals  # pylint: disable=import-outside-toplevel
   # Named residuals (attn_out / attn_lse; the primal outputs derive from them too): a remat
   # policy saving them skips this kernel in the backward's recomputation.
   out, lse2 = tag_residuals(*_forward(cs, q, k, v, qseg, kseg))

@@ -28,7 +28,7 @@ Model (``docs/parallel.md`` has the derivation and the check against XLA):
 The terms above were fitted on XLA:CPU buffer assignments (``platform="cpu"``, the default; also
 used for TPU, not yet measured there). XLA:GPU needs less: ``platform="gpu"`` multiplies every
 token-proportional term (saved activations, layer peak, logits) by ``GPU_ACTIVATION_FACTOR`` and
-drops the fp32 update temporary (``GPU_UPDATE_TEMP``). Calibration (H100, jax 0.10, 7B shapes cut
+drops the fp32 update temporary (``GPU_UPDATE_TEMP``). Calibration (H100, jax 0.11.2, 7B shapes cut
 to 6 layers, batch 1, fp32 weights + AdamW, bf16 compute, 4096-token loss chunks,
 ``benchmarks/train_step.py``, ``peak_bytes_in_use``), see ``GPU_CALIBRATION``.
 """

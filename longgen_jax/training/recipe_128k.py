@@ -2,10 +2,11 @@
 
 Fu et al. 2024 (which LongGen follows): 5B tokens of length-upsampled SlimPajama packed into
 131072-token rows, 32 rows per step; AdamW, LR 2e-5 constant after a short warmup, clip 1.0;
-bf16 compute, fp32 master weights, full remat, chunked loss; a ring / zigzag sequence-parallel
-mesh. A config file gives only what differs per model size (shapes, accumulation, checkpoint
-interval, mesh); its docstring stays the place for the command, hardware and expected result.
-Config files are loaded by path, so this lives in the package rather than next to them.
+bf16 compute, fp32 master weights, ``save_attention`` remat, chunked loss; a ring / zigzag
+sequence-parallel mesh. A config file gives only what differs per model size (shapes,
+accumulation, checkpoint interval, mesh); its docstring stays the place for the command,
+hardware and expected result. Config files are loaded by path, so this lives in the package
+rather than next to them.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def get_config(arg: str | None, *, model: Mapping[str, Any], grad_accum: int,
       tie_embeddings=False,
       param_dtype="float32",
       dtype="bfloat16",
-      remat="full",
+      remat="save_attention",   # keeps the attention kernels' out + lse: no attention re-run
       scan_layers=True,
       attention_backend="auto",
       layout="full" if arg.full else "longgen",

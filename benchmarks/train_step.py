@@ -34,12 +34,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 BASE_ENV = dict(os.environ)   # what the children get (the parent pins itself to the CPU)
 
-PEAKS = (("h100", 989e12), ("h200", 989e12), ("a100", 312e12), ("v5p", 459e12),
-         ("v6", 918e12), ("v5", 197e12))
-# Least recompute first. The ``*_attention`` policies save the kernel's named out + lse
-# (``attn_out`` / ``attn_lse``) instead of ``context``: same memory + 1.6%, no attention re-run.
-REMATS = ("minimal_with_attention", "minimal_with_context", "save_attention", "save_context",
-          "full")
 
 
 def model_config(layout: str, seq_len: int, remat: str, tiny: bool = False):
@@ -58,9 +52,11 @@ def model_config(layout: str, seq_len: int, remat: str, tiny: bool = False):
 def pick_remat(seq_len: int, budget_bytes: float, tiny: bool = False,
                platform: str = "gpu") -> tuple[str, float]:
   """Least-recompute policy whose planner estimate fits ``budget_bytes`` with 15% headroom."""
+  from longgen_jax import plan  # pylint: disable=import-outside-toplevel
   from longgen_jax.parallel import memory  # pylint: disable=import-outside-toplevel
   sizes = {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1}
-  for remat in REMATS:
+  # The planner's policies, least recompute first (``*_attention``: no attention re-run).
+  for remat in reversed(plan.REMATS):
     est = memory.estimate(model_config("full", seq_len, remat, tiny), sizes, seq_len=seq_len,
                           global_batch=1, loss_chunk=4096, platform=platform)
     if est.total * 1.15 <= budget_bytes:
@@ -84,16 +80,6 @@ def _planner_platform(platform: str) -> str:
   return "gpu" if platform in ("gpu", "cuda", "rocm") else ("tpu" if platform == "tpu" else "cpu")
 
 
-def peak_flops(kind: str, override: float) -> float | None:
-  if override > 0:
-    return override * 1e12
-  kind = kind.lower()
-  for key, peak in PEAKS:
-    if key in kind:
-      return peak
-  return None
-
-
 # ------------------------------------------------------------------------------- one config
 def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: float,
             tiny: bool = False, segment_ids: bool = True) -> dict:
@@ -105,6 +91,7 @@ def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: fl
   from longgen_jax.model import Llama  # pylint: disable=import-outside-toplevel
   from longgen_jax.model.flops import flops_per_token  # pylint: disable=import-outside-toplevel
   from longgen_jax.parallel import memory  # pylint: disable=import-outside-toplevel
+  from longgen_jax.training import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
   from longgen_jax.training.step import make_step  # pylint: disable=import-outside-toplevel
 
   cfg = model_config(layout, seq_len, remat, tiny)
@@ -144,10 +131,10 @@ def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: fl
   step_s = float(np.median(times))
   # Packed rows: count same-document attention pairs only (cuDNN's packed path skips the rest;
   # counting the whole causal row would inflate MFU ~4x for the attention part here).
-  doc_lens = np.bincount(seg[0])[1:].tolist() if segment_ids else None
+  doc_lens = list(metrics_lib.doc_lengths(seg[0])) if segment_ids else None
   fl = flops_per_token(cfg, seq_len, doc_lens=doc_lens)
   tok_s = seq_len / step_s
-  peak = peak_flops(dev.device_kind, peak_override)
+  peak = metrics_lib.peak_flops_per_device(dev.device_kind, peak_override)
   stats = dev.memory_stats() or {}
   est = memory.estimate(cfg, {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1},
                         seq_len=seq_len, global_batch=1, loss_chunk=4096,

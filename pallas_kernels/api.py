@@ -184,6 +184,6 @@ def attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, backend: 
   shapes = AttentionShapes(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3],
                            int(q_offset), int(kv_offset), segment_ids is not None)
   name = select_backend(spec, shapes, jnp.dtype(q.dtype), backend=backend)
-  fn = _BACKENDS[name].resolve("fn")
+  fn = get_backend_fn(name)
   return fn(q, k, v, spec, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
             q_offset=q_offset, kv_offset=kv_offset, scale=scale, return_lse=return_lse)

@@ -239,24 +239,36 @@ def _dkv_call(cs: _CallStatic, q, k, v, qseg, kseg, do, lse2, delta):
   )(*args)
 
 
-def _mosaic_unsupported(cs: _CallStatic, q, k, has_seg) -> str | None:
-  """Why the Mosaic GPU forward cannot run this call (None when it can)."""
-  if cs.interpret:
+def mosaic_unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *,
+                       has_segment_ids: bool = False, q_offset: int = 0, kv_offset: int = 0,
+                       interpret: bool = False) -> str | None:
+  """Why the Mosaic GPU forward cannot run a call with these static facts (None when it can).
+  Used by ``fwd_impl="auto"`` here and by the ``split_gpu`` backend's ``supports``."""
+  if interpret:
     return "interpret mode (Mosaic GPU kernels run on Hopper GPUs only)"
   dev = jax.devices()[0]
   if getattr(dev, "compute_capability", None) != "9.0":
     return f"device {dev.device_kind!r} is not sm_90 (Hopper)"
-  if q.dtype not in (jnp.bfloat16, jnp.float16):
-    return f"dtype {q.dtype} (needs bf16/f16)"
-  if q.shape[-1] % 64:
-    return f"head_dim {q.shape[-1]} (needs a multiple of 64)"
-  if has_seg:
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return f"dtype {dtype} (needs bf16/f16)"
+  if head_dim % 64:
+    return f"head_dim {head_dim} (needs a multiple of 64)"
+  if has_segment_ids:
     return "segment ids"
-  if cs.q_offset or cs.kv_offset or cs.q_len != cs.kv_len or q.shape[1] != k.shape[1]:
+  if q_offset or kv_offset or q_len != kv_len:
     return "offsets or Tq != Tk"
-  if cs.q_len % 128:
-    return f"length {cs.q_len} is not a multiple of 128"
+  if q_len % 128:
+    return f"length {q_len} is not a multiple of 128"
   return None
+
+
+def _mosaic_unsupported(cs: _CallStatic, q, k, has_seg) -> str | None:
+  """``mosaic_unsupported`` of a call (its padded head dim; padded lengths must agree too)."""
+  why = mosaic_unsupported(cs.q_len, cs.kv_len, q.shape[-1], q.dtype, has_segment_ids=has_seg,
+                           q_offset=cs.q_offset, kv_offset=cs.kv_offset, interpret=cs.interpret)
+  if why is None and q.shape[1] != k.shape[1]:
+    return "offsets or Tq != Tk"
+  return why
 
 
 def _forward(cs: _CallStatic, q, k, v, qseg, kseg):
@@ -403,4 +415,4 @@ def visited_tiles(spec, q_len: int, kv_len: int | None = None, config: TritonCon
 
 
 __all__ = ["attention", "supports", "TritonConfig", "DEFAULT_CONFIG", "PallasGpuError",
-           "visited_tiles"]
+           "visited_tiles", "mosaic_unsupported"]

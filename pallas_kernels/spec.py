@@ -165,34 +165,13 @@ class AttentionSpec:
     return min(seq_len, (self.local_blocks + strided) * self.block)
 
   def visible_pairs(self, seq_len: int) -> int:
-    """Exact number of (query, key) pairs with ``allowed`` true in one causal row of ``seq_len``.
+    """Exact number of (query, key) pairs with ``allowed`` true in one causal row of ``seq_len``
+    (one document: ``visible_pairs_packed([seq_len])``).
 
-    Used for useful-FLOP accounting (MFU, TFLOP/s). O(seq_len / block) time.
+    Used for useful-FLOP accounting (MFU, TFLOP/s). O(seq_len) numpy time.
     """
     L = int(seq_len)
-    if self.kind == "full":
-      return L * (L + 1) // 2
-    if self.kind == "sink_window":
-      W, S = self.window, self.sink
-      i = np.arange(L, dtype=np.int64)
-      # window part: min(i+1, W) keys at positions (i-W, i]; plus sinks below the window start.
-      win = np.minimum(i + 1, W)
-      win_start = i - win + 1
-      sinks = np.minimum(S, win_start)
-      return int(np.sum(win + np.maximum(sinks, 0)))
-    b, lb, vs = self.block, self.local_blocks, self.vert_stride
-    nb = -(-L // b)
-    total = 0
-    for qb in range(nb):
-      q_lo, q_hi = qb * b, min(L, (qb + 1) * b)
-      nq = q_hi - q_lo
-      # own block: causal triangle
-      total += nq * (nq + 1) // 2
-      lo_local = max(0, qb - lb + 1)
-      local_full = qb - lo_local  # full blocks strictly below the diagonal within the local range
-      strided_below = sum(1 for kb in range(0, lo_local) if kb % vs == 0)
-      total += nq * b * (local_full + strided_below)
-    return int(total)
+    return self.visible_pairs_packed([L]) if L > 0 else 0
 
   def visible_pairs_packed(self, doc_lens) -> int:
     """Visible (query, key) pairs of one row packed with documents of ``doc_lens`` tokens (in
@@ -202,7 +181,7 @@ class AttentionSpec:
     for n in (int(x) for x in doc_lens):
       if n < 1:
         raise ValueError(f"document lengths must be >= 1, got {list(doc_lens)}")
-      i = np.arange(a, a + n, dtype=np.int64)
+      i = None if self.kind == "full" else np.arange(a, a + n, dtype=np.int64)
       if self.kind == "full":
         total += n * (n + 1) // 2
       elif self.kind == "sink_window":

@@ -51,16 +51,13 @@ def split_attention(infer: str, train: str):
 def mosaic_sink_window_supports(platform, spec, shapes, dtype) -> str | None:
   """``split_gpu``: sink+window calls where both the Mosaic GPU forward (pallas_gpu) and cuDNN
   apply; elsewhere ``auto`` takes the next backend (cudnn or pallas_gpu)."""
-  from pallas_kernels import gpu_cudnn  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import gpu_cudnn, gpu_triton  # pylint: disable=g-import-not-at-top
   if spec.kind != "sink_window":
     return f"only sink_window (the {spec.kind} pattern has one fastest kernel)"
-  dev = jax.devices()[0]
-  if getattr(dev, "compute_capability", None) != "9.0":
-    return "the Mosaic GPU forward needs an sm_90 (Hopper) GPU"
-  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-    return f"dtype {dtype} (bf16/f16 only)"
-  if (shapes.has_segment_ids or shapes.q_offset or shapes.kv_offset
-      or shapes.q_len != shapes.kv_len or shapes.q_len % 128 or shapes.head_dim % 64):
-    return "the Mosaic GPU forward needs Tq == Tk % 128 == 0, zero offsets, no segment ids, D % 64"
+  why = gpu_triton.mosaic_unsupported(
+      shapes.q_len, shapes.kv_len, shapes.head_dim, dtype,
+      has_segment_ids=shapes.has_segment_ids, q_offset=shapes.q_offset,
+      kv_offset=shapes.kv_offset)
+  if why:
+    return f"the Mosaic GPU forward cannot run it: {why}"
   return gpu_cudnn.registry_supports(platform, spec, shapes, dtype)

@@ -50,24 +50,26 @@ def test_forward_and_lse_match_reference(spec):
   np.testing.assert_allclose(lse, ref_lse, atol=3e-5, rtol=3e-5)
 
 
+def _loss(fn, with_lse, shape):
+  """sum(out * w_o) (+ sum(lse * w_l)) with fixed random weights: exercises every cotangent."""
+  w_o = jax.random.normal(jax.random.PRNGKey(5), shape)
+  w_l = jax.random.normal(jax.random.PRNGKey(6), (shape[0], shape[2], shape[1]))
+
+  def f(q, k, v):
+    if not with_lse:
+      return jnp.sum(fn(q, k, v) * w_o)
+    o, l = fn(q, k, v, return_lse=True)
+    return jnp.sum(o * w_o) + jnp.sum(l * w_l)
+  return f
+
+
 @pytest.mark.parametrize("spec", SPECS[:3], ids=str)
 @pytest.mark.parametrize("with_lse", [False, True])
 def test_grads_match_reference(spec, with_lse):
   q, k, v = _qkv(1, T=64)
-  w_o = jax.random.normal(jax.random.PRNGKey(5), q.shape)
-  w_l = jax.random.normal(jax.random.PRNGKey(6), (1, q.shape[2], q.shape[1]))
-
-  def loss(fn):
-    def f(q, k, v):
-      if not with_lse:
-        return jnp.sum(fn(q, k, v) * w_o)
-      o, l = fn(q, k, v, return_lse=True)
-      return jnp.sum(o * w_o) + jnp.sum(l * w_l)
-    return f
-
   ref = functools.partial(reference_attention, spec=spec)
-  g = jax.jit(jax.grad(loss(_dense(spec)), argnums=(0, 1, 2)))(q, k, v)
-  g_ref = jax.jit(jax.grad(loss(ref), argnums=(0, 1, 2)))(q, k, v)
+  g = jax.jit(jax.grad(_loss(_dense(spec), with_lse, q.shape), argnums=(0, 1, 2)))(q, k, v)
+  g_ref = jax.jit(jax.grad(_loss(ref, with_lse, q.shape), argnums=(0, 1, 2)))(q, k, v)
   for a, b in zip(g, g_ref):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
@@ -243,18 +245,6 @@ def test_packed_forward_and_lse_match_reference(spec, name):
   np.testing.assert_allclose(lse2, ref_lse, atol=3e-5, rtol=3e-5)
 
 
-def _packed_loss(fn, with_lse, shape):
-  w_o = jax.random.normal(jax.random.PRNGKey(5), shape)
-  w_l = jax.random.normal(jax.random.PRNGKey(6), (shape[0], shape[2], shape[1]))
-
-  def f(q, k, v):
-    if not with_lse:
-      return jnp.sum(fn(q, k, v) * w_o)
-    o, l = fn(q, k, v, return_lse=True)
-    return jnp.sum(o * w_o) + jnp.sum(l * w_l)
-  return f
-
-
 @pytest.mark.parametrize("spec", PACKED_SPECS[:2], ids=str)
 @pytest.mark.parametrize("name", ["many_pad", "eight"])
 @pytest.mark.parametrize("with_lse", [False, True])
@@ -263,8 +253,8 @@ def test_packed_grads_match_reference(spec, name, with_lse):
   seg = PACKINGS[name]
   mine = functools.partial(_packed_direct(spec, 8), seg=seg)
   ref = functools.partial(reference_attention, spec=spec, segment_ids=seg)
-  g = jax.jit(jax.grad(_packed_loss(mine, with_lse, q.shape), argnums=(0, 1, 2)))(q, k, v)
-  g_ref = jax.jit(jax.grad(_packed_loss(ref, with_lse, q.shape), argnums=(0, 1, 2)))(q, k, v)
+  g = jax.jit(jax.grad(_loss(mine, with_lse, q.shape), argnums=(0, 1, 2)))(q, k, v)
+  g_ref = jax.jit(jax.grad(_loss(ref, with_lse, q.shape), argnums=(0, 1, 2)))(q, k, v)
   for a, b in zip(g, g_ref):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
@@ -276,8 +266,8 @@ def test_public_entry_grads_through_the_runtime_cond(max_segments):
   seg = PACKINGS["many_pad"]
   mine = _dense(spec, segment_ids=seg, max_segments=max_segments)
   ref = functools.partial(reference_attention, spec=spec, segment_ids=seg)
-  g = jax.jit(jax.grad(_packed_loss(mine, True, q.shape), argnums=(0, 1, 2)))(q, k, v)
-  g_ref = jax.jit(jax.grad(_packed_loss(ref, True, q.shape), argnums=(0, 1, 2)))(q, k, v)
+  g = jax.jit(jax.grad(_loss(mine, True, q.shape), argnums=(0, 1, 2)))(q, k, v)
+  g_ref = jax.jit(jax.grad(_loss(ref, True, q.shape), argnums=(0, 1, 2)))(q, k, v)
   for a, b in zip(g, g_ref):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 

@@ -16,6 +16,14 @@ def _pyplot():
   return plt
 
 
+def _save(plt, fig, path: str) -> str:
+  """Lays out, writes (120 dpi) and closes ``fig``; returns ``path``."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def _klabel(n: int) -> str:
   return f"{n // 1024}k" if n % 1024 == 0 and n >= 1024 else str(n)
 
@@ -40,10 +48,7 @@ def niah_heatmap(grid: dict, path: str, title: str) -> str | None:
         ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7)
   fig.colorbar(im, ax=ax, label="score")
   ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def _dkey(g: dict, d: float) -> str:
@@ -71,10 +76,7 @@ def accuracy_vs_length(by_task: dict, path: str, title: str) -> str | None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def perplexity_vs_position(buckets: list, path: str, title: str) -> str | None:
@@ -89,7 +91,4 @@ def perplexity_vs_position(buckets: list, path: str, title: str) -> str | None:
   ax.set_ylabel("perplexity")
   ax.grid(alpha=0.3)
   ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)

@@ -67,20 +67,25 @@ def test_forward_and_fp32_lse(spec):
   np.testing.assert_allclose(np.asarray(lse), np.asarray(ref_lse), atol=2e-2, rtol=2e-3)
 
 
-@pytest.mark.parametrize("spec", [AttentionSpec.full(), AttentionSpec.sink_window(64, 256)],
-                         ids=str)
-@pytest.mark.parametrize("with_lse", [False, True])
-def test_grads(spec, with_lse):
-  q, k, v = _qkv(2)
-  w_o = jax.random.normal(jax.random.PRNGKey(9), q.shape, jnp.float32)
-  w_l = jax.random.normal(jax.random.PRNGKey(10), (1, q.shape[2], q.shape[1]), jnp.float32)
+def _loss(with_lse, shape):
+  """``loss(fn, q, k, v)``: sum(out * w_o) (+ sum(lse * w_l)), fp32, fixed random weights."""
+  w_o = jax.random.normal(jax.random.PRNGKey(9), shape, jnp.float32)
+  w_l = jax.random.normal(jax.random.PRNGKey(10), (shape[0], shape[2], shape[1]), jnp.float32)
 
   def loss(fn, q, k, v):
     if not with_lse:
       return jnp.sum(fn(q, k, v).astype(jnp.float32) * w_o)
     o, l = fn(q, k, v, return_lse=True)
     return jnp.sum(o.astype(jnp.float32) * w_o) + jnp.sum(l * w_l)
+  return loss
 
+
+@pytest.mark.parametrize("spec", [AttentionSpec.full(), AttentionSpec.sink_window(64, 256)],
+                         ids=str)
+@pytest.mark.parametrize("with_lse", [False, True])
+def test_grads(spec, with_lse):
+  q, k, v = _qkv(2)
+  loss = _loss(with_lse, q.shape)
   mine = functools.partial(gpu_cudnn.cudnn_attention, spec=spec)
   ref = functools.partial(reference_attention, spec=spec)
   g = jax.grad(functools.partial(loss, mine), argnums=(0, 1, 2))(q, k, v)
@@ -173,15 +178,7 @@ def test_packed_forward_and_lse(spec, T):
 def test_packed_grads(spec, with_lse):
   T = 2048
   q, k, v, seg = _packed_case(T, seed=21)
-  w_o = jax.random.normal(jax.random.PRNGKey(9), q.shape, jnp.float32)
-  w_l = jax.random.normal(jax.random.PRNGKey(10), (2, q.shape[2], q.shape[1]), jnp.float32)
-
-  def loss(fn, q, k, v):
-    if not with_lse:
-      return jnp.sum(fn(q, k, v).astype(jnp.float32) * w_o)
-    o, l = fn(q, k, v, return_lse=True)
-    return jnp.sum(o.astype(jnp.float32) * w_o) + jnp.sum(l * w_l)
-
+  loss = _loss(with_lse, q.shape)
   mine = functools.partial(gpu_cudnn.cudnn_attention, spec=spec, segment_ids=seg,
                            max_segments=16)
   ref = functools.partial(reference_attention, spec=spec, segment_ids=seg)

@@ -1,0 +1,31 @@
+"""``benchmarks/train_step.py --tiny`` (the H100 training-step benchmark) as a CPU smoke test."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_tiny_benchmark_measures_both_layouts(tmp_path, packed):
+  out = tmp_path / "train_step.json"
+  cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "train_step.py"), "--tiny",
+         "--seq_lens", "256", "--budget_s", "200", "--json_out", str(out)]
+  if not packed:
+    cmd.append("--no_segment_ids")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=600, capture_output=True)
+  res = json.loads(out.read_text())
+  rows = {r["layout"]: r for r in res["results"]}
+  assert set(rows) == {"hybrid", "full"}
+  for r in rows.values():
+    assert "error" not in r, r
+    assert r["step_s"] > 0 and r["segment_ids"] == packed
+    assert (r["doc_lens"] is not None) == packed
+    if packed:
+      assert sum(r["doc_lens"]) == 256 and len(r["doc_lens"]) == 4
+  assert "256" in res["hybrid_over_full_step_time"]

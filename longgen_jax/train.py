@@ -58,6 +58,7 @@ from tqdm import tqdm
 from longgen_jax import data as data_lib
 from longgen_jax import parallel
 from longgen_jax.data.errors import DataError
+from longgen_jax.data.prefetch import Prefetcher
 from longgen_jax.hf.errors import HFConversionError
 from longgen_jax.model.config import ModelConfig
 from longgen_jax.model.errors import ConfigError
@@ -323,61 +324,76 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
               disable=not (is_main and sys.stderr.isatty()))
   kill_step, _, kill_mode = os.environ.get(KILL_ENV, "").partition(":")
   last_saved = max(ckpt.all_steps(), default=None)
-  compiled, record, step = None, {}, start
+  # Batches are read, packed and transferred `train.prefetch` steps ahead in a thread, and a
+  # step's metrics are read back only after the next step was dispatched, so the accelerator
+  # never waits for the host. `feed.frozen()` is the position after the last CONSUMED batch.
+  feed = Prefetcher(data_iter, depth=t.prefetch,
+                    transfer=lambda host_batch: device_batch(host_batch, shardings))
+  compiled, record, step, pending = None, {}, start, None
+  t_last = time.perf_counter()
+
+  def finish(p):
+    """Reads back step ``p``'s metrics, stops on non-finite values, logs the step."""
+    nonlocal record, t_last
+    metrics = {k: float(v) for k, v in jax.device_get(p["metrics"]).items()}
+    now = time.perf_counter()
+    step_s, t_last = now - t_last, now
+    bad = [k for k in ("loss", "grad_norm", "param_norm") if not math.isfinite(metrics[k])]
+    if bad:
+      writer.write({"event": "nonfinite", "step": p["step"], **metrics})
+      raise NonFiniteError(
+          f"step {p['step']}: non-finite {' and '.join(bad)} (loss={metrics['loss']}, "
+          f"grad_norm={metrics['grad_norm']}, param_norm={metrics['param_norm']}, "
+          f"lr={metrics['lr']}); stopped without saving this step; last checkpoint: "
+          + (f"step {last_saved}" if last_saved is not None else "none"))
+    record = dict(metrics, step=p["step"], step_time=step_s, data_time=p["data_s"],
+                  tokens_per_s=tokens_per_step / step_s,
+                  tokens_seen=p["step"] * tokens_per_step, batch_fp=p["fp"],
+                  tflops_per_device=p["flops"] / (step_s * jax.device_count()) / 1e12)
+    if peak:
+      record["mfu"] = p["flops"] / (step_s * peak * jax.device_count())
+      record["mfu_row"] = record["tokens_per_s"] * flops_per_tok / (peak * jax.device_count())
+    mfu = f"{record['mfu']:.1%}" if peak else "n/a"
+    writer.write(record)
+    pbar.update(1)
+    pbar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}",
+                     mfu=mfu)
+    if p["step"] % t.log_every == 0 or p["step"] in (start + 1, t.steps):
+      note(f"step {p['step']:>6}/{t.steps} | loss {metrics['loss']:.4f} | lr "
+           f"{metrics['lr']:.2e} | grad {metrics['grad_norm']:.3f} | "
+           f"{record['tokens_per_s']:,.0f} tok/s | MFU {mfu} | {step_s:.3f} s/step")
+      writer.scalars(p["step"], record)
 
   # ---- the loop.
   try:
     with _Preemption() as preemption:
       for step in range(start + 1, t.steps + 1):
-        t0 = time.perf_counter()
-        host_batch = next(data_iter)
-        batch = device_batch(host_batch, shardings)
-        data_s = time.perf_counter() - t0
+        wait0 = feed.wait_seconds
+        host_batch, batch = next(feed)
+        data_s = feed.wait_seconds - wait0
         if compiled is None:
           tc = time.perf_counter()
           with (shardings["parallel"].attention() if shardings is not None
                 else contextlib.nullcontext()):   # read at trace time
             compiled = train_step.lower(state, rest, batch).compile()
           note(f"compiled the train step in {time.perf_counter() - tc:.1f}s")
-          t0 = time.perf_counter() - data_s
-        state, metrics = compiled(state, rest, batch)
+          t_last = time.perf_counter() - data_s
+        state, metrics = compiled(state, rest, batch)   # dispatched; runs while the host goes on
         # Useful FLOPs of the whole step from this process's rows (host numpy, while the device
         # runs); with several row groups the other groups' rows are assumed alike.
-        flops = step_flops(host_batch.get("segment_ids"), rows) * (t.batch_size / rows)
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        step_s = time.perf_counter() - t0
-
-        bad = [k for k in ("loss", "grad_norm", "param_norm") if not math.isfinite(metrics[k])]
-        if bad:
-          writer.write({"event": "nonfinite", "step": step, **metrics})
-          raise NonFiniteError(
-              f"step {step}: non-finite {' and '.join(bad)} (loss={metrics['loss']}, "
-              f"grad_norm={metrics['grad_norm']}, param_norm={metrics['param_norm']}, "
-              f"lr={metrics['lr']}); stopped without saving this step; last checkpoint: "
-              + (f"step {last_saved}" if last_saved is not None else "none"))
-
-        record = dict(metrics, step=step, step_time=step_s, data_time=data_s,
-                      tokens_per_s=tokens_per_step / step_s, tokens_seen=step * tokens_per_step,
-                      batch_fp=batch_fingerprint(host_batch),
-                      tflops_per_device=flops / (step_s * jax.device_count()) / 1e12)
-        if peak:
-          record["mfu"] = flops / (step_s * peak * jax.device_count())
-          record["mfu_row"] = record["tokens_per_s"] * flops_per_tok / (peak * jax.device_count())
-        mfu = f"{record['mfu']:.1%}" if peak else "n/a"
-        writer.write(record)
-        pbar.update(1)
-        pbar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}",
-                         mfu=mfu)
-        if step % t.log_every == 0 or step in (start + 1, t.steps):
-          note(f"step {step:>6}/{t.steps} | loss {metrics['loss']:.4f} | lr {metrics['lr']:.2e} "
-               f"| grad {metrics['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | "
-               f"MFU {mfu} | {step_s:.3f} s/step")
-          writer.scalars(step, record)
+        current = {"step": step, "metrics": metrics, "data_s": data_s,
+                   "fp": batch_fingerprint(host_batch),
+                   "flops": step_flops(host_batch.get("segment_ids"), rows) * (t.batch_size / rows)}
+        if pending is not None:
+          finish(pending)
+        pending = current
 
         stop = preemption.requested or ckpt.manager.reached_preemption(step)
         if step % config.checkpoint.every == 0 or step == t.steps or stop:
-          ckpt.save(step, state, data_iter, config_json,
-                    meta={"tokens_seen": step * tokens_per_step, "loss": metrics["loss"]})
+          finish(pending)        # a step is checked finite before it is saved
+          pending = None
+          ckpt.save(step, state, feed.frozen(), config_json,
+                    meta={"tokens_seen": step * tokens_per_step, "loss": record["loss"]})
           last_saved = step
           if kill_step == str(step):  # test-only crash (see KILL_ENV)
             if kill_mode != "during":
@@ -386,7 +402,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if stop:
           note(f"preempted at step {step}: checkpoint saved; run the same command to continue")
           break
+      if pending is not None:
+        finish(pending)
   finally:
+    feed.close()
     pbar.close()
     ckpt.close()   # waits for the last asynchronous save
     writer.write({"event": "end", "step": step, "time": time.time()})

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--depths", default="0,25,50,75,100", help="needle depths in percent (niah, "
                  "passkey)")
   p.add_argument("--ppl_samples", type=int, default=1, help="documents for the ppl task")
+  p.add_argument("--ppl_data", default=None, help="ppl on documents of a prepared ArrayRecord "
+                 "directory (python -m longgen_jax.data.prepare) instead of the held-out chronicle")
   p.add_argument("--batch", type=int, default=1, help="prompts generated together")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default="eval_out", help="output directory")
@@ -115,7 +117,7 @@ def run(args) -> dict:
     if name == "ppl":
       results["tasks"][name] = runner.run_perplexity(engine, tok, add_bos, lengths,
                                                      samples=args.ppl_samples, seed=args.seed,
-                                                     quiet=args.quiet)
+                                                     quiet=args.quiet, data=args.ppl_data)
     else:
       results["tasks"][name] = runner.run_generation(
           engine, tok, add_bos, name, lengths, samples=args.samples, depths=depths,

@@ -121,9 +121,34 @@ def long_ids(tokenizer, add_bos: bool, n_tokens: int, seed: int) -> list[int]:
     chars = int(chars * max(1.5, 1.1 * n_tokens / max(1, len(ids))))
 
 
+def data_ids(path: str, tokenizer, add_bos: bool, n_tokens: int, samples: int,
+             seed: int) -> list[list[int]]:
+  """``samples`` documents of at least ``n_tokens`` ids (BOS included) from a prepared
+  ArrayRecord directory (``python -m longgen_jax.data.prepare``), drawn in a seeded order."""
+  from longgen_jax.data.config import normalize_source  # pylint: disable=import-outside-toplevel
+  from longgen_jax.data.errors import DataError  # pylint: disable=import-outside-toplevel
+  from longgen_jax.data.sources import make_source  # pylint: disable=import-outside-toplevel
+  try:
+    source = make_source(normalize_source({"type": "arrayrecord", "path": path}, "--ppl_data",
+                                          "ppl_data"))
+  except DataError as e:
+    raise EvalError(f"--ppl_data: {e}") from None
+  bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
+  out = []
+  for i in np.random.default_rng(seed).permutation(len(source)):
+    doc = np.asarray(source[int(i)])
+    if len(bos) + len(doc) >= n_tokens:
+      out.append(bos + doc[:n_tokens - len(bos)].astype(int).tolist())
+      if len(out) == samples:
+        return out
+  raise EvalError(f"--ppl_data {path}: only {len(out)} of {len(source)} documents have "
+                  f"{n_tokens} tokens; {samples} are needed (lower --ppl_samples or the length)")
+
+
 def run_perplexity(engine, tokenizer, add_bos: bool, lengths: Sequence[int], *, samples: int = 1,
-                   seed: int = 0, quiet: bool = False) -> dict:
-  """Perplexity of the held-out chronicle by position bucket, at the largest length.
+                   seed: int = 0, quiet: bool = False, data: str | None = None) -> dict:
+  """Perplexity by position bucket, at the largest length, of the held-out chronicle or (with
+  ``data``, a prepared ArrayRecord directory) of documents of a held-out split.
 
   One pass over ``max(lengths) + 1`` tokens per sample (the chunked, cached prefill path, so a
   ``kv_drop`` engine is scored with its dropped cache); buckets are [lo, hi) of positions; the
@@ -132,8 +157,9 @@ def run_perplexity(engine, tokenizer, add_bos: bool, lengths: Sequence[int], *, 
   L = max(lengths)
   progress = Progress("ppl", samples, quiet=quiet)
   nll = np.zeros(L, np.float64)
+  docs = data_ids(data, tokenizer, add_bos, L + 1, samples, seed) if data else None
   for s in range(samples):
-    ids = long_ids(tokenizer, add_bos, L + 1, seed + s)
+    ids = docs[s] if docs else long_ids(tokenizer, add_bos, L + 1, seed + s)
     lp = engine.score(ids)
     if lp.shape[0] != L or not np.all(np.isfinite(lp)):
       raise EvalError(f"ppl: scoring returned {lp.shape[0]} values (want {L}) or non-finite ones")
@@ -143,6 +169,7 @@ def run_perplexity(engine, tokenizer, add_bos: bool, lengths: Sequence[int], *, 
   edges = position_edges(L, lengths)
   buckets = [{"lo": lo, "hi": hi, "tokens": hi - lo, "nll": float(nll[lo:hi].mean()),
               "ppl": float(math.exp(nll[lo:hi].mean()))} for lo, hi in zip(edges, edges[1:])]
-  return {"task": "ppl", "length": L, "samples": samples, "buckets": buckets,
+  return {"task": "ppl", "length": L, "samples": samples, "data": data or "chronicle",
+          "buckets": buckets,
           "ppl_at_length": {str(n): float(math.exp(nll[:n].mean())) for n in lengths},
           "ppl": float(math.exp(nll.mean()))}

@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.grad_clip = 1.0            # global-norm clipping (0 = off)
   t.log_every = 10             # console line + TensorBoard every N steps (JSONL: every step)
   t.peak_tflops = 0.0          # per-device peak for MFU; 0 = from the device kind (none on CPU)
+  t.prefetch = 2               # batches read + transferred ahead in a thread (0 = in the loop)
   t.debug_inf_lr_at_step = 0   # TEST ONLY: lr = inf at this step (exercises the NaN guard)
 
   k = c.checkpoint = ml_collections.ConfigDict()
@@ -156,6 +157,7 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int = 1):
   _positive_int(t.seq_len, "train.seq_len")
   _positive_int(t.loss_chunk, "train.loss_chunk", minimum=0)
   _positive_int(t.log_every, "train.log_every")
+  _positive_int(t.prefetch, "train.prefetch", minimum=0)
   _positive_int(t.warmup_steps, "train.warmup_steps", minimum=0)
   _positive_int(t.debug_inf_lr_at_step, "train.debug_inf_lr_at_step", minimum=0)
   if t.batch_size % t.grad_accum:

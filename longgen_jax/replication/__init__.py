@@ -1,0 +1,1 @@
+"""The LongGen replication study: corpus, synthetic retrieval data, driver, report (docs/replication.md)."""

@@ -1,0 +1,343 @@
+r"""``python -m longgen_jax.replication``: the whole replication study, stage by stage, resumable.
+
+  python -m longgen_jax.replication --workdir=runs/replication                 # everything
+  python -m longgen_jax.replication --workdir=runs/replication --stages=data,pretrain,base
+  python -m longgen_jax.replication --workdir=/tmp/smoke --size=tiny --roots=DIR   # CPU smoke
+
+Stages (``--stages``, comma list, default ``all``), each driving the project's own CLIs:
+
+  data      corpus (``replication/corpus.py``) + synthetic retrieval documents, then
+            ``python -m longgen_jax.data.prepare`` into grain ArrayRecord shards; measures the
+            input pipeline's tokens/s
+  pretrain  ``python -m longgen_jax.train --config=configs/replication.py:stage=pretrain``
+  base      ``python -m longgen_jax.hf.export`` of the pretrained model (bf16, small shards): the
+            base every arm starts from, plus ``base_theta`` (the same weights, only RoPE theta
+            raised: the no-training baseline)
+  extend    per arm: ``python -m longgen_jax.train --config=configs/replication.py:arm=ARM``
+            with ``init_from`` = the base
+  eval      per model (the arms, ``base_theta``, and the full arm served with a sink+window
+            cache, ``kv_drop``): ``python -m longgen_jax.eval`` for passkey + NIAH over
+            lengths x depths, the RULER subset (multi-key NIAH, variable tracking) and
+            perplexity by position on the held-out split; then decode tokens/s
+  export    per arm: ``python -m longgen_jax.hf.export`` (``stock_sliding`` for the window arm)
+  report    ``WORKDIR/report/``: ``summary.json``, tables (``tables.md``) and plots
+
+A finished stage leaves ``WORKDIR/stages/<stage>.json``; a training stage resumes from its own
+checkpoints. ``--deadline_s`` stops cleanly between stages, and a training run that would pass
+the deadline is sent SIGTERM (it saves a checkpoint and exits), so a run on a time-limited
+machine always ends resumable. Exit code 2 and one line for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from longgen_jax.replication import recipe
+
+STAGES = ("data", "pretrain", "base", "extend", "eval", "export", "report")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(ROOT, "configs", "replication.py")
+
+
+class Deadline(Exception):
+  """The time budget ran out; the run is resumable."""
+
+
+def log(msg: str) -> None:
+  print(f"[replication {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Study:
+  """Paths and settings of one study directory."""
+
+  def __init__(self, args):
+    self.args = args
+    self.workdir = os.path.abspath(args.workdir)
+    self.data = os.path.abspath(args.data or os.path.join(self.workdir, "data"))
+    self.size = args.size
+    self.arms = [a for a in args.arms.split(",") if a] if args.arms else list(recipe.ARMS)
+    self.t_end = time.time() + args.deadline_s if args.deadline_s else None
+    self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+  # ------------------------------------------------------------------ bookkeeping
+  def path(self, *parts) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  def done(self, name: str) -> dict | None:
+    try:
+      with open(self.path("stages", f"{name}.json"), encoding="utf-8") as f:
+        return json.load(f)
+    except OSError:
+      return None
+
+  def mark(self, name: str, info: dict) -> None:
+    os.makedirs(self.path("stages"), exist_ok=True)
+    tmp = self.path("stages", f"{name}.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(dict(info, finished_at=time.time()), f, indent=1)
+    os.replace(tmp, self.path("stages", f"{name}.json"))
+
+  def left(self) -> float | None:
+    return None if self.t_end is None else self.t_end - time.time()
+
+  def check_time(self, need_s: float = 0.0) -> None:
+    left = self.left()
+    if left is not None and left < need_s:
+      raise Deadline(f"{left:.0f}s left, the next step needs ~{need_s:.0f}s")
+
+  def run(self, cmd: list[str], what: str, env: dict | None = None) -> None:
+    """Runs a CLI; SIGTERM at the deadline (a trainer then saves and exits)."""
+    log(f"{what}: {' '.join(cmd)}")
+    proc = subprocess.Popen(cmd, env=dict(self.env, **(env or {})), cwd=ROOT)
+    while True:
+      try:
+        rc = proc.wait(timeout=5.0)
+        break
+      except subprocess.TimeoutExpired:
+        left = self.left()
+        if left is not None and left < 0:
+          log(f"{what}: deadline reached; sending SIGTERM (the trainer saves a checkpoint)")
+          proc.send_signal(signal.SIGTERM)
+          rc = proc.wait()
+          raise Deadline(f"{what} stopped at the deadline (exit {rc}); run again to continue")
+    if rc:
+      raise RuntimeError(f"{what} failed with exit code {rc}")
+
+  def config_arg(self, **kv) -> str:
+    items = dict(kv, size=self.size, data=self.data)
+    return CONFIG + ":" + ",".join(f"{k}={v}" for k, v in items.items())
+
+
+# ---------------------------------------------------------------------- stages
+def stage_data(st: Study) -> dict:
+  from longgen_jax.replication import corpus, synthetic  # pylint: disable=import-outside-toplevel
+  from longgen_jax.replication import pipeline_speed  # pylint: disable=import-outside-toplevel
+  a = st.args
+  roots = a.roots.split(",") if a.roots else corpus.default_roots(ROOT)
+  spec = corpus.CorpusSpec(max_bytes=int(a.corpus_mb * 2**20),
+                           heldout_permille=a.heldout_permille)
+  raw = os.path.join(st.data, "raw")
+  if not os.path.exists(os.path.join(raw, "manifest.json")):
+    t0 = time.time()
+    manifest = corpus.build(raw, roots, spec)
+    log(f"corpus: {manifest['train']['bytes'] / 2**20:,.1f} MiB train, "
+        f"{manifest['heldout']['bytes'] / 2**20:,.1f} MiB held out, "
+        f"{manifest['directories']} directories in {time.time() - t0:.0f}s")
+  with open(os.path.join(raw, "manifest.json"), encoding="utf-8") as f:
+    manifest = json.load(f)
+  sizes = recipe.SIZES[st.size]
+  f = recipe.SYNTHETIC_FRACTION
+  synth = {}
+  for name, stage, lo, hi, log_u, seed in (
+      ("synth_short", "pretrain", sizes["pretrain"]["seq_len"] // 4, sizes["pretrain"]["seq_len"],
+       False, 1),
+      ("synth_long", "extend", sizes["pretrain"]["seq_len"], sizes["extend"]["seq_len"], True, 2)):
+    path = os.path.join(raw, f"{name}.jsonl")
+    mean = (hi - lo) / math.log(hi / lo) if log_u else (lo + hi) / 2
+    n_docs = max(64, int(1.2 * f * sizes[stage]["tokens"] / mean))
+    if not os.path.exists(path):
+      synth[name] = synthetic.write(path, filler_jsonl=os.path.join(raw, "train.jsonl"),
+                                    n_docs=n_docs, min_chars=lo, max_chars=hi - 8, seed=seed,
+                                    log_uniform=log_u)
+  for name, src in (("real", "train.jsonl"), ("heldout", "heldout.jsonl"),
+                    ("synth_short", "synth_short.jsonl"), ("synth_long", "synth_long.jsonl")):
+    out = os.path.join(st.data, name)
+    if not os.path.exists(os.path.join(out, "index.json")):
+      st.run([sys.executable, "-m", "longgen_jax.data.prepare", f"--input={os.path.join(raw, src)}",
+              "--format=jsonl", "--tokenizer=byte", f"--out={out}", "--shard_size=2000",
+              "--no_progress"], f"prepare {name}")
+  speed = pipeline_speed.measure(st, CONFIG)
+  return {"manifest": manifest, "synthetic": synth, "pipeline": speed}
+
+
+def pretrain_steps(st: Study) -> int:
+  """The pretraining length: ``--pretrain_steps``, else the token budget, capped (once, before
+  the run starts; remembered for resumes) by what a short probe run says fits in
+  ``--pretrain_budget_s`` seconds."""
+  plan_path = st.path("pretrain_plan.json")
+  if os.path.exists(plan_path):
+    with open(plan_path, encoding="utf-8") as f:
+      return json.load(f)["steps"]
+  sizes = recipe.SIZES[st.size]["pretrain"]
+  steps = st.args.pretrain_steps or recipe.steps(st.size, "pretrain")
+  plan = {"budget_steps": recipe.steps(st.size, "pretrain"), "steps": steps}
+  if not st.args.pretrain_steps and st.args.pretrain_budget_s:
+    probe = st.path("probe")
+    shutil.rmtree(probe, ignore_errors=True)
+    st.run([sys.executable, "-m", "longgen_jax.train",
+            f"--config={st.config_arg(stage='pretrain', steps=30)}", f"--workdir={probe}",
+            "--config.checkpoint.every=100000"], "pretrain probe (throughput)")
+    from longgen_jax.replication.report import training  # pylint: disable=import-outside-toplevel
+    tok_s = training(probe)["tokens_per_s"]
+    fit = int(st.args.pretrain_budget_s * tok_s / (sizes["seq_len"] * sizes["batch_size"]))
+    plan.update(probe_tokens_per_s=tok_s, budget_s=st.args.pretrain_budget_s,
+                steps=max(1, min(steps, fit)))
+    log(f"pretrain probe: {tok_s:,.0f} tokens/s -> {plan['steps']} steps "
+        f"({plan['steps'] * sizes['seq_len'] * sizes['batch_size'] / 1e6:,.0f}M tokens)")
+  os.makedirs(st.workdir, exist_ok=True)
+  with open(plan_path, "w", encoding="utf-8") as f:
+    json.dump(plan, f, indent=1)
+  return plan["steps"]
+
+
+def stage_pretrain(st: Study) -> dict:
+  run = st.path("pretrain")
+  steps = pretrain_steps(st)
+  cmd = [sys.executable, "-m", "longgen_jax.train",
+         f"--config={st.config_arg(stage='pretrain', steps=steps)}", f"--workdir={run}"]
+  st.run(cmd, "pretrain")
+  return {"run": run, "steps": steps}
+
+
+def stage_base(st: Study) -> dict:
+  base, base_theta = st.path("base_hf"), st.path("base_theta_hf")
+  if not os.path.exists(os.path.join(base, "config.json")):
+    st.run([sys.executable, "-m", "longgen_jax.hf.export", f"--checkpoint={st.path('pretrain')}",
+            f"--out={base}", "--dtype=bfloat16", "--max_shard_gb=0.013", "--overwrite"],
+           "export base")
+  shutil.rmtree(base_theta, ignore_errors=True)
+  shutil.copytree(base, base_theta)
+  with open(os.path.join(base_theta, "config.json"), encoding="utf-8") as f:
+    cfg = json.load(f)
+  cfg["rope_theta"] = recipe.EXTEND_THETA
+  if isinstance(cfg.get("rope_parameters"), dict):
+    cfg["rope_parameters"]["rope_theta"] = recipe.EXTEND_THETA
+  cfg["max_position_embeddings"] = recipe.SIZES[st.size]["extend"]["seq_len"]
+  with open(os.path.join(base_theta, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(cfg, f, indent=2)
+  return {"base": base, "base_theta": base_theta}
+
+
+def stage_extend(st: Study, arm: str) -> dict:
+  run = st.path(f"extend_{arm}")
+  st.run([sys.executable, "-m", "longgen_jax.train",
+          f"--config={st.config_arg(arm=arm, steps=st.args.extend_steps)}", f"--workdir={run}",
+          f"--config.init_from={st.path('base_hf')}"], f"extend {arm}")
+  return {"run": run}
+
+
+def eval_models(st: Study) -> dict[str, tuple[str, str | None]]:
+  """Evaluated name -> (checkpoint, kv_drop spec)."""
+  out = {arm: (st.path(f"extend_{arm}"), None) for arm in st.arms}
+  out["base_theta"] = (st.path("base_theta_hf"), None)
+  if recipe.KV_DROP_ARM in st.arms:
+    out["kv_drop"] = (st.path(f"extend_{recipe.KV_DROP_ARM}"), recipe.kv_drop_spec(st.size))
+  return out
+
+
+def stage_eval(st: Study, name: str, checkpoint: str, kv_drop: str | None) -> dict:
+  from longgen_jax.replication import evaluate  # pylint: disable=import-outside-toplevel
+  return evaluate.run_model(st, name, checkpoint, kv_drop)
+
+
+def stage_export(st: Study, arm: str) -> dict:
+  out = st.path("export", arm)
+  target = "stock_sliding" if arm == "hybrid_window" else "auto"
+  st.run([sys.executable, "-m", "longgen_jax.hf.export", f"--checkpoint={st.path(f'extend_{arm}')}",
+          f"--out={out}", f"--target={target}", "--dtype=bfloat16", "--overwrite"],
+         f"export {arm}", env={"JAX_PLATFORMS": "cpu"})   # host work; the GPU may be held here
+  with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+    hf = json.load(f)
+  return {"out": out, "target": target, "architectures": hf.get("architectures")}
+
+
+def stage_report(st: Study) -> dict:
+  from longgen_jax.replication import report  # pylint: disable=import-outside-toplevel
+  return report.write(st)
+
+
+# ---------------------------------------------------------------------- the driver
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m longgen_jax.replication",
+                              description="The LongGen replication study (docs/replication.md).")
+  p.add_argument("--workdir", required=True, help="study directory (every stage's output)")
+  p.add_argument("--stages", default="all", help=f"comma list of {', '.join(STAGES)}, or all")
+  p.add_argument("--size", default="small", choices=sorted(recipe.SIZES))
+  p.add_argument("--arms", default="", help=f"comma list (default all: {', '.join(recipe.ARMS)})")
+  p.add_argument("--data", default=None, help="prepared data directory (default WORKDIR/data)")
+  p.add_argument("--roots", default=None, help="corpus roots, comma separated (default: the "
+                 "stdlib, site-packages and this project)")
+  p.add_argument("--corpus_mb", type=float, default=320.0, help="real-text corpus size cap")
+  p.add_argument("--heldout_permille", type=int, default=15, help="directories held out, per "
+                 "thousand")
+  p.add_argument("--pretrain_steps", type=int, default=0, help="0 = the token budget")
+  p.add_argument("--pretrain_budget_s", type=float, default=0.0, help="cap pretraining to what "
+                 "a probe run says fits in this many seconds (0 = the token budget)")
+  p.add_argument("--extend_steps", type=int, default=0, help="0 = the token budget")
+  p.add_argument("--lengths", default="1k,2k,4k,8k,16k", help="eval lengths")
+  p.add_argument("--depths", default="0,10,20,30,40,50,60,70,80,90,100", help="eval depths (%%)")
+  p.add_argument("--depth_samples", type=int, default=5, help="samples per length and depth")
+  p.add_argument("--samples", type=int, default=55, help="samples per length (RULER subset)")
+  p.add_argument("--ppl_samples", type=int, default=8, help="held-out documents for ppl")
+  p.add_argument("--speed_new_tokens", type=int, default=256, help="decode steps timed")
+  p.add_argument("--deadline_s", type=float, default=0.0, help="stop cleanly after this many "
+                 "seconds (0 = no limit)")
+  p.add_argument("--force", default="", help="comma list of stage marks to redo (e.g. report)")
+  return p
+
+
+def plan(st: Study, stages: list[str]) -> list[tuple[str, callable]]:
+  out = []
+  for s in stages:
+    if s == "extend":
+      out += [(f"extend_{a}", lambda a=a: stage_extend(st, a)) for a in st.arms]
+    elif s == "eval":
+      out += [(f"eval_{n}", lambda n=n, c=c, k=k: stage_eval(st, n, c, k))
+              for n, (c, k) in eval_models(st).items()]
+    elif s == "export":
+      out += [(f"export_{a}", lambda a=a: stage_export(st, a)) for a in st.arms]
+    else:
+      simple = {"data": stage_data, "pretrain": stage_pretrain, "base": stage_base,
+                "report": stage_report}[s]
+      out.append((s, lambda f=simple: f(st)))
+  return out
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  stages = list(STAGES) if args.stages == "all" else [s for s in args.stages.split(",") if s]
+  bad = [s for s in stages if s not in STAGES]
+  if bad:
+    print(f"replication: error: unknown stage(s) {bad}; stages: {', '.join(STAGES)}",
+          file=sys.stderr)
+    return 2
+  arms = [a for a in args.arms.split(",") if a and a not in recipe.ARMS]
+  if arms:
+    print(f"replication: error: unknown arm(s) {arms}; arms: {', '.join(recipe.ARMS)}",
+          file=sys.stderr)
+    return 2
+  st = Study(args)
+  os.makedirs(st.workdir, exist_ok=True)
+  force = {f for f in args.force.split(",") if f}
+  for name, fn in plan(st, stages):
+    if st.done(name) is not None and name not in force:
+      log(f"{name}: done earlier (stages/{name}.json)")
+      continue
+    try:
+      st.check_time(30.0)
+      t0 = time.time()
+      info = fn()
+      st.mark(name, dict(info, seconds=time.time() - t0))
+      log(f"{name}: done in {time.time() - t0:.0f}s")
+    except Deadline as e:
+      log(f"stopped: {e}")
+      return 0
+    except Exception as e:  # noqa: BLE001 -- one model's evaluation must not stop the others
+      if not name.startswith("eval_"):
+        raise
+      log(f"{name}: FAILED ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+  log("all requested stages done")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,126 @@
+r"""Two checks of a study model that explain its eval scores (CPU is enough for the base model).
+
+  python -m longgen_jax.replication.diagnose --model=runs/replication/base_hf \
+      --corpus=runs/replication/data/raw --length=1024
+
+1. ``retrieval``: greedy completion of the answer in held-out-valued documents of the TRAINING
+   templates (``synthetic.py``: memo, config, table), against the eval's passkey prompt at the
+   same length. Tells "the model cannot retrieve" apart from "it cannot transfer to new wording".
+2. ``placement``: perplexity at positions ``[length/2, length)`` of held-out documents with the
+   model's own weights served under different layouts, training-free: all full, three full
+   layers at the bottom / middle (LongGen) / top / interleaved, all sparse (``--sparse``). Says
+   which layers' attention carries long-range information in the model as it is.
+
+Prints one line per result and writes ``--out`` (JSON) when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import sys
+
+import numpy as np
+
+
+def _generate(engine, tok, prompts: list[str], n: int) -> list[str]:
+  ids = [[tok.bos_id] + list(tok.encode(p)) for p in prompts]
+  return [tok.decode(g) for g in engine.generate(ids, max_new_tokens=n).tokens]
+
+
+def retrieval(model, engine, corpus: str, length: int, samples: int, seed: int) -> dict:
+  """Exact-answer accuracy on the training templates and on the eval passkey, at ``length``."""
+  from longgen_jax.eval.fit import TokenCounter  # pylint: disable=import-outside-toplevel
+  from longgen_jax.eval.registry import make_task  # pylint: disable=import-outside-toplevel
+  from longgen_jax.replication import synthetic  # pylint: disable=import-outside-toplevel
+  texts = synthetic.read_filler(f"{corpus}/heldout.jsonl", 8 * 2**20)
+  filler, words = synthetic.Filler(texts), synthetic.vocabulary(texts)
+  rng = np.random.default_rng(seed)
+  out = {}
+  for kind, sep in (("memo", " is "), ("config", " == "), ("table", " -> ")):
+    prompts, answers = [], []
+    for _ in range(samples):
+      facts, question = synthetic.TEMPLATES[kind](rng, words)
+      body = filler.take(rng, length - 200)
+      text = synthetic._insert(body, list(zip(rng.random(len(facts)).tolist(), facts)))  # pylint: disable=protected-access
+      first = question.split("\n")[0]
+      ask = text + "\n" + first[:first.rfind(sep) + len(sep)]
+      prompts.append(ask[-(length - 16):])
+      answers.append(re.split(r"[.\n ]", first[first.rfind(sep) + len(sep):])[0])
+    preds = _generate(engine, model.tokenizer, prompts, 12)
+    out[kind] = float(np.mean([p.startswith(a) for p, a in zip(preds, answers)]))
+  task, counter = make_task("passkey"), TokenCounter(model.tokenizer)
+  ss = [task.make(length, np.random.default_rng([seed, i]), counter, depth=0.5, reserve=1)
+        for i in range(samples)]
+  preds = _generate(engine, model.tokenizer, [s.prompt for s in ss], 12)
+  out["eval_passkey"] = float(np.mean([task.score(p, s) for p, s in zip(preds, ss)]) / 100)
+  out["eval_passkey_examples"] = [(s.answers[0], p) for s, p in zip(ss[:3], preds[:3])]
+  return out
+
+
+def placement(model, corpus: str, length: int, sparse: str, docs: int) -> dict:
+  """Training-free perplexity at positions [length/2, length) per layout."""
+  from longgen_jax.infer.engine import Engine  # pylint: disable=import-outside-toplevel
+  from pallas_kernels.spec import as_spec  # pylint: disable=import-outside-toplevel
+  cfg, tok = model.cfg, model.tokenizer
+  sp, fu = as_spec(sparse), as_spec(f"full@{as_spec(sparse).block}")
+  n, k = cfg.n_layers, max(1, round(cfg.n_layers / 3))
+  mid = (n - k) // 2
+  layouts = {"all full": range(n), "bottom": range(k), "middle (LongGen)": range(mid, mid + k),
+             "top": range(n - k, n),
+             "interleaved": {int(round((i + 0.5) * n / k - 0.5)) for i in range(k)},
+             "all sparse": ()}
+  ids = []
+  with open(f"{corpus}/heldout.jsonl", encoding="utf-8") as f:
+    for line in f:
+      b = list(tok.encode(json.loads(line)["text"]))[:length - 1]
+      if len(b) == length - 1:
+        ids.append([tok.bos_id] + b)
+      if len(ids) == docs:
+        break
+  out = {"documents": len(ids), "sparse": sparse, "layouts": {}}
+  for name, full in layouts.items():
+    full = set(full)
+    c = dataclasses.replace(cfg, layers=tuple(fu if i in full else sp for i in range(n)))
+    engine = Engine(c, model.params)
+    nll = float(np.mean([-engine.score(x)[length // 2:].mean() for x in ids]))
+    out["layouts"][name] = {"full_layers": sorted(full), "nll": nll, "ppl": math.exp(nll)}
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m longgen_jax.replication.diagnose",
+                              description=__doc__.split("\n\n")[0])
+  p.add_argument("--model", required=True, help="checkpoint (trainer run or HF directory)")
+  p.add_argument("--corpus", required=True, help="the study's raw corpus directory "
+                 "(heldout.jsonl)")
+  p.add_argument("--length", type=int, default=1024)
+  p.add_argument("--samples", type=int, default=32)
+  p.add_argument("--docs", type=int, default=12)
+  p.add_argument("--sparse", default="sink_window:64:128@64", help="the sparse pattern of the "
+                 "placement check (a window well below --length)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=None)
+  args = p.parse_args(argv)
+  from longgen_jax.infer.engine import Engine  # pylint: disable=import-outside-toplevel
+  from longgen_jax.infer.loading import load_model  # pylint: disable=import-outside-toplevel
+  model = load_model(args.model, tokenizer="byte")
+  res = {"model": args.model, "length": args.length,
+         "retrieval": retrieval(model, Engine(model.cfg, model.params), args.corpus, args.length,
+                                args.samples, args.seed),
+         "placement": placement(model, args.corpus, args.length, args.sparse, args.docs)}
+  for k, v in res["retrieval"].items():
+    print(f"retrieval {k}: {v if isinstance(v, list) else f'{v:.1%}'}")
+  for k, v in res["placement"]["layouts"].items():
+    print(f"placement {k:18s} full {v['full_layers']}: ppl {v['ppl']:.3f}")
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump(res, f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

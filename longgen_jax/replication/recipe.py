@@ -1,0 +1,73 @@
+"""The replication study's settings in one place: model sizes, stages and arms.
+
+``configs/replication_pretrain.py`` and ``configs/replication_extend.py`` read these tables, and
+the driver (``python -m longgen_jax.replication``) loops over ``ARMS``. Sizes:
+
+  small  the study: 9 layers, d 512, 8 query / 4 KV heads (head dim 64), SwiGLU 1408, byte
+         vocabulary (264): 26.8M parameters. Pretraining at 1024 tokens, extension to 16384 (16x).
+  tiny   the CPU smoke test of the same pipeline: 3 layers, d 64; 128 -> 2048 tokens (16x).
+
+Token budgets: pretraining ``PRETRAIN_TOKENS`` (a few hundred M), each arm's extension
+``EXTEND_TOKENS`` (about 10% of it), identical data order for every arm (same seed).
+"""
+
+from __future__ import annotations
+
+SIZES = {
+    "small": dict(model=dict(d_model=512, n_layers=9, n_heads=8, n_kv_heads=4, ffn_dim=1408),
+                  pretrain=dict(seq_len=1024, batch_size=128, tokens=300_000_000, lr=2e-3,
+                                warmup_steps=150, loss_chunk=512),
+                  extend=dict(seq_len=16384, batch_size=8, tokens=30_000_000, lr=5e-4,
+                              warmup_steps=20, loss_chunk=4096),
+                  block=64),
+    "tiny": dict(model=dict(d_model=64, n_layers=3, n_heads=2, n_kv_heads=1, ffn_dim=128),
+                 pretrain=dict(seq_len=128, batch_size=4, tokens=128 * 4 * 3, lr=3e-3,
+                               warmup_steps=1, loss_chunk=0),
+                 extend=dict(seq_len=2048, batch_size=1, tokens=2048, lr=1e-3, warmup_steps=0,
+                             loss_chunk=0),
+                 block=16),
+}
+
+PRETRAIN_THETA = 1e4
+EXTEND_THETA = 5e5      # 1e4 -> 5e5: the "ABF" rule of thumb for ~16x, as Llama-3 / LongGen do
+SYNTHETIC_FRACTION = 0.07   # share of training tokens that are synthetic retrieval documents
+
+# The arms. Sparse patterns use the size's block (64 for `small`): "{B}" is replaced by it.
+# hybrid_sw: sink 64 + window 512 -> 576-token KV per sparse layer; the 6 stacked sparse layers
+# reach back 6 x 512 = 3K tokens, far below 16K. hybrid_strided: 5 local blocks (320 tokens) +
+# every 64th block (256 tokens at 16K) = 576 at 16K, the same budget. all_sparse: every layer
+# sink+window (9 x 512 = 4.6K reach). hybrid_window: the sink+window arm without sinks, whose
+# export is a stock sliding-window Hugging Face model.
+ARMS = {
+    "full": dict(layout="full"),
+    "hybrid_sw": dict(layout="longgen", sparse="sink_window:{S}:{W}@{B}"),
+    "hybrid_strided": dict(layout="longgen", sparse="strided:5:64@{B}"),
+    "all_sparse": dict(layout="longgen", sparse="sink_window:{S}:{W}@{B}", n_full=0),
+    "hybrid_window": dict(layout="longgen", sparse="sink_window:0:{W}@{B}"),
+}
+# Sink / window per size (tiny: 16 + 64 at 2048 tokens keeps the same "cannot cover" property).
+SINK_WINDOW = {"small": (64, 512), "tiny": (16, 64)}
+
+# Baselines evaluated without extension training.
+KV_DROP_ARM = "full"             # the full arm served with the hybrid_sw arm's sink+window cache
+
+
+def arm_layers(size: str, arm: str) -> dict:
+  """The ``config.model`` layout fields of an arm at a size."""
+  if arm not in ARMS:
+    raise ValueError(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
+  sink, window = SINK_WINDOW[size]
+  out = dict(ARMS[arm])
+  if "sparse" in out:
+    out["sparse"] = out["sparse"].format(S=sink, W=window, B=SIZES[size]["block"])
+  return out
+
+
+def kv_drop_spec(size: str) -> str:
+  sink, window = SINK_WINDOW[size]
+  return f"sink_window:{sink}:{window}@{SIZES[size]['block']}"
+
+
+def steps(size: str, stage: str) -> int:
+  s = SIZES[size][stage]
+  return max(1, s["tokens"] // (s["seq_len"] * s["batch_size"]))

@@ -55,6 +55,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from longgen_jax import cli_errors
 from longgen_jax import data as data_lib
 from longgen_jax import parallel
 from longgen_jax.data.errors import DataError
@@ -454,33 +455,18 @@ def _fail(msg: str) -> None:
   sys.exit(2)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, but a bad config argument or override is one error line, not a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError) as e:
-    root = e   # config_flags chains the config file's own exception: report that one
-    while root.__cause__ is not None or (root.__context__ is not None
-                                         and not root.__suppress_context__):
-      root = root.__cause__ or root.__context__
-    if isinstance(root, (AttributeError, KeyError)):   # an override of a field that does not exist
-      key = str(root).strip("'\" ")
-      where = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
-      _fail(f"no config field {key!r}" + (f" (in {where[0]})" if where else "")
-            + "; the config is locked: only existing fields can be overridden")
-    msg = (str(root).strip().splitlines() or [repr(root)])[0]
-    _fail(f"{str(e).split(':', 1)[0]}: {msg}" if root is not e else msg)
+_parse_flags = cli_errors.config_flags_parser("longgen_jax.train")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _fail(f"unexpected arguments: {argv[1:]}")
   if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required")
+    _fail("--workdir is required")
   try:
     config = _CONFIG.value
     if config is None:
-      raise app.UsageError("--config is required")
+      _fail("--config is required (e.g. --config=configs/tiny_cpu.py)")
     config.keys()   # config_flags reports a config file that failed to load on first access
   except OSError as e:
     _fail(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}")

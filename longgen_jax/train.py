@@ -297,7 +297,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, model_cfg: Mo
   tokenizer = data_lib.get_tokenizer(config.data.tokenizer)
   if tokenizer.vocab_size > model_cfg.vocab_size:
     raise ConfigError(f"tokenizer {config.data.tokenizer.to_dict()} has {tokenizer.vocab_size} "
-                      f"ids but model.vocab_size is {model_cfg.vocab_size}")
+                      f"ids but model.vocab_size is {model_cfg.vocab_size}: set "
+                      f"--config.model.vocab_size={-(-tokenizer.vocab_size // 8) * 8}")
   if shardings is None:
     rows, row_group, row_groups = t.batch_size, 0, 1
   else:   # this process's row group (see parallel.DataShard)

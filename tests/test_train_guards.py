@@ -208,3 +208,21 @@ def test_metrics_set_aside_keeps_every_line(tmp_path):
   redone = (tmp_path / "metrics.redone.jsonl").read_text().splitlines()
   assert [json.loads(l) for l in redone[:2]] == lines[3:] and redone[2] == '{"step": 4, "lo'
   assert set_aside_after(str(tmp_path), 2) == 0
+
+
+def test_prepare_then_train_from_the_command_line(tmp_path, env):
+  """README: ``data.prepare`` shards -> ``configs/tiny_cpu.py:data=SHARDS`` (tokenizer and vocab
+  from the shards' index.json), and a Hugging Face tokenizer path settable by an override."""
+  shards, wd = str(tmp_path / "shards"), str(tmp_path / "wd")
+  subprocess.run([sys.executable, "-m", "longgen_jax.data.prepare",
+                  "--input=longgen_jax/data/corpus/*.txt", "--format=text", f"--out={shards}",
+                  "--no_progress"], cwd=ROOT, env=env, check=True, capture_output=True)
+  out, _ = finish(start(env, wd, "--config.train.steps=2", config=f"{TINY}:data={shards}"))
+  assert "done: step 2" in out
+  with open(os.path.join(wd, "train_config.json"), encoding="utf-8") as f:
+    data = json.load(f)["data"]
+  assert data["sources"][0]["type"] == "arrayrecord" and data["sources"][0]["path"] == shards
+  # data.tokenizer.path is a string field: the override is accepted (and then validated).
+  _, err = finish(start(env, str(tmp_path / "hf"), "--config.data.tokenizer.type=hf",
+                        f"--config.data.tokenizer.path={tmp_path / 'no_tok'}"), expect=2)
+  assert "no_tok" in one_error_line(err)

@@ -107,7 +107,9 @@ def run(args) -> dict:
   if max(lengths) > model.cfg.max_seq_len:
     print(f"eval: warning: lengths above {model.cfg.max_seq_len} tokens (the model's "
           f"max_seq_len, its training length) are beyond what it was trained on: expect "
-          f"chance-level scores and a long run (the longest is {max(lengths)})", file=sys.stderr)
+          f"scores near chance" + (f" and a long run ({max(lengths)} tokens)"
+                                   if max(lengths) > 16 * model.cfg.max_seq_len else ""),
+          file=sys.stderr)
   os.makedirs(args.out, exist_ok=True)
   results = {"checkpoint": args.checkpoint, "model": model.cfg.describe(),
              "served_layers": [str(s) for s in engine.specs],

@@ -226,3 +226,17 @@ def test_prepare_then_train_from_the_command_line(tmp_path, env):
   _, err = finish(start(env, str(tmp_path / "hf"), "--config.data.tokenizer.type=hf",
                         f"--config.data.tokenizer.path={tmp_path / 'no_tok'}"), expect=2)
   assert "no_tok" in one_error_line(err)
+
+
+def test_corrupt_checkpoint_reason_is_the_cause_not_a_bound_method():
+  from longgen_jax.training.checkpoint import failure_reason
+  try:
+    try:
+      raise ValueError('OUT_OF_RANGE: Error reading "w/0.0": byte range [2, 9) is not valid')
+    except ValueError as inner:
+      raise Exception("Encountered error while reading array index: (slice(0, 8, 1),). See full "
+                      "TensorStore details: <bound method pybind11_detail.spec of "
+                      "TensorStore({\n 'driver': 'zarr'}>") from inner
+  except Exception as e:  # noqa: BLE001
+    reason = failure_reason(e)
+  assert reason.startswith("ValueError: OUT_OF_RANGE") and "bound method" not in reason

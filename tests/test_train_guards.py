@@ -240,3 +240,15 @@ def test_corrupt_checkpoint_reason_is_the_cause_not_a_bound_method():
   except Exception as e:  # noqa: BLE001
     reason = failure_reason(e)
   assert reason.startswith("ValueError: OUT_OF_RANGE") and "bound method" not in reason
+
+
+def test_help_works_on_every_absl_cli(env):
+  """``--help`` prints the usage and exits 0 (the HF export used to reject the flag)."""
+  cmds = {"longgen_jax.train": "--workdir", "longgen_jax.plan": "--mesh",
+          "longgen_jax.hf.export": "--checkpoint"}
+  procs = {m: subprocess.Popen([sys.executable, "-m", m, "--help"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for m in cmds}
+  for module, flag in cmds.items():
+    out, err = procs[module].communicate(timeout=300)
+    assert procs[module].returncode == 0 and flag in out, (module, err)

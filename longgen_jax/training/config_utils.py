@@ -53,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.eps = 1e-8
   t.weight_decay = 0.1         # AdamW, matrices only
   t.grad_clip = 1.0            # global-norm clipping (0 = off)
-  t.log_every = 10             # console line + TensorBoard every N steps (JSONL: every step)
+  t.log_every = 10             # console line every N steps (JSONL and TensorBoard: every step)
   t.peak_tflops = 0.0          # per-device peak for MFU; 0 = from the device kind (none on CPU)
   t.debug_inf_lr_at_step = 0   # TEST ONLY: lr = inf at this step (exercises the NaN guard)
 

@@ -287,9 +287,11 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, model_cfg: Mo
   fresh_note = resume_guard.check_fresh_start(workdir, allow_fresh_start)
   for line in resume_guard.compare_configs(workdir, config_json, allow_config_change):
     note(line)
-  if is_main:
-    with open(os.path.join(workdir, resume_guard.CONFIG_NAME), "w", encoding="utf-8") as f:
+  if is_main:   # atomically: other processes may be reading the previous one
+    path = os.path.join(workdir, resume_guard.CONFIG_NAME)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
       f.write(config_json)
+    os.replace(path + ".tmp", path)
   note(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}; "
        f"workdir {workdir}")
   note(f"model: {model_cfg.describe()}; {param_count(model_cfg) / 1e6:,.2f}M parameters")

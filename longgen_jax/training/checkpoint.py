@@ -234,7 +234,9 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001
       raise self._save_error(None, e) from e
     step = self._last_started
-    if step is None or step == self._confirmed or self.manager.is_saving_in_progress():
+    # The primary process commits (renames) the step directory; the others only finalize.
+    if (step is None or step == self._confirmed or jax.process_index() != 0
+        or self.manager.is_saving_in_progress()):
       return
     if os.path.isdir(os.path.join(self.directory, str(step))):
       self._confirmed = step

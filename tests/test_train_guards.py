@@ -151,7 +151,8 @@ def test_full_disk_stops_at_the_failed_save_with_one_line(tmp_path, env, meta_on
 BAD_INPUT = [
     ([f"--config={TINY}:steps=abc"], "config argument steps='abc' is not an int"),
     (["--config.model.vocab_size=100"],
-     "tokenizer {'path': None, 'type': 'byte'} has 259 ids but model.vocab_size is 100"),
+     "tokenizer {'path': '', 'type': 'byte'} has 259 ids but model.vocab_size is 100: set "
+     "--config.model.vocab_size=264"),
     (["--config.model.attention_backend=fast"], "model.attention_backend 'fast' is not a registered"),
     (["--config.mesh.sequence=16", "--config.train.seq_len=128"],
      "mesh.sequence=16: sink 16 exceeds the sequence chunk length 4"),

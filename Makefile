@@ -20,6 +20,8 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 demo: $(STAMP)
 	rm -rf $(DEMO_DIR)
 	$(BIN)/python -m longgen_jax.train --config=configs/tiny_cpu.py --workdir=$(DEMO_DIR)
+	@echo "demo run in $(DEMO_DIR); the virtualenv is $(abspath $(VENV)):"
+	@echo "  source $(VENV)/bin/activate    # then the README's other commands work as written"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --timeout=900 -m "not gpu and not tpu" tests

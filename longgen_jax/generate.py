@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
   p.add_argument("--prompt_file", default=None, help=".jsonl (one prompt per line) or a text "
                  "file (one prompt)")
+  p.add_argument("--no_echo", action="store_true", help="print only the completion, not the "
+                 "prompt before it")
   p.add_argument("--tokenizer", default=None, help="override the checkpoint's tokenizer "
                  "('byte' or a local HF tokenizer dir)")
   p.add_argument("--max_new_tokens", type=int, default=128)
@@ -93,8 +95,11 @@ def read_prompts(args) -> list[str]:
 class Streamer:
   """Prints generated text as it comes: inline for one prompt, per row when it stops."""
 
-  def __init__(self, tokenizer, n_rows: int, stream: bool, stops: Sequence[str], out=None):
+  def __init__(self, tokenizer, n_rows: int, stream: bool, stops: Sequence[str], out=None,
+               prompts: Sequence[str] | None = None):
     self.tok = tokenizer
+    self.prompts = list(prompts) if prompts else None   # echoed before each completion
+    self._echoed = False
     self.ids = [[] for _ in range(n_rows)]
     self.shown = [0] * n_rows
     self.done = [False] * n_rows
@@ -134,6 +139,9 @@ class Streamer:
           if text.endswith(s[:k]):
             text = text[:-k]
             break
+    if self.prompts is not None and not self._echoed:
+      self._echoed = True
+      self.out.write(self.prompts[b])
     if len(text) > self.shown[b]:
       self.out.write(text[self.shown[b]:])
       self.out.flush()
@@ -147,7 +155,8 @@ class Streamer:
       self._inline(b, final=True)
       self.out.write("\n")
     else:
-      self.out.write(f"[{b}] {self.text(b)!r}\n")
+      echo = f"{self.prompts[b]!r} -> " if self.prompts is not None else ""
+      self.out.write(f"[{b}] {echo}{self.text(b)!r}\n")
     self.out.flush()
 
 
@@ -204,7 +213,8 @@ def run(args) -> int:
   print(f"{len(ids)} prompt(s), {min(map(len, ids))}..{max(map(len, ids))} tokens, padded to "
         f"{t_pad} (prefill chunk {chunk}), cache capacity {capacity}", file=sys.stderr)
   print(format_kv_report(engine.abstract_cache(len(ids), capacity)), file=sys.stderr)
-  streamer = Streamer(tok, len(ids), not args.no_stream, args.stop)
+  streamer = Streamer(tok, len(ids), not args.no_stream, args.stop,
+                      prompts=None if args.no_echo else prompts)
   t0 = time.perf_counter()
   result = engine.generate(ids, max_new_tokens=args.max_new_tokens, sampling=sampling,
                            stop_tokens=stop_ids, seed=args.seed, on_token=streamer,

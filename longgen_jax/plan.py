@@ -246,13 +246,31 @@ def validate(config, mesh: str | None) -> None:
     print("  note: layers without remat are estimated to -20..-30% (docs/parallel.md)")
 
 
+PROG = "longgen_jax.plan"
+
+
 def main(argv):
+  """``_main`` with bad input (config, mesh, system) as one line and exit code 2."""
+  from longgen_jax import cli_errors  # pylint: disable=import-outside-toplevel
+  from longgen_jax.model.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from longgen_jax.parallel.mesh import MeshError  # pylint: disable=import-outside-toplevel
+  try:
+    _main(argv)
+  except (app.UsageError, ConfigError, MeshError, ValueError, OSError) as e:
+    root = cli_errors.root_cause(e)
+    if isinstance(root, OSError) and root.filename:
+      cli_errors.fail(PROG, f"cannot load {root.filename}: {root.strerror}")
+    cli_errors.fail(PROG, (str(root).strip().splitlines() or [type(root).__name__])[0])
+
+
+def _main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if FLAGS.table:
     standard_table(FLAGS.mfu, FLAGS.json, FLAGS.margin)
     return
-  config = _CONFIG.value
+  from longgen_jax import cli_errors  # pylint: disable=import-outside-toplevel
+  config = cli_errors.config_value(_CONFIG, PROG)
   if config is None:
     raise app.UsageError("--config is required (or --table)")
   if FLAGS.validate:
@@ -275,5 +293,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from longgen_jax import cli_errors  # pylint: disable=ungrouped-imports
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli_errors.config_flags_parser(PROG))

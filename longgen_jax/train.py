@@ -55,6 +55,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from longgen_jax import cli_errors
 from longgen_jax import data as data_lib
 from longgen_jax import parallel
 from longgen_jax.data.errors import DataError
@@ -69,12 +70,21 @@ from longgen_jax.training import checkpoint as ckpt_lib
 from longgen_jax.training import config_utils
 from longgen_jax.training import metrics as metrics_lib
 from longgen_jax.training import optim
+from longgen_jax.training import resume_guard
+from longgen_jax.training import save_errors
+from longgen_jax.training.workdir_lock import WorkdirLock, prepare_workdir
 from longgen_jax.training.step import make_step
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/tiny_cpu.py (optionally :ARG).",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, logs).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Continue a run although the config changed in a way that "
+    "changes what is trained (seed, data, model, batch, sequence length, optimizer).")
+_ALLOW_FRESH_START = flags.DEFINE_bool(
+    "allow_fresh_start", False, "Start from scratch although every checkpoint of the workdir "
+    "was found damaged and moved to checkpoints_corrupt/.")
 
 BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
 # Test-only crash hook: "STEP" SIGKILLs this process right after the checkpoint of STEP is
@@ -242,8 +252,14 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or continues) the run in ``workdir``; returns the last step's metrics record."""
+def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False,
+          allow_fresh_start: bool = False) -> dict[str, Any]:
+  """Trains (or continues) the run in ``workdir``; returns the last step's metrics record.
+
+  The workdir is locked for the run (``training/workdir_lock.py``); continuing with a config
+  that changes what is trained, or from scratch while every checkpoint was set aside as damaged,
+  is refused unless allowed (``training/resume_guard.py``).
+  """
   # ---- config, workdir, data, model shapes: everything is checked before any allocation.
   # Per-process divisibility is the mesh's business (trainer_shardings checks the micro-batch
   # against data x fsdp; processes sharing rows load the same rows).
@@ -252,19 +268,40 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   shardings = mesh_shardings(config)
   t, is_main = config.train, jax.process_index() == 0
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
+  prepare_workdir(workdir)
+  lock = WorkdirLock(workdir) if is_main else None
+  try:
+    return _train_locked(config, workdir, model_cfg, shardings,
+                         allow_config_change=allow_config_change,
+                         allow_fresh_start=allow_fresh_start)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: str, model_cfg: ModelConfig,
+                  shardings: dict[str, Any] | None, *, allow_config_change: bool,
+                  allow_fresh_start: bool) -> dict[str, Any]:
+  """:func:`train` once the config is valid and the workdir is locked."""
+  t, is_main = config.train, jax.process_index() == 0
   config_json = config.to_json_best_effort(indent=2)
-  if is_main:
-    with open(os.path.join(workdir, "train_config.json"), "w", encoding="utf-8") as f:
+  fresh_note = resume_guard.check_fresh_start(workdir, allow_fresh_start)
+  for line in resume_guard.compare_configs(workdir, config_json, allow_config_change):
+    note(line)
+  if is_main:   # atomically: other processes may be reading the previous one
+    path = os.path.join(workdir, resume_guard.CONFIG_NAME)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
       f.write(config_json)
+    os.replace(path + ".tmp", path)
   note(f"jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}; "
        f"workdir {workdir}")
   note(f"model: {model_cfg.describe()}; {param_count(model_cfg) / 1e6:,.2f}M parameters")
 
   tokenizer = data_lib.get_tokenizer(config.data.tokenizer)
   if tokenizer.vocab_size > model_cfg.vocab_size:
-    raise ConfigError(f"tokenizer {config.data.tokenizer!r} has {tokenizer.vocab_size} ids but "
-                      f"model.vocab_size is {model_cfg.vocab_size}")
+    raise ConfigError(f"tokenizer {config.data.tokenizer.to_dict()} has {tokenizer.vocab_size} "
+                      f"ids but model.vocab_size is {model_cfg.vocab_size}: set "
+                      f"--config.model.vocab_size={-(-tokenizer.vocab_size // 8) * 8}")
   if shardings is None:
     rows, row_group, row_groups = t.batch_size, 0, 1
   else:   # this process's row group (see parallel.DataShard)
@@ -284,24 +321,32 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   rest = init_rest(model_cfg, abstract_rest)
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                async_save=config.checkpoint.async_save)
+  ckpt.error_log = save_errors.divert_orbax_errors(workdir)
 
   # ---- resume order: workdir checkpoint -> config.init_from -> random init.
-  restored = ckpt.restore_latest(abstract, data_iter)
-  if restored is not None:
-    start, state, meta = restored
-    note(f"resumed from checkpoint step {start} ({meta.get('tokens_seen', 0) / 1e6:,.2f}M "
-         "tokens seen)" + ("; config.init_from is ignored once the workdir has checkpoints"
-                           if config.init_from else ""))
-  else:
-    start = 0
-    if config.init_from:
-      params = load_init_from(config.init_from, model_cfg, abstract)
+  try:   # a failure here closes the checkpointer first (no orbax noise at interpreter exit)
+    restored = ckpt.restore_latest(abstract, data_iter)
+    if restored is not None:
+      start, state, meta = restored
+      note(f"resumed from checkpoint step {start} ({meta.get('tokens_seen', 0) / 1e6:,.2f}M "
+           "tokens seen)" + ("; config.init_from is ignored once the workdir has checkpoints"
+                             if config.init_from else ""))
     else:
-      params = init_params(model_cfg, config.seed, shardings and shardings["params"])
-      note(f"initialised from scratch (seed {config.seed})")
-    opt_init = jax.jit(tx.init, **({} if shardings is None else
-                                   {"out_shardings": shardings["opt_state"]}))
-    state = {"params": params, "opt_state": opt_init(params)}
+      start = 0
+      if fresh_note:
+        note(fresh_note)
+      if config.init_from:
+        params = load_init_from(config.init_from, model_cfg, abstract)
+      else:
+        params = init_params(model_cfg, config.seed, shardings and shardings["params"])
+        note(f"initialised from scratch (seed {config.seed})")
+      opt_init = jax.jit(tx.init, **({} if shardings is None else
+                                     {"out_shardings": shardings["opt_state"]}))
+      state = {"params": params, "opt_state": opt_init(params)}
+  except BaseException:
+    with contextlib.suppress(Exception):
+      ckpt.close()
+    raise
   state["step"] = jnp.asarray(start, jnp.int32)
   if shardings is not None:
     state["step"] = jax.device_put(state["step"], shardings["replicated"])
@@ -317,7 +362,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
        + (f"MFU against {peak / 1e12:,.0f} TFLOP/s/device" if peak else "no peak known: no MFU"))
 
   train_step = make_train_step(graphdef, tx, schedule, t, shardings)
-  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+  if is_main and (moved := metrics_lib.set_aside_after(workdir, start)):
+    note(f"metrics.jsonl: {moved} record(s) after step {start} (to be redone) moved to "
+         "metrics.redone.jsonl")
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main,
+                                     purge_step=start + 1 if start else None)
   writer.write({"event": "start", "step": start, "time": time.time(),
                 "resumed": restored is not None, "init_from": config.init_from or None})
   pbar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
@@ -355,6 +404,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       record["mfu_row"] = record["tokens_per_s"] * flops_per_tok / (peak * jax.device_count())
     mfu = f"{record['mfu']:.1%}" if peak else "n/a"
     writer.write(record)
+    writer.scalars(p["step"], record, flush=False)
     pbar.update(1)
     pbar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{record['tokens_per_s']:,.0f}",
                      mfu=mfu)
@@ -362,7 +412,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       note(f"step {p['step']:>6}/{t.steps} | loss {metrics['loss']:.4f} | lr "
            f"{metrics['lr']:.2e} | grad {metrics['grad_norm']:.3f} | "
            f"{record['tokens_per_s']:,.0f} tok/s | MFU {mfu} | {step_s:.3f} s/step")
-      writer.scalars(p["step"], record)
+      writer.scalars(p["step"], {})   # flush
 
   # ---- the loop.
   try:
@@ -387,6 +437,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if pending is not None:
           finish(pending)
         pending = current
+        ckpt.check()   # a failed asynchronous save stops the run now, not at the next save
 
         stop = preemption.requested or ckpt.manager.reached_preemption(step)
         if step % config.checkpoint.every == 0 or step == t.steps or stop:
@@ -407,9 +458,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   finally:
     feed.close()
     pbar.close()
-    ckpt.close()   # waits for the last asynchronous save
-    writer.write({"event": "end", "step": step, "time": time.time()})
-    writer.close()
+    try:   # waits for the last asynchronous save; a failure already propagating wins
+      ckpt.close(quiet=sys.exc_info()[0] is not None)
+    finally:
+      writer.write({"event": "end", "step": step, "time": time.time()})
+      writer.close()
 
   if record:
     note(f"done: step {step}, loss {record['loss']:.4f}; checkpoints in {ckpt.directory}")
@@ -424,32 +477,18 @@ def _fail(msg: str) -> None:
   sys.exit(2)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, but a bad config argument or override is one error line, not a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError) as e:
-    root = e   # config_flags chains the config file's own exception: report that one
-    while root.__cause__ is not None or root.__context__ is not None:
-      root = root.__cause__ or root.__context__
-    if isinstance(root, (AttributeError, KeyError)):   # an override of a field that does not exist
-      key = str(root).strip("'\" ")
-      where = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
-      _fail(f"no config field {key!r}" + (f" (in {where[0]})" if where else "")
-            + "; the config is locked: only existing fields can be overridden")
-    msg = (str(root).strip().splitlines() or [repr(root)])[0]
-    _fail(f"{str(e).split(':', 1)[0]}: {msg}" if root is not e else msg)
+_parse_flags = cli_errors.config_flags_parser("longgen_jax.train")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _fail(f"unexpected arguments: {argv[1:]}")
   if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required")
+    _fail("--workdir is required")
   try:
     config = _CONFIG.value
     if config is None:
-      raise app.UsageError("--config is required")
+      _fail("--config is required (e.g. --config=configs/tiny_cpu.py)")
     config.keys()   # config_flags reports a config file that failed to load on first access
   except OSError as e:
     _fail(f"cannot load --config: {str(e).strip().splitlines()[-1].strip()}")
@@ -460,7 +499,8 @@ def main(argv: list[str]) -> None:
   except ValueError as e:
     _fail(f"distributed start-up: {e}")
   try:
-    train(config, _WORKDIR.value)
+    train(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+          allow_fresh_start=_ALLOW_FRESH_START.value)
   except NonFiniteError as e:
     print(f"longgen_jax.train: error: {e}", file=sys.stderr)
     sys.exit(1)

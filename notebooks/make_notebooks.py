@@ -6,7 +6,9 @@ never carry outputs and stay reviewable. Regenerate after editing:
   python notebooks/make_notebooks.py
 
 ``tests/test_notebooks.py`` checks that the files match this script and executes them with
-``LONGGEN_NB_TINY=1`` (tiny sizes, CPU).
+``LONGGEN_NB_TINY=1`` (tiny sizes, CPU). On a CPU the tiny size is also the default for users
+(``LONGGEN_NB_SIZE=tiny|full`` chooses); the install cell installs from a local clone, a wheel or
+a pip URL given in ``LONGGEN_SRC`` and never from a guessed address.
 """
 
 from __future__ import annotations
@@ -18,29 +20,46 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Where Colab installs the package from (set LONGGEN_GIT in the environment to use a fork).
-GIT_URL = "https://github.com/longgen-jax/longgen_jax"
-
-INSTALL = f'''# Colab: install longgen_jax (skipped when it is already importable, e.g. in CI).
+INSTALL = '''# Install longgen_jax, unless it is importable already (a `pip install -e .` checkout, or CI).
+# Assumption: you have the code. Set LONGGEN_SRC to a clone directory, a built wheel
+# (python -m build --wheel in a clone) or any pip requirement URL you can reach; without it, a
+# notebook opened from a clone's notebooks/ folder installs that clone. Nothing is fetched from
+# an address this notebook guesses.
 import importlib.util, os, subprocess, sys
 if importlib.util.find_spec("longgen_jax") is None:
-  if os.environ.get("LONGGEN_NB_TINY") == "1":
-    raise RuntimeError("CI runs the notebooks against the checkout: put it on PYTHONPATH")
-  url = os.environ.get("LONGGEN_GIT", "git+{GIT_URL}")
-  subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                         f"longgen_jax[hf,notebooks] @ {{url}}"])'''
+  src = os.environ.get("LONGGEN_SRC") or (
+      os.path.abspath("..") if os.path.isfile(os.path.join("..", "pyproject.toml")) else None)
+  if src is None:
+    raise RuntimeError("longgen_jax is not installed: set LONGGEN_SRC to a clone, a wheel or a "
+                       "pip URL (e.g. os.environ['LONGGEN_SRC'] = '/content/longgen_jax'), or "
+                       "open this notebook from a clone's notebooks/ folder")
+  req = (f"{src}[hf,notebooks]" if os.path.isdir(src) else
+         f"longgen_jax[hf,notebooks] @ {'file://' + os.path.abspath(src) if os.path.isfile(src) else src}")
+  subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", req])'''
 
 SETUP = '''import os, tempfile
-# LONGGEN_NB_TINY=1 (CI): tiny sizes that run on a CPU in well under a minute.
-TINY = os.environ.get("LONGGEN_NB_TINY", "0") == "1"
+import jax
+# Sizes: "tiny" (the default on a CPU: well under a minute) or "full" (the default with a GPU or
+# TPU). Choose with LONGGEN_NB_SIZE=tiny|full before this cell; LONGGEN_NB_TINY=1 forces tiny.
+SIZE = os.environ.get("LONGGEN_NB_SIZE") or ("tiny" if jax.default_backend() == "cpu" else "full")
+if os.environ.get("LONGGEN_NB_TINY") == "1":
+  SIZE = "tiny"
+if SIZE not in ("tiny", "full"):
+  raise ValueError(f"LONGGEN_NB_SIZE={SIZE!r}: use tiny or full")
+TINY = SIZE == "tiny"
 WORK = tempfile.mkdtemp(prefix="longgen_nb_")
 import matplotlib
 if TINY:
   matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import jax
-print("jax", jax.__version__, jax.devices(), "tiny" if TINY else "full size", "work dir", WORK)'''
+print("jax", jax.__version__, jax.devices(), f"size {SIZE}", "work dir", WORK)'''
+
+SIZES = (
+    "**Sizes.** `tiny` (the default on a CPU) runs every cell in well under a minute. `full` "
+    "(the default on a GPU or TPU) is a 12-layer, d=256 model trained for 300 steps of 16 x 1024 "
+    "tokens: minutes on one GPU, but about 67 s per step on a 2-core CPU, i.e. hours. Set "
+    "`LONGGEN_NB_SIZE=full` (or `tiny`) before the setup cell to choose.")
 
 
 def quickstart() -> nbformat.NotebookNode:
@@ -53,7 +72,7 @@ def quickstart() -> nbformat.NotebookNode:
           "that way during context extension.\n\n"
           "This notebook builds a hybrid model from a config, draws each layer's block pattern "
           "from the kernels' block tables, trains a few steps with the trainer, generates, and "
-          "exports the result to Hugging Face."),
+          "exports the result to Hugging Face.\n\n" + SIZES),
       new_code_cell(INSTALL),
       new_code_cell(SETUP),
       new_markdown_cell("## 1. A hybrid model from a config"),
@@ -94,8 +113,12 @@ def block_image(spec, length):
 L = 256 if TINY else 2048   # the patterns at a longer length than we train on
 specs = list(cfg.layers) + [AttentionSpec.strided(2, 4, 16)]
 titles = [f"layer {i}: {s}" for i, s in enumerate(cfg.layers)] + ["alternative: strided:2:4@16"]
-fig, axes = plt.subplots(1, len(specs), figsize=(2.6 * len(specs), 2.8))
-for ax, spec, title in zip(axes, specs, titles):
+cols = min(4, len(specs))   # a grid, at most 4 panels a row
+rows = -(-len(specs) // cols)
+fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+for ax in axes.flat[len(specs):]:
+  ax.axis("off")
+for ax, spec, title in zip(axes.flat, specs, titles):
   img = block_image(spec, L)
   ax.imshow(img, cmap="Blues", vmin=0, vmax=2, interpolation="nearest")
   ax.set_title(f"{title}\\n{(img > 0).mean():.0%} of blocks", fontsize=7)
@@ -160,7 +183,10 @@ def roundtrip() -> nbformat.NotebookNode:
           "generations with our JAX model.\n\n"
           "Set `LONGGEN_HF_DIR` to a local Llama directory (e.g. a downloaded Llama-3.2-1B) to "
           "use real weights; otherwise a small random Llama-3-style model (GQA, llama3 RoPE "
-          "scaling, tied embeddings) is built locally."),
+          "scaling, tied embeddings) is built locally.\n\n"
+          "**Sizes.** `tiny` (the default on a CPU) runs in well under a minute; `full` (the "
+          "default on a GPU or TPU: a 6-layer, 256-wide model compared at 1024 tokens) takes "
+          "minutes on a CPU. Set `LONGGEN_NB_SIZE=full` (or `tiny`) before the setup cell."),
       new_code_cell(INSTALL),
       new_code_cell(SETUP),
       new_markdown_cell("## 1. A Hugging Face Llama directory"),
@@ -236,7 +262,10 @@ print("same tokens:", bool((want == got).all()))
 assert (want == got).all()
 kept = cache.kept_tokens()
 plt.figure(figsize=(5, 2.5))
-plt.bar(range(len(kept)), kept, color=["C1" if s.is_full else "C0" for s in cfg.layers])
+for full, color, label in ((True, "C1", "full attention"), (False, "C0", "sparse")):
+  idx = [i for i, s in enumerate(cfg.layers) if s.is_full == full]
+  plt.bar(idx, [kept[i] for i in idx], color=color, label=label)
+plt.xticks(range(len(kept))); plt.legend(fontsize=8)
 plt.xlabel("layer"); plt.ylabel("KV tokens cached")
 plt.title(f"after {prompt.shape[1] + n_new} tokens"); plt.show()
 tokenizer = transformers.AutoTokenizer.from_pretrained(hf_out, trust_remote_code=True)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from pallas_kernels import gpu_smem
 from pallas_kernels import gpu_triton_kernels as K
 from pallas_kernels._common import tag_residuals
 from pallas_kernels.gpu_tables import kernel_tables
@@ -376,6 +377,9 @@ def attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_offset:
   tk = k.shape[1]
   scale = float(d ** -0.5 if scale is None else scale)
   cfg = _clamp(config or DEFAULT_CONFIG, tq, tk)
+  cfg, why = gpu_smem.fit_config(cfg, max(16, _pow2_at_least(d)), q.dtype, gpu_smem.smem_limit())
+  if cfg is None:
+    raise PallasGpuError(why)
   cs = _CallStatic(spec, tq, tk, int(q_offset), int(kv_offset), scale, cfg, bool(interpret))
   step_q = max(cfg.block_q, cfg.block_q_dq, cfg.block_q_dkv)
   step_k = max(cfg.block_k, cfg.block_k_dq, cfg.block_k_dkv)
@@ -394,15 +398,22 @@ def attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_offset:
   return (out, lse[:, :, :tq]) if return_lse else out
 
 
-def supports(platform, spec, shapes, dtype) -> str | None:
-  """Registry hook (``pallas_kernels.api``): None when this backend can run the call."""
-  del spec, shapes
+def supports(platform, spec, shapes, dtype, smem_limit: int | None = None) -> str | None:
+  """Registry hook (``pallas_kernels.api``): None when this backend can run the call.
+
+  Tiles are sized for the dtype and head dim (``gpu_smem.fit_config``); a call is refused only
+  when even the smallest tiles exceed the shared memory (``smem_limit``, default: the device's).
+  """
+  del spec
   if platform != "gpu":
     return f"needs a CUDA GPU (platform is {platform})"
   if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16),
                               jnp.dtype(jnp.float32)):
     return f"dtype {dtype} (bf16/f16/f32 only)"
-  return None
+  limit = gpu_smem.smem_limit() if smem_limit is None else smem_limit
+  _, why = gpu_smem.fit_config(DEFAULT_CONFIG, max(16, _pow2_at_least(shapes.head_dim)), dtype,
+                               limit)
+  return why
 
 
 def visited_tiles(spec, q_len: int, kv_len: int | None = None, config: TritonConfig | None = None,

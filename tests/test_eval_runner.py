@@ -27,6 +27,24 @@ def test_eval_cli_writes_results_and_plots(tmp_path, capsys):
     assert os.path.getsize(res["plots"][name]) > 1000
   assert "[niah] 2/2 (100%)" in cap.err         # progress lines
   assert "niah" in cap.out and "ppl (first L tok)" in cap.out
+  assert "eval: task 2/2 (ppl);" in cap.err and "overall ETA ~" in cap.err
+  assert f"results written to {out / 'results.json'}" in cap.err
+  # random:tiny has max_seq_len 128: 1k is beyond its (notional) training length.
+  assert "eval: warning: lengths above 128 tokens" in cap.err
+
+
+def test_eval_cli_lengths_too_short_draw_no_empty_chart(tmp_path, capsys):
+  out = tmp_path / "short"
+  code = cli.main(["--checkpoint=random:tiny", "--task=cwe,ppl", "--lengths=128", "--quiet",
+                   "--samples=1", "--prefill_chunk=128", f"--out={out}"])
+  cap = capsys.readouterr()
+  assert code == 0, cap.err
+  res = json.loads((out / "results.json").read_text())
+  assert not res["tasks"]["cwe"]["by_length"]
+  assert set(res["plots"]) == {"perplexity_vs_position"}
+  assert not (out / "accuracy_vs_length.png").exists()
+  assert "no length in [128] is long enough for cwe" in cap.err
+  assert "warning" not in cap.err
 
 
 def test_eval_cli_kv_drop_baseline_is_recorded(tmp_path, capsys):

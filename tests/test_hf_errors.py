@@ -138,3 +138,41 @@ def test_mismatched_model_config(hf_dir):
     load_for_training(hf_dir, cfg)
   with pytest.raises(HFConversionError, match="neither an HF model directory"):
     load_for_training(os.path.dirname(hf_dir), cfg)
+
+
+def test_non_finite_weight_names_the_tensor(hf_dir):
+  def poison(t):
+    t = t.clone()
+    t[3, 5] = float("nan")
+    return t
+  _edit_tensor(hf_dir, "model.layers.0.mlp.up_proj.weight", poison)
+  with pytest.raises(HFConversionError,
+                     match=r"tensor model\.layers\.0\.mlp\.up_proj\.weight .* 1 non-finite"):
+    import_params(hf_dir)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "config_json"])
+def test_damaged_files_are_one_line_naming_the_file(tmp_path, sharded, damage):
+  """The import command on a truncated / garbage safetensors file or a malformed config.json."""
+  import subprocess
+  import sys
+  d = str(tmp_path / "hf")
+  shutil.copytree(sharded, d)
+  os.remove(os.path.join(d, "model.safetensors.index.json"))   # files found by listing
+  victim = os.path.join(d, sorted(f for f in os.listdir(d) if f.endswith(".safetensors"))[0])
+  if damage == "truncated":
+    os.truncate(victim, os.path.getsize(victim) // 2)
+  elif damage == "garbage":
+    with open(victim, "wb") as f:
+      f.write(os.urandom(4096))
+  else:
+    victim = os.path.join(d, "config.json")
+    with open(victim, "w") as f:
+      f.write('{"hidden_size": ')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-m", "longgen_jax.hf.import_hf", f"--hf_dir={d}",
+                         f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+  assert lines[0].startswith("python -m longgen_jax.hf.import_hf: error: ") and victim in lines[0]

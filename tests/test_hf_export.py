@@ -190,3 +190,49 @@ def test_export_casts_dtype(llama3_dir, tmp_path):
   want = torch.tensor(np.asarray(params["layers"][0]["wq"]).reshape(64, -1).T).bfloat16()
   assert torch.equal(w, want)
   assert str(transformers.AutoConfig.from_pretrained(out).dtype) == "torch.bfloat16"
+
+
+def test_byte_tokenizer_run_exports_a_loadable_tokenizer(tmp_path):
+  """A trainer run on the byte tokenizer exports tokenizer files AutoTokenizer loads, with the
+  trainer's ids (bytes + 3, BOS 1); the weights are world-readable like any other file."""
+  import json
+  import stat
+
+  import grain
+  from flax import nnx
+  from longgen_jax.data.tokenizers import ByteTokenizer
+  from longgen_jax.model.config import ModelConfig
+  from longgen_jax.model.llama import Llama
+  from longgen_jax.training.checkpoint import Checkpointer
+  cfg = ModelConfig(vocab_size=264, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
+                    max_seq_len=128, layers=("full@16", "full@16"))
+  model = Llama(cfg, rngs=nnx.Rngs(0))
+  ck = Checkpointer(str(tmp_path / "run" / "checkpoints"), async_save=False)
+  opt_state = {"count": np.zeros((), np.int32)}   # not read by the export
+  ck.save(2, {"params": nnx.state(model, nnx.Param), "opt_state": opt_state},
+          iter(grain.MapDataset.range(4).to_iter_dataset()),
+          json.dumps({"model": cfg.to_dict(), "data": {"tokenizer": {"type": "byte", "path": ""}}},
+                     default=list), {})
+  ck.close()
+  out = str(tmp_path / "out")
+  export_checkpoint(str(tmp_path / "run"), out)
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  text = "Grüße, 世界!\n  x"
+  ids = tok(text)["input_ids"]
+  assert ids == [1] + ByteTokenizer().encode(text)
+  assert tok.decode(ids, skip_special_tokens=True) == text
+  assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 0)
+  mode = stat.S_IMODE(os.stat(os.path.join(out, "model.safetensors")).st_mode)
+  assert mode & 0o044, oct(mode)   # not 0600
+  # Without tokenizer files, generation says which tokenizer it falls back to.
+  from longgen_jax.infer.loading import load_model
+  from longgen_jax.model.params import to_canonical
+  bare = str(tmp_path / "bare")
+  export_params(jax_device_get(to_canonical(model)), cfg, bare)
+  assert "using the byte tokenizer (ids = bytes + 3, BOS 1)" in load_model(bare).source
+  assert "tokenizer " + out in load_model(out).source
+
+
+def jax_device_get(tree):
+  import jax
+  return jax.device_get(tree)

@@ -23,7 +23,7 @@ def test_generate_cli_batch_stream_and_kv_report(capsys, tmp_path):
                         f"--json_out={out}"])
   cap = capsys.readouterr()
   assert code == 0, cap.err
-  assert "[0] " in cap.out and "[1] " in cap.out
+  assert "[0] 'Hi' -> " in cap.out and "[1] 'long long" in cap.out   # prompts echoed
   assert "KV cache: batch 2" in cap.err and "sink_window:4:32@16" in cap.err
   assert "full@16" in cap.err and "saved" in cap.err
   res = json.loads(out.read_text())
@@ -37,6 +37,10 @@ def test_generate_cli_single_prompt_streams_inline(capsys, tmp_path):
                         "--prefill_chunk=64", "--temperature=0.7", "--top_k=5", "--ignore_eos"])
   cap = capsys.readouterr()
   assert code == 0 and "[0]" not in cap.out and cap.out.endswith("\n")
+  assert cap.out.startswith("Once upon a time")   # the prompt, then its continuation
+  code = generate.main(["--checkpoint=random:tiny", "--prompt=Abc", "--max_new_tokens=2",
+                        "--prefill_chunk=64", "--ignore_eos", "--no_echo"])
+  assert code == 0 and not capsys.readouterr().out.startswith("Abc")
 
 
 @pytest.mark.parametrize("argv, msg", [

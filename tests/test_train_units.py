@@ -112,8 +112,10 @@ def test_parse_arg():
   assert config_utils.parse_arg(None, full=False).full is False
   with pytest.raises(ConfigError, match="unknown config argument"):
     config_utils.parse_arg("fulll", full=False)
-  with pytest.raises(ConfigError, match="not a number"):
+  with pytest.raises(ConfigError, match=r"steps='ten' is not an int \(e\.g\. steps=10\)"):
     config_utils.parse_arg("steps=ten", steps=10)
+  with pytest.raises(ConfigError, match="lr='x' is not a number"):
+    config_utils.parse_arg("lr=x", lr=3e-4)
 
 
 def test_gradient_accumulation_matches_one_big_batch():

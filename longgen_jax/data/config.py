@@ -106,7 +106,40 @@ def default_data_config():
   cfg["eval_sources"] = [{
       "type": "text", "path": corpus_path("eval.txt"), "separator": CORPUS_SEPARATOR, "name": "corpus_eval",
   }]
+  cfg["tokenizer"]["path"] = ""   # a str field, so --config.data.tokenizer.path=DIR works
   return ml_collections.ConfigDict(cfg)
+
+
+def prepared_data_config(path: str, tokenizer: str = ""):
+  """A data config training on the output of ``python -m longgen_jax.data.prepare``.
+
+  ``path``: the prepared directory (or a glob of its shards). ``tokenizer``: "byte", a Hugging Face
+  tokenizer directory, or "" to take the one recorded in the directory's index.json. Returns
+  ``(data config, vocab_size)``: the tokenizer's id count (None when unknown), for the model.
+  """
+  import json  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from longgen_jax.data.sources import INDEX_FILE  # pylint: disable=import-outside-toplevel
+  recorded, vocab = {"type": "byte", "path": ""}, None
+  index = os.path.join(path, INDEX_FILE)
+  if os.path.isfile(index):
+    try:
+      with open(index, encoding="utf-8") as f:
+        info = json.load(f).get("tokenizer") or {}
+    except (OSError, ValueError, AttributeError) as e:
+      raise DataError(f"prepared data {index} is not readable JSON ({e})") from None
+    recorded = {"type": info.get("type", "byte"), "path": info.get("path") or ""}
+    vocab = info.get("vocab_size")
+  if tokenizer:
+    wanted = {"type": "byte", "path": ""} if tokenizer == "byte" else {"type": "hf",
+                                                                       "path": tokenizer}
+    if wanted != recorded:
+      vocab = None   # not the recorded tokenizer: the pipeline checks its fingerprint
+    recorded = wanted
+  cfg = copy.deepcopy(DATA_DEFAULTS)
+  cfg["sources"] = [{"type": "arrayrecord", "path": path, "weight": 1.0, "name": "prepared"}]
+  cfg["tokenizer"] = recorded
+  return ml_collections.ConfigDict(cfg), vocab
 
 
 def _plain(value):

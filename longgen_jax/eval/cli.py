@@ -106,6 +106,12 @@ def run(args) -> dict:
   print(f"eval: {model.cfg.describe()} [{model.source}]"
         + (f"; kv_drop {kv_drop}" if kv_drop else ""), file=sys.stderr)
   print(f"eval: tasks {', '.join(names)}; lengths {lengths}", file=sys.stderr)
+  if max(lengths) > model.cfg.max_seq_len:
+    print(f"eval: warning: lengths above {model.cfg.max_seq_len} tokens (the model's "
+          f"max_seq_len, its training length) are beyond what it was trained on: expect "
+          f"scores near chance" + (f" and a long run ({max(lengths)} tokens)"
+                                   if max(lengths) > 16 * model.cfg.max_seq_len else ""),
+          file=sys.stderr)
   os.makedirs(args.out, exist_ok=True)
   results = {"checkpoint": args.checkpoint, "model": model.cfg.describe(),
              "served_layers": [str(s) for s in engine.specs],
@@ -113,7 +119,9 @@ def run(args) -> dict:
              "depths": depths, "samples": args.samples, "seed": args.seed, "tasks": {},
              "plots": {}}
   t0 = time.perf_counter()
-  for name in names:
+  for i, name in enumerate(names):
+    if not args.quiet:
+      print(overall_progress(i, names, lengths, time.perf_counter() - t0), file=sys.stderr)
     if name == "ppl":
       results["tasks"][name] = runner.run_perplexity(engine, tok, add_bos, lengths,
                                                      samples=args.ppl_samples, seed=args.seed,
@@ -124,8 +132,12 @@ def run(args) -> dict:
           seed=args.seed, batch=args.batch, stop_tokens=stop, quiet=args.quiet)
     _write(results, args.out)          # partial results survive an interrupted run
   results["seconds"] = time.perf_counter() - t0
-  gen = {n: r["by_length"] for n, r in results["tasks"].items() if "by_length" in r}
-  if "niah" in results["tasks"] and "grid" in results["tasks"]["niah"]:
+  gen = {n: r["by_length"] for n, r in results["tasks"].items() if r.get("by_length")}
+  skipped = [n for n, r in results["tasks"].items() if "by_length" in r and not r["by_length"]]
+  if skipped:
+    print(f"eval: no length in {lengths} is long enough for {', '.join(skipped)}: no scores, "
+          "no chart for them (use longer --lengths)", file=sys.stderr)
+  if results["tasks"].get("niah", {}).get("grid"):
     results["plots"]["niah_heatmap"] = plots.niah_heatmap(
         results["tasks"]["niah"]["grid"], os.path.join(args.out, "niah_heatmap.png"),
         f"NIAH: {label}")
@@ -138,7 +150,18 @@ def run(args) -> dict:
         f"perplexity by position: {label}")
   _write(results, args.out)
   print(summary_table(results), file=sys.stdout)
+  written = [os.path.join(args.out, "results.json")] + [p for p in results["plots"].values()
+                                                        if isinstance(p, str)]
+  print(f"eval: results written to {', '.join(written)}", file=sys.stderr)
   return results
+
+
+def overall_progress(done: int, names: list[str], lengths: list[int], elapsed: float) -> str:
+  """``eval: task 2/4 (niah); 12s elapsed, overall ETA ~25s`` (finished tasks' mean time)."""
+  head = f"eval: task {done + 1}/{len(names)} ({names[done]}); {elapsed:.0f}s elapsed"
+  if not done:
+    return head + ", overall ETA after the first task"
+  return head + f", overall ETA ~{elapsed / done * (len(names) - done):.0f}s"
 
 
 def _write(results: dict, out: str) -> None:

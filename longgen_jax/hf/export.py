@@ -4,7 +4,8 @@
       stock_sliding] [--dtype=bfloat16] [--max_shard_gb=5]
 
 Writes safetensors shards (+ index), ``config.json``, ``generation_config.json`` and the tokenizer
-files (copied unchanged from the import). ``longgen`` also ships ``configuration_longgen.py``,
+files (copied unchanged from the import; a trainer run on the byte tokenizer gets generated ones
+that ``AutoTokenizer`` loads, ids = bytes + 3, BOS 1 added, EOS 2). ``longgen`` also ships ``configuration_longgen.py``,
 ``cache_longgen.py`` and ``modeling_longgen.py`` with an ``auto_map`` (load with
 ``trust_remote_code=True``). A checkpoint is restored one layer at a time, so host memory stays
 at about one layer plus the embedding. Targets: see ``targets.py`` and ``docs/hf.md``.
@@ -82,8 +83,11 @@ def export_from_fetch(fetch: Fetch, cfg: ModelConfig, out_dir: str, *, target: s
                       dtype: str | None = None, source_hf: Mapping | None = None,
                       generation_config: Mapping | None = None, tokenizer_src: str | None = None,
                       max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                      overwrite: bool = False) -> str:
-  """Writes a complete HF directory; returns the resolved target."""
+                      overwrite: bool = False, byte_tokenizer: bool = False) -> str:
+  """Writes a complete HF directory; returns the resolved target.
+
+  ``byte_tokenizer``: without ``tokenizer_src``, write tokenizer files for the byte tokenizer
+  (``hf/byte_tokenizer.py``), so the export loads with ``AutoTokenizer`` too."""
   target = resolve_target(target, cfg)
   _prepare_out(out_dir, overwrite)
   out_dtype = dtype or cfg.param_dtype
@@ -95,6 +99,9 @@ def export_from_fetch(fetch: Fetch, cfg: ModelConfig, out_dir: str, *, target: s
   _write_generation_config(out_dir, generation_config, source_hf)
   if tokenizer_src:
     copy_tokenizer(tokenizer_src, out_dir)
+  elif byte_tokenizer:
+    from longgen_jax.hf.byte_tokenizer import write_byte_tokenizer  # pylint: disable=import-outside-toplevel
+    write_byte_tokenizer(out_dir)
   return target
 
 
@@ -124,7 +131,8 @@ def export_checkpoint(checkpoint: str, out_dir: str, *, target: str = "auto",
     params, cfg, info = run_checkpoint.load_run(checkpoint)
     return export_params(params, cfg, out_dir, source_hf=info["hf_config"],
                          generation_config=info["generation_config"],
-                         tokenizer_src=info["tokenizer_dir"], **kwargs)
+                         tokenizer_src=info["tokenizer_dir"],
+                         byte_tokenizer=info["byte_tokenizer"], **kwargs)
   meta = ckpt_lib.read_meta(checkpoint)
   cfg = ckpt_lib.model_config(meta)
   tok = meta.get("tokenizer")

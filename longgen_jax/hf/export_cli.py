@@ -9,6 +9,8 @@ import sys
 
 from absl import flags
 
+from longgen_jax.cli_errors import parse_private_flags
+from longgen_jax.hf import export as export_module
 from longgen_jax.hf.errors import HFConversionError
 from longgen_jax.hf.export import export_checkpoint
 from longgen_jax.hf.targets import TARGETS
@@ -29,11 +31,14 @@ flags.DEFINE_float("max_shard_gb", 5.0, "Maximum safetensors shard size (GiB).",
 flags.DEFINE_bool("overwrite", False, "Replace a non-empty output directory.", flag_values=FLAGS)
 
 
+export_doc = export_module.__doc__
+
+
 def run(argv=None) -> None:
   """Parses ``argv`` (``sys.argv`` by default) and exports; exits 2 with one line on errors."""
   prog = "python -m longgen_jax.hf.export"
   try:
-    FLAGS(list(sys.argv if argv is None else argv))
+    parse_private_flags(FLAGS, list(sys.argv if argv is None else argv), export_doc)
     if not FLAGS.checkpoint or not FLAGS.out:
       raise flags.Error("--checkpoint and --out are required")
     target = export_checkpoint(FLAGS.checkpoint, FLAGS.out, target=FLAGS.target,

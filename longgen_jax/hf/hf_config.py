@@ -29,8 +29,14 @@ def read_hf_config(hf_dir: str) -> dict[str, Any]:
   path = os.path.join(hf_dir, "config.json")
   if not os.path.exists(path):
     raise HFConversionError(f"no config.json in {hf_dir}")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      hf = json.load(f)
+  except ValueError as e:
+    raise HFConversionError(f"{path} is not valid JSON ({e})") from None
+  if not isinstance(hf, dict):
+    raise HFConversionError(f"{path} must hold a JSON object, got {type(hf).__name__}")
+  return hf
 
 
 def architecture(hf: Mapping[str, Any]) -> str:

@@ -68,6 +68,15 @@ def _check_tensors(shards: HFShards, plans: list[TensorPlan], cfg: ModelConfig) 
                               f"{dt}; only float tensors ({', '.join(FLOAT_DTYPES)}) are supported")
 
 
+def _check_finite(x: np.ndarray, p: TensorPlan, shards: HFShards) -> None:
+  """A NaN or infinite weight (in the file, or from the cast to the model dtype) is an error."""
+  bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+  if bad:
+    raise HFConversionError(f"tensor {p.hf_name} in {shards.weight_map[p.hf_name]} has {bad} "
+                            f"non-finite value(s) (NaN or inf) as {x.dtype}: the checkpoint is "
+                            "damaged or does not fit the dtype")
+
+
 def _index_key(index: tuple[slice, ...]) -> tuple:
   return tuple((s.start, s.stop, s.step) for s in index)
 
@@ -88,6 +97,7 @@ def _load_tensor(shards: HFShards, p: TensorPlan, sharding: jax.sharding.Shardin
       return cache[key].copy()
     hf_index, post = hf_read_index(p, index)
     cache[key] = np.asarray(post(shards.read(p.hf_name, hf_index)), dtype=dtype)
+    _check_finite(cache[key], p, shards)
     return cache[key]
 
   arr = jax.make_array_from_callback(p.shape, sharding, callback)
@@ -169,8 +179,11 @@ def _generation_config(hf_dir: str) -> dict | None:
   path = os.path.join(hf_dir, "generation_config.json")
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except ValueError as e:
+    raise HFConversionError(f"{path} is not valid JSON ({e})") from None
 
 
 def _sync(name: str) -> None:

@@ -80,7 +80,8 @@ def _provenance(config: dict[str, Any]) -> tuple[dict | None, dict | None, str |
 def load_run(path: str) -> tuple[dict[str, Any], ModelConfig, dict[str, Any]]:
   """``(canonical params (host numpy), model config, info)`` of the newest step under ``path``.
 
-  ``info`` has ``step``, ``hf_config``, ``generation_config`` and ``tokenizer_dir``.
+  ``info`` has ``step``, ``hf_config``, ``generation_config``, ``tokenizer_dir`` and
+  ``byte_tokenizer`` (the run trained with the byte tokenizer and no tokenizer directory).
   """
   from longgen_jax.training.checkpoint import Checkpointer, abstract_like, latest_step_dir
   directory, step = latest_step_dir(path)
@@ -102,5 +103,8 @@ def load_run(path: str) -> tuple[dict[str, Any], ModelConfig, dict[str, Any]]:
   model = nnx.merge(graphdef, state["params"], rest)
   params = jax.device_get(to_canonical(model))
   hf, gen, tok = _provenance(config)
+  data_tok = (config.get("data") or {}).get("tokenizer")
+  byte = tok is None and (data_tok in (None, "byte") or (isinstance(data_tok, dict)
+                                                         and data_tok.get("type") == "byte"))
   return params, cfg, {"step": step, "hf_config": hf, "generation_config": gen,
-                       "tokenizer_dir": tok}
+                       "tokenizer_dir": tok, "byte_tokenizer": byte}

@@ -15,6 +15,12 @@ import numpy as np
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024 ** 3
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def _to_torch(a: np.ndarray):
   import torch
   a = np.array(a, copy=True, order="C")   # writable + contiguous (torch refuses read-only views)
@@ -63,6 +69,7 @@ class ShardWriter:
     weight_map = {}
     for i, (fname, tensors) in enumerate(zip(names, self._shards)):
       os.replace(self._tmp(i), os.path.join(self.out_dir, fname))
+      os.chmod(os.path.join(self.out_dir, fname), 0o666 & ~_umask())   # safetensors writes 0600
       weight_map.update({t: fname for t in tensors})
     if n > 1:
       with open(os.path.join(self.out_dir, "model.safetensors.index.json"), "w") as f:

@@ -45,8 +45,11 @@ class HFShards:
   def _weight_map(self) -> dict[str, str]:
     index = os.path.join(self.hf_dir, INDEX_FILE)
     if os.path.exists(index):
-      with open(index) as f:
-        wmap = json.load(f).get("weight_map")
+      try:
+        with open(index) as f:
+          wmap = json.load(f).get("weight_map")
+      except (ValueError, AttributeError) as e:
+        raise HFConversionError(f"{index} is not a valid JSON index ({e})") from None
       if not isinstance(wmap, dict) or not wmap:
         raise HFConversionError(f"{index} has no weight_map")
       for name, shard in sorted(wmap.items()):
@@ -65,7 +68,12 @@ class HFShards:
     from safetensors import safe_open
     wmap: dict[str, str] = {}
     for fname in files:
-      with safe_open(os.path.join(self.hf_dir, fname), framework="pt") as f:
+      try:
+        handle = safe_open(os.path.join(self.hf_dir, fname), framework="pt")
+      except Exception as e:  # noqa: BLE001 -- a truncated or garbage file
+        raise HFConversionError(f"cannot read {os.path.join(self.hf_dir, fname)}: not a complete "
+                                f"safetensors file ({str(e).splitlines()[0]})") from None
+      with handle as f:
         for name in f.keys():
           if name in wmap:
             raise HFConversionError(f"tensor {name} is in both {wmap[name]} and {fname}")
@@ -85,7 +93,8 @@ class HFShards:
       try:
         self._handles[fname] = safe_open(path, framework="pt")
       except Exception as e:  # corrupt / truncated file
-        raise HFConversionError(f"cannot open shard {fname} (tensor {name}): {e}") from None
+        raise HFConversionError(f"cannot read shard {path} (tensor {name}): not a complete "
+                                f"safetensors file ({str(e).splitlines()[0]})") from None
     try:
       return self._handles[fname].get_slice(name)
     except Exception as e:
@@ -101,7 +110,11 @@ class HFShards:
   def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
     """The tensor (or ``index`` slice of it) as numpy, dtype preserved."""
     sl = self._open(name)
-    t = sl[index] if index is not None else sl[:]
+    try:
+      t = sl[index] if index is not None else sl[:]
+    except Exception as e:  # noqa: BLE001 -- the data part of a damaged file
+      raise HFConversionError(f"cannot read tensor {name} from {self.weight_map[name]} in "
+                              f"{self.hf_dir} ({str(e).splitlines()[0]})") from None
     return _torch_to_numpy(t)
 
   def close(self) -> None:

@@ -114,7 +114,10 @@ def load_converted(path: str, tokenizer: str | None = None) -> LoadedModel:
     params, cfg = import_hf.import_params(path)
   tok_dir = tokenizer or import_hf.tokenizer_dir(path)
   tok = _tokenizer(tok_dir or "byte")
-  return LoadedModel(cfg, params, tok, tok.bos_id is not None, f"converted checkpoint {path}")
+  used = (f"tokenizer {tok_dir}" if tok_dir else "no tokenizer files there: using the byte "
+          "tokenizer (ids = bytes + 3, BOS 1); pass --tokenizer=DIR if the model used another")
+  return LoadedModel(cfg, params, tok, tok.bos_id is not None,
+                     f"converted checkpoint {path}; {used}")
 
 
 def load_model(checkpoint: str, *, tokenizer: str | None = None) -> LoadedModel:

@@ -69,6 +69,23 @@ def halo_len(spec: AttentionSpec) -> int:
   raise HaloError(f"halo attention is for sparse specs, got {spec}")
 
 
+def check_specs(specs, layout_kind: str, n: int, seq_len: int) -> None:
+  """Raises ``HaloError`` for the first sparse spec that cannot run on ``n`` sequence shards.
+
+  The trainer calls this at config validation, so a halo that does not fit the sequence chunk
+  is one line before anything is compiled.
+  """
+  if n <= 1:
+    return
+  try:
+    layout = SeqLayout(layout_kind, n, seq_len)
+  except ValueError as e:
+    raise HaloError(str(e)) from None
+  for spec in specs:
+    if not spec.is_full:
+      plan(HaloConfig("sequence", layout, spec))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Piece:
   dst_start: int          # where in the halo the piece goes

@@ -20,7 +20,9 @@ A checkpoint can still be damaged after it was committed (a truncated or garbled
 notices truncation, but a garbled byte inside an array chunk restores silently as a wrong value.
 Every save therefore records, per array, two exact 32-bit checksums of its raw bits (a plain and
 an index-weighted wrap-around sum: integer arithmetic, so the result does not depend on the
-reduction order or on how the array is sharded). ``restore_latest`` verifies them and, if the
+reduction order or on how the array is sharded), and, per process, a SHA-256 of the data
+iterator's position (its JSON state, canonically serialised), so an edited ``data/`` file is caught
+like a garbled array. ``restore_latest`` verifies them and, if the
 newest step fails to restore or to verify, says so, moves it to ``WORKDIR/checkpoints_corrupt/``
 and tries the previous step. A step that is intact but saved for a different model, optimizer or
 data pipeline (shapes in ``meta`` differ, or the iterator rejects its state) is NOT corruption:
@@ -29,6 +31,7 @@ restoring stops with ``CheckpointMismatchError`` and nothing is moved.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -114,6 +117,49 @@ def _compare_checksums(saved: dict[str, Any], tree: Any, item: str) -> None:
       raise CheckpointError(f"{item}{path}: checksum mismatch (the stored bytes were altered)")
 
 
+def data_state_digest(state: Any) -> str:
+  """SHA-256 of an iterator state (a JSON-able object, or grain's JSON bytes), key order free."""
+  if isinstance(state, (bytes, bytearray)):
+    state = json.loads(bytes(state).decode())
+  text = json.dumps(state, sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _data_file(step_dir: str, index: int, count: int) -> str:
+  return os.path.join(step_dir, "data", f"process_{index}-of-{count}.json")
+
+
+def _gather_digests(digest: str) -> dict[str, str]:
+  """``{data file name: digest}`` of every process (an all-gather when there are several)."""
+  count = jax.process_count()
+  if count == 1:
+    return {os.path.basename(_data_file("", 0, 1)): digest}
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  mine = np.frombuffer(bytes.fromhex(digest), dtype=np.uint8)
+  every = np.asarray(multihost_utils.process_allgather(mine)).reshape(count, -1)
+  return {os.path.basename(_data_file("", i, count)): bytes(every[i].tolist()).hex()
+          for i in range(count)}
+
+
+def failure_reason(e: BaseException, limit: int = 300) -> str:
+  """One line saying why ``e`` happened: the innermost cause of the chain that says something.
+
+  Orbax wraps TensorStore errors in a message ending "See full TensorStore details: <bound
+  method ...>"; the chained cause holds the real reason, so that part is dropped.
+  """
+  chain, seen = [], set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    chain.append(e)
+    e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+  for err in reversed(chain):
+    text = str(err).split("See full TensorStore details", 1)[0].strip()
+    text = " ".join(text.split())
+    if text and "<bound method" not in text:
+      return f"{type(err).__name__}: {text}"[:limit]
+  return type(chain[0]).__name__
+
+
 # ----------------------------------------------------------------------------- manager
 class Checkpointer:
   """The trainer's checkpoints in ``directory`` (``WORKDIR/checkpoints``).
@@ -129,6 +175,9 @@ class Checkpointer:
                read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
+    self.error_log = None   # set by the trainer: where orbax's own error records go
+    self._last_started = None
+    self._confirmed = None
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -141,12 +190,22 @@ class Checkpointer:
     """Starts saving ``state`` (``params`` and ``opt_state``) and ``data_iter`` as ``step``.
 
     The iterator's position is read now (synchronously), so the caller may advance it as soon
-    as this returns. Use :meth:`wait` to block until the files are committed.
+    as this returns. Use :meth:`wait` to block until the files are committed. A failure (now,
+    or of the previous asynchronous save) raises ``save_errors.CheckpointSaveError`` (one line).
     """
+    self.check()
+    self._last_started = int(step)
+    try:
+      self._save(step, state, data_iter, config_json, meta)
+    except Exception as e:  # noqa: BLE001 -- any failure to write stops the run, in one line
+      raise self._save_error(step, e) from e
+
+  def _save(self, step, state, data_iter, config_json, meta) -> None:
     items = ("params", "opt_state")
     meta = dict(meta, step=int(step), saved_at=time.time(),
                 shapes={k: tree_shapes(state[k]) for k in items},
-                checksums={k: tree_checksums(state[k]) for k in items})
+                checksums={k: tree_checksums(state[k]) for k in items},
+                data_digests=_gather_digests(data_state_digest(data_iter.get_state())))
     self.manager.save(int(step), args=ocp.args.Composite(
         params=ocp.args.StandardSave(state["params"]),
         opt_state=ocp.args.StandardSave(state["opt_state"]),
@@ -154,14 +213,60 @@ class Checkpointer:
         config=ocp.args.JsonSave(json.loads(config_json)),
         meta=ocp.args.JsonSave(meta)), force=True)
 
-  def wait(self) -> None:
-    """Blocks until every started save is committed; re-raises a background write error."""
-    self.manager.wait_until_finished()
-    self.manager.check_for_errors()
+  def _save_error(self, step: int | None, error: BaseException):
+    from longgen_jax.training import save_errors  # pylint: disable=import-outside-toplevel
+    try:
+      self.manager.reload()
+    except Exception:  # noqa: BLE001 -- only for naming the last good step
+      pass
+    failed = step if step is not None else self._last_started
+    good = [s for s in self.all_steps() if failed is None or s < failed]
+    return save_errors.save_failed(failed, error, max(good, default=None), self.error_log)
 
-  def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+  def check(self) -> None:
+    """Raises ``CheckpointSaveError`` if a finished asynchronous save failed (cheap; per step).
+
+    Orbax's own finalize thread consumes (and only logs) a background write error, so a save
+    counts as failed when it is no longer in progress and its step directory was not committed.
+    """
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      raise self._save_error(None, e) from e
+    step = self._last_started
+    # The primary process commits (renames) the step directory; the others only finalize.
+    if (step is None or step == self._confirmed or jax.process_index() != 0
+        or self.manager.is_saving_in_progress()):
+      return
+    if os.path.isdir(os.path.join(self.directory, str(step))):
+      self._confirmed = step
+      return
+    from longgen_jax.training import save_errors  # pylint: disable=import-outside-toplevel
+    error = save_errors.last_orbax_error() or RuntimeError(
+        f"{self.directory}/{step} was not committed")
+    raise self._save_error(step, error)
+
+  def wait(self) -> None:
+    """Blocks until every started save is committed; a background write error -> one line."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._save_error(None, e) from e
+    self.check()
+
+  def close(self, quiet: bool = False) -> None:
+    """Waits for the last save (its failure is raised, in one line, unless ``quiet``: when
+    another error is already being reported) and closes the manager."""
+    try:
+      self.wait()
+    except CheckpointError:
+      if not quiet:
+        raise
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # noqa: BLE001 -- a failed save was reported by wait()
+        pass
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -188,18 +293,24 @@ class Checkpointer:
     for item in items:
       _compare_checksums(meta["checksums"][item], state[item], item)
     if data_iter is not None:   # last: only a verified step moves the iterator
-      self._restore_data(step, data_iter, where)
+      self._restore_data(step, data_iter, where, meta.get("data_digests"))
     return state, meta
 
-  def _restore_data(self, step: int, data_iter: Any, where: str) -> None:
-    """Reads this process's iterator state (grain's file layout) and applies it.
+  def _restore_data(self, step: int, data_iter: Any, where: str,
+                    digests: dict[str, str] | None) -> None:
+    """Reads this process's iterator state (grain's file layout), verifies it, applies it.
 
-    Unreadable JSON is corruption; a state the iterator rejects is a mismatch (the data config
-    changed), reported without touching the checkpoint.
+    Unreadable JSON or a state whose digest differs from the one in ``meta`` is corruption
+    (checkpoints saved before digests were recorded have none to check); a state the iterator
+    rejects is a mismatch (the data config changed), reported without touching the checkpoint.
     """
-    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    with open(os.path.join(self.directory, str(step), "data", name), encoding="utf-8") as f:
+    path = _data_file(os.path.join(self.directory, str(step)), jax.process_index(),
+                      jax.process_count())
+    with open(path, encoding="utf-8") as f:
       state = json.load(f)
+    if digests is not None and digests.get(os.path.basename(path)) != data_state_digest(state):
+      raise CheckpointError(f"data/{os.path.basename(path)}: checksum mismatch (the stored data "
+                            "position was altered)")
     try:
       data_iter.set_state(state)
       if hasattr(data_iter, "start_prefetch"):
@@ -226,7 +337,7 @@ class Checkpointer:
       except CheckpointMismatchError:
         raise   # the config changed, not the checkpoint: leave everything in place
       except Exception as e:  # noqa: BLE001 -- any other failure means "this step is unusable"
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        reason = failure_reason(e)
         _log.warning("checkpoint step %d in %s is unusable (%s); trying the previous one",
                      step, self.directory, reason)
         failures.append(f"step {step}: {reason}")

@@ -53,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   t.eps = 1e-8
   t.weight_decay = 0.1         # AdamW, matrices only
   t.grad_clip = 1.0            # global-norm clipping (0 = off)
-  t.log_every = 10             # console line + TensorBoard every N steps (JSONL: every step)
+  t.log_every = 10             # console line every N steps (JSONL and TensorBoard: every step)
   t.peak_tflops = 0.0          # per-device peak for MFU; 0 = from the device kind (none on CPU)
   t.prefetch = 2               # batches read + transferred ahead in a thread (0 = in the loop)
   t.debug_inf_lr_at_step = 0   # TEST ONLY: lr = inf at this step (exercises the NaN guard)
@@ -91,12 +91,14 @@ def _convert(key: str, text: str, default: Any) -> Any:
       return False
     raise ConfigError(f"config argument {key}={text!r} is not a boolean")
   if isinstance(default, (int, float)):
+    kind = "an int" if isinstance(default, int) else "a number"
     try:
       value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-      raise ConfigError(f"config argument {key}={text!r} is not a number") from None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-      raise ConfigError(f"config argument {key}={text!r} is not a number")
+      value = None
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+        or (isinstance(default, int) and value != int(value))):
+      raise ConfigError(f"config argument {key}={text!r} is not {kind} (e.g. {key}={default})")
     return type(default)(value)
   return text
 
@@ -205,7 +207,22 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int = 1):
     if t.seq_len % spec.block:
       raise ConfigError(f"train.seq_len {t.seq_len} is not a multiple of layer {i}'s attention "
                         f"block {spec.block} ({spec})")
+  _check_attention(model_cfg, config.mesh, t.seq_len)
   return model_cfg
+
+
+def _check_attention(model_cfg, mesh, seq_len: int) -> None:
+  """The attention backend exists, and every sparse layer fits the sequence-parallel chunks."""
+  from pallas_kernels import api  # pylint: disable=import-outside-toplevel
+  from longgen_jax.parallel import halo  # pylint: disable=import-outside-toplevel
+  name = model_cfg.attention_backend
+  if name != "auto" and name not in api.available_backends():
+    raise ConfigError(f"model.attention_backend {name!r} is not a registered backend; "
+                      f"choose 'auto' or one of {api.available_backends()}")
+  try:
+    halo.check_specs(model_cfg.layers, mesh.sequence_layout, mesh.sequence, seq_len)
+  except halo.HaloError as e:
+    raise ConfigError(f"mesh.sequence={mesh.sequence}: {str(e).splitlines()[0]}") from None
 
 
 def load_sibling_config(this_file: str, name: str):

@@ -2,8 +2,11 @@
 
 ``WORKDIR/metrics.jsonl`` gets one JSON object per training step (plus ``event`` records for
 start, resume and stop), appended and flushed as it happens, so it survives a killed process and
-a resumed run continues the same file. TensorBoard scalars go to ``WORKDIR/tb`` every
-``train.log_every`` steps.
+a resumed run continues the same file. A run resumed from step S first moves the records after S
+(steps that will be redone, and a torn last line) to ``metrics.redone.jsonl``
+(:func:`set_aside_after`), so ``metrics.jsonl`` holds each step once and nothing is deleted.
+TensorBoard scalars go to ``WORKDIR/tb`` every step (flushed every ``train.log_every`` steps);
+a resumed run purges the redone steps from the TensorBoard curves too.
 
 MFU = (model FLOPs of the step) / (step seconds x devices x peak FLOP/s per device). Model FLOPs
 come from ``longgen_jax.model.flops``: matmul FLOPs (6 per parameter-token for forward + backward,
@@ -120,7 +123,8 @@ class MetricsWriter:
   Only process 0 writes; other processes get a no-op writer.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
+               purge_step: int | None = None):
     self.enabled = enabled
     self._jsonl = None
     self._tb = None
@@ -131,7 +135,7 @@ class MetricsWriter:
     self._jsonl = open(self.path, "a", encoding="utf-8")
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge_step)
 
   def write(self, record: Mapping[str, Any]) -> None:
     """Appends one JSON line and flushes it."""
@@ -140,14 +144,15 @@ class MetricsWriter:
     self._jsonl.write(json.dumps(dict(record), sort_keys=True) + "\n")
     self._jsonl.flush()
 
-  def scalars(self, step: int, values: Mapping[str, Any]) -> None:
+  def scalars(self, step: int, values: Mapping[str, Any], flush: bool = True) -> None:
     """TensorBoard scalars (numbers only; None values are skipped)."""
     if self._tb is None:
       return
     for k, v in values.items():
       if isinstance(v, (int, float)) and not isinstance(v, bool):
         self._tb.add_scalar(f"train/{k}", v, step)
-    self._tb.flush()
+    if flush:
+      self._tb.flush()
 
   def close(self) -> None:
     if self._jsonl is not None:
@@ -156,6 +161,42 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+
+
+def set_aside_after(workdir: str, step: int) -> int:
+  """Moves the records of ``metrics.jsonl`` after ``step`` to ``metrics.redone.jsonl``.
+
+  A record is moved when its ``step`` is greater than ``step`` or it does not parse (the torn
+  last line of a killed run). The moved lines are appended (and synced) to
+  ``metrics.redone.jsonl`` before ``metrics.jsonl`` is atomically replaced, so a crash in between
+  can duplicate a line there but never lose one. Returns the number of records moved.
+  """
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return 0
+  keep, moved = [], []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        later = json.loads(line).get("step", 0) > step
+      except (ValueError, AttributeError, TypeError):
+        later = True
+      (moved if later else keep).append(line if line.endswith("\n") else line + "\n")
+  if not moved:
+    return 0
+  with open(os.path.join(workdir, "metrics.redone.jsonl"), "a", encoding="utf-8") as f:
+    f.writelines(moved)
+    f.flush()
+    os.fsync(f.fileno())
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(keep)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  return len(moved)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -52,7 +52,15 @@ _LOG2E = 1.4426950408889634
 # measurements"): below pallas_gpu (50, measured faster on the H100) and cudnn (70), above xla:
 # the GPU fallback should Pallas' Triton lowering (deprecated in jax 0.11) go away.
 REGISTRY_PRIORITY = 40
+# The kinds whose predicate ``_visible`` below spells in Triton (constexpr KIND codes); any other
+# registered pattern is refused by ``supports`` (the dispatcher falls back to pallas_gpu / xla).
 _KIND = {"full": 0, "sink_window": 1, "strided": 2}
+
+
+def _pattern_reason(spec) -> str | None:
+  if spec.pattern.name not in _KIND:
+    return f"triton_native has no Triton predicate for the {spec.kind!r} pattern"
+  return None
 
 
 class TritonNativeError(ValueError):
@@ -446,7 +454,10 @@ def why_unsupported(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_o
                     kv_offset: int = 0, return_lse: bool = False, check_platform: bool = True
                     ) -> str | None:
   """``unsupported_reason`` from arrays (or ``jax.ShapeDtypeStruct``); usable inside jit."""
-  del spec, segment_ids, kv_segment_ids, q_offset, kv_offset, return_lse
+  del segment_ids, kv_segment_ids, q_offset, kv_offset, return_lse
+  why = _pattern_reason(as_spec(spec))
+  if why:
+    return why
   if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
     return f"expected q [B,T,Hq,D] and k = v [B,T,Hkv,D], got {q.shape}, {k.shape}, {v.shape}"
   if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
@@ -463,9 +474,11 @@ def supports(q, k, v, spec, **kwargs) -> bool:
 
 def registry_supports(platform: str, spec, shapes, dtype) -> str | None:
   """``supports`` for ``pallas_kernels.api.register_backend`` (shapes: ``api.AttentionShapes``)."""
-  del spec
   if platform != "gpu":
     return f"triton_native needs a CUDA GPU (platform is {platform})"
+  why = _pattern_reason(spec)
+  if why:
+    return why
   return unsupported_reason(q_heads=shapes.q_heads, kv_heads=shapes.kv_heads,
                             head_dim=shapes.head_dim, dtype=dtype)
 

@@ -34,6 +34,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels import _frame
 from pallas_kernels.block_tables import block_tables
+from pallas_kernels.patterns.truncating import allowed_truncating
 from pallas_kernels.spec import as_spec
 
 _F32 = jnp.float32
@@ -134,24 +135,8 @@ def _tile_mask(prob, q_tile, k_tile, shape, q_axis):
   """Token mask of one tile (``q_axis`` 0: [block_q, block_k]; 1: transposed)."""
   q_row = q_tile * prob.block_q + lax.broadcasted_iota(jnp.int32, shape, q_axis)
   k_row = k_tile * prob.block_k + lax.broadcasted_iota(jnp.int32, shape, 1 - q_axis)
-  m = _allowed(prob.spec, q_row + prob.q_offset, k_row + prob.kv_offset)
+  m = allowed_truncating(prob.spec, q_row + prob.q_offset, k_row + prob.kv_offset)
   return m & (q_row < prob.q_len) & (k_row < prob.kv_len)
-
-
-def _allowed(spec, qpos, kpos):
-  """``spec.allowed`` for non-negative int32 positions, with truncating ``lax.div``/``lax.rem``.
-
-  Same predicate (floor == truncation for non-negative positions); avoids the ``sign`` op that
-  ``//`` lowers to, whose Mosaic rule needs a TPU at lowering time.
-  """
-  m = kpos <= qpos
-  if spec.kind == "sink_window":
-    m &= (kpos < spec.sink) | (qpos - kpos < spec.window)
-  elif spec.kind == "strided":
-    blk = jnp.int32(spec.block)
-    qb, kb = lax.div(qpos, blk), lax.div(kpos, blk)
-    m &= ((qb - kb) < spec.local_blocks) | (lax.rem(kb, jnp.int32(spec.vert_stride)) == 0)
-  return m
 
 
 def _when_computing(compute, partial, body):

@@ -99,6 +99,10 @@ def test_ring_lse_gradient_and_bf16():
     ("fsdp=2,sequence=4", AttentionSpec.sink_window(8, 32, 16), "contiguous"),
     ("fsdp=2,sequence=4", AttentionSpec.strided(2, 2, 16), "zigzag"),
     ("tensor=2,sequence=4", AttentionSpec.strided(1, 2, 16), "zigzag"),   # no halo at all
+    # the fourth pattern (pallas_kernels/patterns/chunked.py): chunk 32 divides both the
+    # contiguous (64) and the zigzag (16 x 16) shard chunks, so no halo is exchanged
+    ("sequence=8", AttentionSpec.chunked(32, 16), "contiguous"),
+    ("fsdp=2,sequence=4", AttentionSpec.chunked(16, 16), "zigzag"),
 ])
 def test_sparse_layer_matches_reference(mesh_cfg, spec, layout):
   _compare(mesh_cfg, spec, layout, with_lse=True)

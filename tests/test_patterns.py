@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels import api, patterns
-from pallas_kernels import tpu as tpu_lib
+from pallas_kernels.backends import pallas_tpu as tpu_lib
 from pallas_kernels.block_tables import block_tables
 from pallas_kernels.spec import AttentionSpec, SpecError, dense_mask
 from pallas_kernels.testing import Case, assert_close, run_against_reference
@@ -115,11 +115,11 @@ def test_chunked_tpu_interpret_matches_reference(i):
 
 
 def test_chunked_pallas_gpu_interpret_matches_reference():
-  from pallas_kernels import gpu_triton
-  cfg = gpu_triton.TritonConfig(block_q=16, block_k=16, block_q_dq=16, block_k_dq=16,
+  from pallas_kernels.backends import pallas_gpu
+  cfg = pallas_gpu.TritonConfig(block_q=16, block_k=16, block_q_dq=16, block_k_dq=16,
                                 block_q_dkv=16, block_k_dkv=16, num_warps=1, num_stages=1)
   c = CHUNKED_CASES[0]
-  fn = lambda *a, **kw: gpu_triton.attention(*a, **kw, config=cfg, interpret=True)
+  fn = lambda *a, **kw: pallas_gpu.attention(*a, **kw, config=cfg, interpret=True)
   got, want = run_against_reference(fn, c)
   assert_close(got, want, c.dtype, label=f"pallas_gpu {c.spec}")
 
@@ -174,9 +174,9 @@ def test_unknown_kind_fails_in_every_consumer(name):
 
 
 def test_unknown_kind_fails_in_pallas_gpu_interpret():
-  from pallas_kernels import gpu_triton
+  from pallas_kernels.backends import pallas_gpu
   with pytest.raises(SpecError, match="'dilated' is not one of"):
-    gpu_triton.attention(*_q(), _unregistered(), interpret=True)
+    pallas_gpu.attention(*_q(), _unregistered(), interpret=True)
 
 
 def test_unknown_kind_fails_in_hf_config_and_cache():

@@ -13,7 +13,7 @@ under ``shard_map`` (Pallas kernels cannot be auto-partitioned by XLA):
 The context is a ``contextvars`` value read at TRACE time, so enter it around the traced body
 (or around the first call of a jitted step)::
 
-    with parallel.sharded_attention(mesh, seq_len=T, layout="zigzag", impl="ring"):
+    with parallel.sharded_attention(mesh, layout="zigzag", impl="ring"):
       loss, grads = train_step(state, batch)
 """
 

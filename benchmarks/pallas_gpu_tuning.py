@@ -1,8 +1,8 @@
 """Tuning and timing of the Pallas GPU (Triton) block-sparse attention on one GPU.
 
 Run on the device from the repository root:
-  python3 -m pallas_kernels.gpu_triton_bench --out $OUT/bench.jsonl                   # JAX part
-  python3 -m pallas_kernels.gpu_triton_bench --flex --out $OUT/flex.jsonl             # torch peer
+  python3 -m benchmarks.pallas_gpu_tuning --out $OUT/bench.jsonl                   # JAX part
+  python3 -m benchmarks.pallas_gpu_tuning --flex --out $OUT/flex.jsonl             # torch peer
 
 Useful FLOPs count only visible (q, k) pairs (``spec.visible_pairs``): forward 4 * pairs * D per
 head, forward+backward 14 * pairs * D (backward = 2.5x forward, the usual flash convention), for
@@ -63,9 +63,9 @@ def _emit(out, rec):
 def _jax_fns(spec, cfg):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from pallas_kernels import gpu_triton  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu  # pylint: disable=g-import-not-at-top
 
-  attn = lambda q, k, v: gpu_triton.attention(q, k, v, spec, config=cfg)  # noqa: E731
+  attn = lambda q, k, v: pallas_gpu.attention(q, k, v, spec, config=cfg)  # noqa: E731
   fwd = jax.jit(attn)
 
   @jax.jit
@@ -155,8 +155,8 @@ def _mosaic(args, ref_cfg):
   """The experimental Mosaic GPU block-sparse forward: numerics vs Triton at 16K, then timings."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from pallas_kernels import gpu_mosaic_fwd as M  # pylint: disable=g-import-not-at-top
-  from pallas_kernels import gpu_triton  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu_mosaic as M  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu  # pylint: disable=g-import-not-at-top
   configs = [M.MosaicConfig(64, 128, 2), M.MosaicConfig(64, 64, 4)]
   for spec_name, spec in SPECS.items():
     for L in LENGTHS:
@@ -168,7 +168,7 @@ def _mosaic(args, ref_cfg):
         try:
           if L == LENGTHS[0]:
             ours = np.asarray(fn(q, k, v), np.float32)
-            want = np.asarray(gpu_triton.attention(q, k, v, spec, config=ref_cfg), np.float32)
+            want = np.asarray(pallas_gpu.attention(q, k, v, spec, config=ref_cfg), np.float32)
             rec["rel_err_vs_triton"] = float(np.linalg.norm(ours - want) / np.linalg.norm(want))
           t, spread = _median_time(fn, (q, k, v), jax.block_until_ready)
           rec.update(ms=round(t * 1e3, 3), spread=round(spread, 3),
@@ -181,8 +181,8 @@ def _mosaic(args, ref_cfg):
 
 
 def run_jax(args):
-  from pallas_kernels import gpu_triton  # pylint: disable=g-import-not-at-top
-  base = gpu_triton.DEFAULT_CONFIG
+  from pallas_kernels.backends import pallas_gpu  # pylint: disable=g-import-not-at-top
+  base = pallas_gpu.DEFAULT_CONFIG
   phases = args.phases.split(",")
   if "calib" in phases:
     _calibrate(args.out)
@@ -264,7 +264,7 @@ def main(argv=None):
     global LENGTHS
     LENGTHS = tuple(int(x) for x in args.lengths.split(","))
   print("visited-tile efficiency (useful pairs / computed pairs, 128x128 tiles):")
-  from pallas_kernels.gpu_tables import kernel_tables  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends.gpu_tables import kernel_tables  # pylint: disable=g-import-not-at-top
   for name, spec in SPECS.items():
     for L in LENGTHS:
       t = kernel_tables(spec, L, L, 128, 128)

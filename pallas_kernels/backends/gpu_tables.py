@@ -1,6 +1,6 @@
 """Kernel-ready block lists for the Pallas GPU (Triton) kernels.
 
-The kernels in ``gpu_triton.py`` walk, for each query block (forward, dQ) or each KV block (dK/dV),
+The kernels in ``pallas_gpu.py`` walk, for each query block (forward, dQ) or each KV block (dK/dV),
 a list of the blocks it must visit. This module turns the analytic block tables of
 ``pallas_kernels.block_tables`` (docs/architecture.md §3) into one int32 matrix per direction:
 

@@ -45,7 +45,7 @@ Segment ids (packed documents, Tq == Tk, zero offsets: the training case) use cu
   the backward scatters the merged lse back.
 * A runtime ``lax.cond`` checks that every row has <= M runs, that each id forms ONE run (a
   repeated id must see itself across the gap) and that kv ids == q ids; otherwise the call runs
-  the Pallas Triton kernel (``gpu_triton.attention``; the dense reference for ``impl="dense"``).
+  the Pallas Triton kernel (``pallas_gpu.attention``; the dense reference for ``impl="dense"``).
   Both branches are compiled; only one runs.
 * Needs cuDNN >= 9.6 (THD with sliding windows) and a Hopper (sm90) or newer GPU (jax refuses the
   packed layout below sm90), and B*T*H*(D+8) < 2**31 (int32 element offsets).
@@ -683,8 +683,8 @@ def _fallback(impl, spec, scale, return_lse, q, k, v, seg, kv_seg):
   """Segment ids the packed layout cannot express (``_Packing.ok`` False): the Pallas Triton
   kernel (``pallas_gpu``) on GPU, the dense reference for ``impl="dense"`` (tests)."""
   if impl == "cudnn":
-    from pallas_kernels import gpu_triton  # pylint: disable=import-outside-toplevel
-    fn = gpu_triton.attention
+    from pallas_kernels.backends import pallas_gpu  # pylint: disable=import-outside-toplevel
+    fn = pallas_gpu.attention
   else:
     from pallas_kernels import reference  # pylint: disable=import-outside-toplevel
     fn = reference.reference_attention

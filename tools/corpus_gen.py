@@ -1,7 +1,7 @@
 """Generates the shipped demo corpus (`corpus/train.txt`, `corpus/eval.txt`).
 
-  python -m longgen_jax.data.corpus_gen            # rewrite the two files
-  python -m longgen_jax.data.corpus_gen --check    # exit 1 if they differ
+  python -m tools.corpus_gen            # rewrite the two files
+  python -m tools.corpus_gen --check    # exit 1 if they differ
 
 All text is original and public domain: the essays of `corpus_essays.py` plus
 procedurally generated English documents from seeded templates (letters,
@@ -23,7 +23,7 @@ import random
 import sys
 
 from longgen_jax.data.config import CORPUS_DIR, CORPUS_SEPARATOR
-from longgen_jax.data.corpus_essays import ESSAYS, EVAL_ESSAYS
+from tools.corpus_essays import ESSAYS, EVAL_ESSAYS
 
 TRAIN_SEED, EVAL_SEED = 20241002, 20250124
 TRAIN_BYTES, EVAL_BYTES = 215_000, 24_000
@@ -341,7 +341,7 @@ def corpus_texts() -> dict[str, str]:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m longgen_jax.data.corpus_gen", description=__doc__.split("\n\n")[0])
+  p = argparse.ArgumentParser(prog="python -m tools.corpus_gen", description=__doc__.split("\n\n")[0])
   p.add_argument("--out", default=CORPUS_DIR, help="output directory")
   p.add_argument("--check", action="store_true", help="only compare with the files in --out")
   args = p.parse_args(argv)

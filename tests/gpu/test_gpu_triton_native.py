@@ -1,7 +1,7 @@
 """triton_native backend (jax-triton) on a real GPU against the fp32 dense reference (bf16 inputs).
 
 Run on the device machine with jax-triton installed:
-``python -m pytest -q -m gpu tests/gpu/test_gpu_native.py``.
+``python -m pytest -q -m gpu tests/gpu/test_gpu_triton_native.py``.
 """
 
 import functools
@@ -10,15 +10,15 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from pallas_kernels import gpu_native
+from pallas_kernels.backends import triton_native
 from pallas_kernels.reference import reference_attention
 from pallas_kernels.spec import AttentionSpec
 
 _PROBE = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.bfloat16)
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(gpu_native.why_unsupported(_PROBE, _PROBE, _PROBE, "full") is not None,
-                       reason=str(gpu_native.why_unsupported(_PROBE, _PROBE, _PROBE, "full"))),
+    pytest.mark.skipif(triton_native.why_unsupported(_PROBE, _PROBE, _PROBE, "full") is not None,
+                       reason=str(triton_native.why_unsupported(_PROBE, _PROBE, _PROBE, "full"))),
 ]
 
 
@@ -54,7 +54,7 @@ def test_forward_lse_and_grads(case):
   if case.get("seg"):
     seg = (jnp.arange(q.shape[1]) >= 300).astype(jnp.int32)[None] + 1
     kw["segment_ids"] = seg
-  out, lse = gpu_native.native_attention(q, k, v, spec, return_lse=True, **kw)
+  out, lse = triton_native.native_attention(q, k, v, spec, return_lse=True, **kw)
   f32 = [x.astype(jnp.float32) for x in (q, k, v)]
   ref, ref_lse = reference_attention(*f32, spec, return_lse=True, **kw)
   assert _rel(out, ref) < 1e-2
@@ -69,7 +69,7 @@ def test_forward_lse_and_grads(case):
     o, l = fn(q, k, v, return_lse=True, **kw)
     return jnp.sum(o.astype(jnp.float32) * w_o) + jnp.sum(jnp.where(fin, l, 0.0) * w_l)
 
-  g = jax.grad(functools.partial(loss, functools.partial(gpu_native.native_attention, spec=spec)),
+  g = jax.grad(functools.partial(loss, functools.partial(triton_native.native_attention, spec=spec)),
                argnums=(0, 1, 2))(q, k, v)
   g_ref = jax.grad(functools.partial(loss, functools.partial(reference_attention, spec=spec)),
                    argnums=(0, 1, 2))(*f32)

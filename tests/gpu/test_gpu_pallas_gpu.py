@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels import gpu_triton
+from pallas_kernels.backends import pallas_gpu
 from pallas_kernels.reference import reference_attention
 from pallas_kernels.spec import AttentionSpec
 
@@ -41,7 +41,7 @@ def _grads(fn, q, k, v, w):
 
 
 def _check(spec, q, k, v, w, *, tol_out, tol_grad, config=None, **kw):
-  ours = lambda q, k, v: gpu_triton.attention(  # noqa: E731
+  ours = lambda q, k, v: pallas_gpu.attention(  # noqa: E731
       q, k, v, spec, return_lse=True, config=config, **kw)
   ref = lambda q, k, v: reference_attention(  # noqa: E731
       q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), spec, return_lse=True,
@@ -69,7 +69,7 @@ def test_bf16_vs_reference(spec, D, impl):
   """Both forwards (Mosaic GPU, Triton) with the Triton backward; GQA group of 4."""
   q, k, v, w = _inputs(0, 1, 2048, 8, 2, D, jnp.bfloat16)
   _check(AttentionSpec.parse(spec), q, k, v, w, tol_out=1e-2, tol_grad=2e-2,
-         config=gpu_triton.TritonConfig(fwd_impl=impl))
+         config=pallas_gpu.TritonConfig(fwd_impl=impl))
 
 
 def test_bf16_segments_ragged_offsets():
@@ -91,18 +91,18 @@ def test_fp32_strided_gqa():
 
 
 def test_vs_xla_blocked_long():
-  xla_blocked = pytest.importorskip("pallas_kernels.xla_blocked")
+  xla_blocked = pytest.importorskip("pallas_kernels.backends.xla")
   fn = getattr(xla_blocked, "attention", None) or getattr(xla_blocked, "xla_attention", None)
   if fn is None:
-    pytest.skip("pallas_kernels.xla_blocked has no attention entry point yet")
+    pytest.skip("pallas_kernels.backends.xla has no attention entry point yet")
   spec = AttentionSpec.sink_window(64, 4096)
   q, k, v, w = _inputs(3, 1, 16384, 4, 4, 128, jnp.bfloat16)
-  ours = jax.jit(lambda q, k, v: gpu_triton.attention(q, k, v, spec))(q, k, v)
+  ours = jax.jit(lambda q, k, v: pallas_gpu.attention(q, k, v, spec))(q, k, v)
   theirs = jax.jit(lambda q, k, v: fn(q, k, v, spec))(q, k, v)
   assert _rel(ours, theirs) < 1e-2
   gl = lambda f: jax.jit(jax.grad(  # noqa: E731
       lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * w), argnums=(0, 1, 2)))(q, k, v)
-  for a, b in zip(gl(lambda q, k, v: gpu_triton.attention(q, k, v, spec)),
+  for a, b in zip(gl(lambda q, k, v: pallas_gpu.attention(q, k, v, spec)),
                   gl(lambda q, k, v: fn(q, k, v, spec))):
     assert _rel(a, b) < 2e-2
 
@@ -112,5 +112,5 @@ def test_registry_dispatch():
   spec = AttentionSpec.sink_window(64, 512)
   q, k, v, _ = _inputs(4, 1, 1024, 4, 2, 128, jnp.bfloat16)
   via_api = api.attention(q, k, v, spec, backend="pallas_gpu")
-  direct = gpu_triton.attention(q, k, v, spec)
+  direct = pallas_gpu.attention(q, k, v, spec)
   np.testing.assert_array_equal(np.asarray(via_api, np.float32), np.asarray(direct, np.float32))

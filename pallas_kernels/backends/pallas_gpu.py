@@ -6,7 +6,7 @@ absolute positions ``q_offset + arange(Tq)`` / ``kv_offset + arange(Tk)``, optio
 returns out [B, Tq, Hq, D] (q.dtype) and optionally lse [B, Hq, Tq] (fp32, natural log, ``-inf``
 and a zero row for a query that sees no key). Differentiable in q, k, v (and through lse).
 
-How it works (kernel bodies in ``gpu_triton_kernels.py``, visit lists in ``gpu_tables.py``):
+How it works (kernel bodies in ``pallas_gpu_kernels.py``, visit lists in ``gpu_tables.py``):
 * the analytic block tables (§3) give, per query block, the KV blocks to visit; they are reordered
   full-first so each kernel runs an unmasked loop and a masked loop (partial tiles only);
 * forward: grid (q block, batch, q head), online softmax in fp32 with exp2, bf16 MMA inputs;
@@ -31,9 +31,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels import gpu_triton_kernels as K
+from pallas_kernels.backends import pallas_gpu_kernels as K
 from pallas_kernels._common import tag_residuals
-from pallas_kernels.gpu_tables import kernel_tables
+from pallas_kernels.backends.gpu_tables import kernel_tables
 from pallas_kernels.spec import AttentionSpec, as_spec
 
 _LN2 = math.log(2.0)
@@ -54,7 +54,7 @@ class TritonConfig:
   kernel's and ``*_dkv`` the dK/dV kernel's. Blocks are clamped to the (power-of-two rounded)
   lengths. Defaults: tuned on an H100 for D=128 bf16 (docs/kernels.md).
 
-  ``fwd_impl``: ``"auto"`` (default) takes the Mosaic GPU forward of ``gpu_mosaic_fwd.py`` where
+  ``fwd_impl``: ``"auto"`` (default) takes the Mosaic GPU forward of ``pallas_gpu_mosaic.py`` where
   it applies (sm_90, bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets, Tq == Tk,
   T % 128 == 0, not interpreting) and the Triton forward otherwise; ``"mosaic"`` raises where it
   does not apply; ``"triton"`` always takes Triton. The backward is always the Triton kernels.
@@ -277,8 +277,8 @@ def _forward(cs: _CallStatic, q, k, v, qseg, kseg):
   if impl != "triton":
     why = _mosaic_unsupported(cs, q, k, qseg is not None)
     if why is None:
-      from pallas_kernels import gpu_mosaic_fwd  # pylint: disable=g-import-not-at-top
-      return gpu_mosaic_fwd.sparse_attention_fwd(q, k, v, cs.spec, scale=cs.scale)
+      from pallas_kernels.backends import pallas_gpu_mosaic  # pylint: disable=g-import-not-at-top
+      return pallas_gpu_mosaic.sparse_attention_fwd(q, k, v, cs.spec, scale=cs.scale)
     if impl == "mosaic":
       raise PallasGpuError(f"fwd_impl='mosaic' cannot run this call: {why}")
   return _fwd_call(cs, q, k, v, qseg, kseg)

@@ -32,7 +32,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels import _frame
+from pallas_kernels.backends import _frame
 from pallas_kernels.block_tables import block_tables
 from pallas_kernels.patterns.truncating import allowed_truncating
 from pallas_kernels.spec import as_spec

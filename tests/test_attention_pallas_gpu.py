@@ -14,12 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels import gpu_triton
-from pallas_kernels.gpu_tables import kernel_tables
+from pallas_kernels.backends import pallas_gpu
+from pallas_kernels.backends.gpu_tables import kernel_tables
 from pallas_kernels.reference import reference_attention
 from pallas_kernels.spec import AttentionSpec, dense_mask
 
-SMALL = gpu_triton.TritonConfig(block_q=32, block_k=32, block_q_dq=32, block_k_dq=16,
+SMALL = pallas_gpu.TritonConfig(block_q=32, block_k=32, block_q_dq=32, block_k_dq=16,
                                 block_q_dkv=16, block_k_dkv=32)
 
 
@@ -46,7 +46,7 @@ def _run(fn, w):
 
 
 def _compare(spec, q, k, v, w, *, atol, config=SMALL, **kw):
-  ours = functools.partial(gpu_triton.attention, spec=spec, return_lse=True, config=config,
+  ours = functools.partial(pallas_gpu.attention, spec=spec, return_lse=True, config=config,
                            interpret=True, **kw)
   ref = functools.partial(reference_attention, spec=spec, return_lse=True, **kw)
   out, lse, grads = _run(ours, w)(q, k, v)
@@ -139,13 +139,13 @@ def test_visit_lists_match_dense_mask(spec, lens, blocks):
 def test_errors():
   q, k, v, _ = _inputs(6, 32, 2, 2, 16)
   if jax.default_backend() != "gpu":
-    with pytest.raises(gpu_triton.PallasGpuError, match="interpret=True"):
-      gpu_triton.attention(q, k, v, AttentionSpec.full())
-  with pytest.raises(gpu_triton.PallasGpuError, match="multiple of kv heads"):
-    gpu_triton.attention(q, k[:, :, :1].repeat(3, axis=2), v[:, :, :1].repeat(3, axis=2),
+    with pytest.raises(pallas_gpu.PallasGpuError, match="interpret=True"):
+      pallas_gpu.attention(q, k, v, AttentionSpec.full())
+  with pytest.raises(pallas_gpu.PallasGpuError, match="multiple of kv heads"):
+    pallas_gpu.attention(q, k[:, :, :1].repeat(3, axis=2), v[:, :, :1].repeat(3, axis=2),
                          AttentionSpec.full(), interpret=True)
-  with pytest.raises(gpu_triton.PallasGpuError, match="power of two"):
-    gpu_triton.TritonConfig(block_q=48)
+  with pytest.raises(pallas_gpu.PallasGpuError, match="power of two"):
+    pallas_gpu.TritonConfig(block_q=48)
 
 
 @pytest.mark.parametrize("spec,seg,heads,dtype", [
@@ -154,7 +154,7 @@ def test_errors():
 ])
 def test_lowers_to_triton_for_cuda(monkeypatch, spec, seg, heads, dtype):
   """Forward and backward lower to Triton IR for CUDA (Pallas -> Triton lowering, no GPU)."""
-  monkeypatch.setattr(gpu_triton, "_backend", lambda: "gpu")
+  monkeypatch.setattr(pallas_gpu, "_backend", lambda: "gpu")
   q = jax.ShapeDtypeStruct((1, 1000, heads[0], 128), dtype)
   k = jax.ShapeDtypeStruct((1, 1000, heads[1], 128), dtype)
   s = jax.ShapeDtypeStruct((1, 1000), jnp.int32)
@@ -162,7 +162,7 @@ def test_lowers_to_triton_for_cuda(monkeypatch, spec, seg, heads, dtype):
   def f(q, k, v, s):
     kw = dict(segment_ids=s) if seg else {}
     return jax.grad(lambda q, k, v: jnp.sum(
-        gpu_triton.attention(q, k, v, spec, **kw).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
+        pallas_gpu.attention(q, k, v, spec, **kw).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
 
   with _abstract_cuda_gpu():  # traced inside too: each equation records the abstract mesh
     text = jax.jit(f).trace(q, k, k, s).lower(lowering_platforms=("cuda",)).as_text()
@@ -188,19 +188,19 @@ def _abstract_cuda_gpu(device_kind="NVIDIA H100 80GB HBM3"):
 
 def test_mosaic_forward_needs_a_hopper_gpu():
   q, k, v, _ = _inputs(7, 128, 2, 2, 64, jnp.bfloat16)
-  cfg = gpu_triton.TritonConfig(fwd_impl="mosaic")
-  with pytest.raises(gpu_triton.PallasGpuError, match="fwd_impl='mosaic' cannot run"):
-    gpu_triton.attention(q, k, v, AttentionSpec.full(), config=cfg, interpret=True)
-  with pytest.raises(gpu_triton.PallasGpuError, match="fwd_impl"):
-    gpu_triton.TritonConfig(fwd_impl="cuda")
+  cfg = pallas_gpu.TritonConfig(fwd_impl="mosaic")
+  with pytest.raises(pallas_gpu.PallasGpuError, match="fwd_impl='mosaic' cannot run"):
+    pallas_gpu.attention(q, k, v, AttentionSpec.full(), config=cfg, interpret=True)
+  with pytest.raises(pallas_gpu.PallasGpuError, match="fwd_impl"):
+    pallas_gpu.TritonConfig(fwd_impl="cuda")
 
 
 def test_mosaic_forward_lowers_for_cuda():
   """The Mosaic GPU forward lowers to Mosaic GPU IR (no GPU needed; it runs on the device)."""
-  from pallas_kernels import gpu_mosaic_fwd  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu_mosaic  # pylint: disable=g-import-not-at-top
   q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
   k = jax.ShapeDtypeStruct((1, 512, 2, 128), jnp.bfloat16)
-  fn = jax.jit(lambda q, k, v: gpu_mosaic_fwd.sparse_attention_fwd(
+  fn = jax.jit(lambda q, k, v: pallas_gpu_mosaic.sparse_attention_fwd(
       q, k, v, AttentionSpec.sink_window(64, 256)))
   text = fn.trace(q, k, k).lower(lowering_platforms=("cuda",)).as_text()
   assert "mosaic_gpu" in text

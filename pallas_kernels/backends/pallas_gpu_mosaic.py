@@ -1,8 +1,8 @@
 """Block-sparse attention forward in Pallas Mosaic GPU (Hopper, FA3 style).
 
-``gpu_triton.attention`` takes this forward by default on Hopper (``TritonConfig.fwd_impl="auto"``,
+``pallas_gpu.attention`` takes this forward by default on Hopper (``TritonConfig.fwd_impl="auto"``,
 where it applies; ``"mosaic"`` forces it); the backward stays the Triton kernels, which consume
-the base-2 lse returned here. GPU tests: ``tests/gpu/test_gpu_triton.py`` (``-k mosaic``).
+the base-2 lse returned here. GPU tests: ``tests/gpu/test_gpu_pallas_gpu.py`` (``-k mosaic``).
 Measured against the Triton forward in docs/kernels.md ("Pallas GPU (Triton lowering)").
 
 Structure follows jax's ``pallas/ops/gpu/attention_mgpu.py`` forward: per CTA two compute
@@ -32,7 +32,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.gpu_tables import kernel_tables
+from pallas_kernels.backends.gpu_tables import kernel_tables
 from pallas_kernels.spec import AttentionSpec
 
 M_INIT = -1e30

@@ -7,7 +7,7 @@ import pytest
 
 from pallas_kernels import api
 from pallas_kernels.spec import AttentionSpec
-from pallas_kernels.split import split_attention
+from pallas_kernels.backends.split import split_attention
 
 SPEC = AttentionSpec.sink_window(16, 64, 32)
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels._common import tag_residuals
-from pallas_kernels.gpu_tables import kernel_tables
+from pallas_kernels.backends.gpu_tables import kernel_tables
 from pallas_kernels.spec import AttentionSpec, as_spec
 
 try:

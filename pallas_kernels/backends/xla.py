@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from pallas_kernels import _frame
+from pallas_kernels.backends import _frame
 from pallas_kernels.block_tables import block_tables
 from pallas_kernels.spec import as_spec
 

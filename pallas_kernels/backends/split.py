@@ -51,13 +51,18 @@ def split_attention(infer: str, train: str):
 def mosaic_sink_window_supports(platform, spec, shapes, dtype) -> str | None:
   """``split_gpu``: sink+window calls where both the Mosaic GPU forward (pallas_gpu) and cuDNN
   apply; elsewhere ``auto`` takes the next backend (cudnn or pallas_gpu)."""
-  from pallas_kernels import gpu_cudnn, gpu_triton  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends import cudnn, pallas_gpu  # pylint: disable=g-import-not-at-top
   if spec.kind != "sink_window":
     return f"only sink_window (the {spec.kind} pattern has one fastest kernel)"
-  why = gpu_triton.mosaic_unsupported(
+  why = pallas_gpu.mosaic_unsupported(
       shapes.q_len, shapes.kv_len, shapes.head_dim, dtype,
       has_segment_ids=shapes.has_segment_ids, q_offset=shapes.q_offset,
       kv_offset=shapes.kv_offset)
   if why:
     return f"the Mosaic GPU forward cannot run it: {why}"
-  return gpu_cudnn.registry_supports(platform, spec, shapes, dtype)
+  return cudnn.registry_supports(platform, spec, shapes, dtype)
+
+
+# ``split_gpu`` (backends/registry.py): the Mosaic GPU forward of pallas_gpu when the call is not
+# differentiated, cuDNN under autodiff.
+split_gpu_attention = split_attention("pallas_gpu", "cudnn")

@@ -15,8 +15,8 @@ import pytest
 from jax import export
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels import tpu as tpu_lib
-from pallas_kernels._frame import make_problem
+from pallas_kernels.backends import pallas_tpu as tpu_lib
+from pallas_kernels.backends._frame import make_problem
 from pallas_kernels.block_tables import block_tables
 from pallas_kernels.spec import AttentionSpec
 from pallas_kernels.testing import BF16, Case, assert_close, run_against_reference

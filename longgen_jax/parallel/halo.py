@@ -22,6 +22,11 @@ Two kernel calls per sub-chunk, merged by log-sum-exp:
    the local call already), all fully visible to the chunk (``full`` spec with a large
    ``q_offset``); the ``< cC - H`` cut is a dynamic key mask (segment id -1).
 
+Every pattern-specific quantity above (``H``, the generic call's spec and offsets, which chunks
+are special, the global positions, the chunk-length requirement) comes from the layer's pattern
+(``Pattern.halo_len / halo_generic / halo_special / global_positions / halo_check``,
+``pallas_kernels/patterns/``); this module does not branch on the kind.
+
 Gradients are plain autodiff: ``ppermute`` transposes to the reverse permutation and
 ``all_gather`` to a reduce-scatter, so halo and sink/vertical KV cotangents flow back to their
 owners exactly.

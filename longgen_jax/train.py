@@ -35,7 +35,6 @@ with a message naming the step; nothing is saved at or after that step.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -169,11 +168,13 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: C
                     ) -> Callable:
   """``training.step.make_step`` jitted with ``state`` donated.
 
-  ``shardings`` (see :func:`mesh_shardings`) pins in/out shardings; None leaves placement to JAX
-  (one device).
+  ``shardings`` (see :func:`mesh_shardings`) pins in/out shardings and hands the model the
+  mesh's sequence-parallel attention (``Parallel.attention_fn``); None leaves placement to JAX
+  and runs the kernel on one device.
   """
   step = make_step(graphdef, tx, schedule, grad_accum=train.grad_accum,
-                   loss_chunk=train.loss_chunk)
+                   loss_chunk=train.loss_chunk,
+                   attention_fn=None if shardings is None else shardings["parallel"].attention_fn)
   if shardings is None:
     return jax.jit(step, donate_argnums=(0,))
   state_sh = {"step": shardings["replicated"], "params": shardings["params"],
@@ -188,7 +189,7 @@ def mesh_shardings(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
 
   Otherwise ``parallel.trainer_shardings(config)``: the mesh built from ``config.mesh`` and
   ``{"params", "opt_state", "rest", "batch", "replicated", "parallel"}`` (``"parallel"`` is the
-  ``parallel.Parallel`` object: data shard, layout-aware batch assembly, attention context).
+  ``parallel.Parallel`` object: data shard, layout-aware batch assembly, the model's attention fn).
   A mesh that does not fit the devices or the batch is a ``ConfigError``.
   """
   n = jax.device_count()
@@ -335,9 +336,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         data_s = time.perf_counter() - t0
         if compiled is None:
           tc = time.perf_counter()
-          with (shardings["parallel"].attention() if shardings is not None
-                else contextlib.nullcontext()):   # read at trace time
-            compiled = train_step.lower(state, rest, batch).compile()
+          compiled = train_step.lower(state, rest, batch).compile()
           note(f"compiled the train step in {time.perf_counter() - tc:.1f}s")
           t0 = time.perf_counter() - data_s
         state, metrics = compiled(state, rest, batch)

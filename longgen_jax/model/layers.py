@@ -16,7 +16,7 @@ takes the attention itself as a callable ``attend(q, k, v) -> out`` so that trai
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -136,15 +136,3 @@ def logits_from_hidden(cfg: ModelConfig, hidden, unembedding):
   dt = compute_dtype(cfg)
   return jnp.einsum("...d,dv->...v", hidden.astype(dt), unembedding.astype(dt),
                     preferred_element_type=jnp.float32)
-
-
-def check_layer_params(cfg: ModelConfig, p: Mapping[str, Any], where: str = "layer") -> None:
-  """Raises ValueError naming the tensor when a canonical layer dict has a wrong key or shape."""
-  shapes = layer_param_shapes(cfg)
-  missing = [k for k in shapes if k not in p]
-  extra = [k for k in p if k not in shapes]
-  if missing or extra:
-    raise ValueError(f"{where}: missing {missing}, unexpected {extra} canonical parameter(s)")
-  for k, shape in shapes.items():
-    if tuple(p[k].shape) != shape:
-      raise ValueError(f"{where}.{k}: shape {tuple(p[k].shape)} != expected {shape}")

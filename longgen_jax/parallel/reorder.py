@@ -169,10 +169,3 @@ def restore_batch(batch: Mapping[str, Any], layout: SeqLayout,
     if k in out and out[k] is not None:
       out[k] = restore(out[k], layout, axis=1)
   return out
-
-
-def layout_for(mesh, seq_len: int, kind: str | None = None) -> SeqLayout:
-  """The layout for a mesh's ``sequence`` axis (size 1 -> identity)."""
-  from longgen_jax.parallel import compat  # pylint: disable=import-outside-toplevel
-  n = compat.axis_size(mesh, "sequence")
-  return SeqLayout(kind or "zigzag", n, seq_len)

@@ -128,8 +128,3 @@ class Pattern:
   def global_positions(self, spec, seq_len: int) -> np.ndarray:
     """Sorted positions every later query may see however far away (sinks, vertical blocks)."""
     return np.zeros(0, np.int64)
-
-
-def causal_allowed(pattern: Pattern, spec, q, k):
-  """The full predicate: causal and the pattern."""
-  return (k <= q) & pattern.visible(q, k, spec)

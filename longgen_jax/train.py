@@ -57,6 +57,7 @@ from tqdm import tqdm
 from longgen_jax import data as data_lib
 from longgen_jax import parallel
 from longgen_jax.data.errors import DataError
+from longgen_jax.data.packing import BATCH_KEYS
 from longgen_jax.hf.errors import HFConversionError
 from longgen_jax.model.config import ModelConfig
 from longgen_jax.model.errors import ConfigError
@@ -74,7 +75,6 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, logs).")
 
-BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
 # Test-only crash hook: "STEP" SIGKILLs this process right after the checkpoint of STEP is
 # committed; "STEP:during" right after that save started (files possibly half-written).
 KILL_ENV = "LONGGEN_TEST_SIGKILL_AT_CHECKPOINT"

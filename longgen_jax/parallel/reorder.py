@@ -26,6 +26,9 @@ from typing import Any, Mapping
 import numpy as np
 
 LAYOUTS = ("zigzag", "striped", "contiguous")
+# The batch's keys: the same tuple as ``longgen_jax.data.packing.BATCH_KEYS`` (the data path's
+# definition; tests/test_parallel_mesh.py checks they agree). Not imported from there so that
+# ``longgen_jax.parallel`` stays free of grain (``benchmarks/train_step.py`` needs no grain).
 BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
 
 

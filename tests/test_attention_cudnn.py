@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.backends import cudnn
+from pallas_kernels.backends import cudnn, cudnn_common, cudnn_packed
 from pallas_kernels.reference import reference_attention as _reference_attention
 from pallas_kernels.spec import AttentionSpec
 
@@ -78,11 +78,11 @@ def test_sink_and_window_key_sets_are_disjoint_and_cover_the_pattern():
   spec = AttentionSpec.sink_window(20, 16, 16)
   T = 64
   causal, window, n_sink = cudnn._plan(spec, T, T, 0, 0)
-  main = np.asarray(cudnn._main_mask(T, T, causal, window))
+  main = np.asarray(cudnn_common._main_mask(T, T, causal, window))
   sink = np.zeros((T, T), bool)
-  sink[window:, :n_sink] = np.asarray(cudnn._sink_mask(window, T, n_sink, window))
+  sink[window:, :n_sink] = np.asarray(cudnn_common._sink_mask(window, T, n_sink, window))
   # Rows before the window length have no sink outside their window: the sink part skips them.
-  assert not np.any(np.asarray(cudnn._sink_mask(0, window, n_sink, window)))
+  assert not np.any(np.asarray(cudnn_common._sink_mask(0, window, n_sink, window)))
   assert not np.any(main & sink)
   np.testing.assert_array_equal(main | sink, spec.allowed(np.arange(T)[:, None],
                                                           np.arange(T)[None, :]))
@@ -92,13 +92,13 @@ def test_widened_backward_carries_the_lse_cotangent():
   """The head-dim widening used for cuDNN (delta computed from (dO, O) inside the kernel)."""
   q, k, v = _qkv(2, T=32)
   scale = 0.25
-  mask = cudnn._main_mask(32, 32, True, 8)
-  o, lse = cudnn._dense_fwd(q, k, v, mask, scale=scale)
+  mask = cudnn_common._main_mask(32, 32, True, 8)
+  o, lse = cudnn_common._dense_fwd(q, k, v, mask, scale=scale)
   do = jax.random.normal(jax.random.PRNGKey(3), o.shape)
   dlse = jax.random.normal(jax.random.PRNGKey(4), lse.shape)
-  plain = lambda *a: cudnn._dense_bwd(*a, None, mask, scale=scale)
-  got = jax.jit(functools.partial(cudnn._widened_bwd, plain))(q, k, v, o, lse, do, dlse)
-  want = jax.jit(functools.partial(cudnn._dense_bwd, mask=mask, scale=scale))(
+  plain = lambda *a: cudnn_common._dense_bwd(*a, None, mask, scale=scale)
+  got = jax.jit(functools.partial(cudnn_common._widened_bwd, plain))(q, k, v, o, lse, do, dlse)
+  want = jax.jit(functools.partial(cudnn_common._dense_bwd, mask=mask, scale=scale))(
       q, k, v, o, lse, do, dlse)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
@@ -187,16 +187,16 @@ def _packed_direct(spec, max_segments):
   def fn(q, k, v, seg, return_lse=False):
     T = q.shape[1]
     plan = ("dense", q.shape[-1] ** -0.5) + cudnn._plan(spec, T, T, 0, 0)
-    pk = cudnn._packing(seg, seg, max_segments)
+    pk = cudnn_packed._packing(seg, seg, max_segments)
     if return_lse:
-      return cudnn._packed_attn_lse(q, k, v, seg, pk, plan)
-    return cudnn._packed_attn(q, k, v, seg, pk, plan)
+      return cudnn_packed._packed_attn_lse(q, k, v, seg, pk, plan)
+    return cudnn_packed._packed_attn(q, k, v, seg, pk, plan)
   return fn
 
 
 def test_packing_layout():
   seg = PACKINGS["many_pad"]
-  pk = jax.jit(cudnn._packing, static_argnums=2)(seg, seg, 6)
+  pk = jax.jit(cudnn_packed._packing, static_argnums=2)(seg, seg, 6)
   assert bool(pk.ok)
   # Row 0: 5 segments, row 1: 4; all 9 shifted to the front, then unused slots.
   np.testing.assert_array_equal(pk.seqlen.reshape(-1),
@@ -208,10 +208,10 @@ def test_packing_layout():
   assert slot[0, 0] == 0 and slot[0, 31] == 96 + 1 and slot[1, 0] == 5 * 96
   assert slot[1, 95] == 8 * 96 and len(np.unique(slot)) == slot.size
   # The emulated kernel reads the same (segment, position) back from the cuDNN-form arrays.
-  g, tl = cudnn._emulated_layout(pk, 2, 96)
+  g, tl = cudnn_packed._emulated_layout(pk, 2, 96)
   np.testing.assert_array_equal(np.asarray(g) * 96 + np.asarray(tl), slot)
   lse = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 96))
-  back = cudnn._stats_to_lse(cudnn._lse_to_stats(lse, pk.slot, 12), pk.slot)
+  back = cudnn_packed._stats_to_lse(cudnn_packed._lse_to_stats(lse, pk.slot, 12), pk.slot)
   np.testing.assert_array_equal(back, lse)
 
 
@@ -220,14 +220,14 @@ def test_packing_layout():
     ("eight", 7, False), ("all_pad", 2, True)])
 def test_packing_ok_flag(name, max_segments, ok):
   seg = PACKINGS[name]
-  assert bool(cudnn._packing(seg, seg, max_segments).ok) == ok
+  assert bool(cudnn_packed._packing(seg, seg, max_segments).ok) == ok
 
 
 def test_packing_refuses_split_ids_and_different_kv_ids():
   split = _seg([(1, 40), (0, 16), (1, 40)], [(1, 96)])    # id 1 in two runs: must see across
-  assert not bool(cudnn._packing(split, split, 8).ok)
+  assert not bool(cudnn_packed._packing(split, split, 8).ok)
   seg = PACKINGS["many_pad"]
-  assert not bool(cudnn._packing(seg, seg.at[0, 5].set(9), 8).ok)
+  assert not bool(cudnn_packed._packing(seg, seg.at[0, 5].set(9), 8).ok)
 
 
 @pytest.mark.parametrize("spec", PACKED_SPECS, ids=str)
@@ -278,10 +278,10 @@ def test_runtime_cond_takes_the_fallback_only_when_needed(monkeypatch):
   spec = AttentionSpec.full(16)
   q, k, v = _qkv2(10, T=96)
   nan = lambda impl, spec, scale, return_lse, q, *a: jnp.full(q.shape, jnp.nan, q.dtype)
-  monkeypatch.setattr(cudnn, "_fallback", nan)
+  monkeypatch.setattr(cudnn_packed, "_fallback", nan)
   plan = ("dense", 0.25) + cudnn._plan(spec, 96, 96, 0, 0)
-  run = jax.jit(lambda q, k, v, seg: cudnn._segmented(q, k, v, seg, None, spec, plan,
-                                                          False, 6))
+  run = jax.jit(lambda q, k, v, seg: cudnn_packed._segmented(q, k, v, seg, None, spec, plan,
+                                                                 False, 6))
   assert np.all(np.isfinite(run(q, k, v, PACKINGS["many_pad"])))     # 5 segments <= 6
   assert np.all(np.isnan(run(q, k, v, PACKINGS["eight"])))           # 8 segments > 6
   split = _seg([(1, 40), (0, 16), (1, 40)], [(1, 96)])

@@ -2,6 +2,7 @@
 
 ``xla`` (blocked XLA, any platform), ``pallas_tpu``, ``pallas_gpu`` (Pallas lowered to Triton,
 with its Mosaic GPU forward in ``pallas_gpu_mosaic.py``), ``triton_native`` (jax-triton),
-``cudnn`` (+ ``cudnn_packed.py`` for packed rows) and ``split`` (``split_gpu``). ``_frame.py``
-holds what the blocked backends share; ``gpu_tables.py`` the GPU kernels' visit lists.
+``cudnn`` (+ ``cudnn_packed.py`` for packed rows, ``cudnn_common.py`` shared by both) and
+``split`` (``split_gpu``). ``_frame.py`` holds what the blocked backends share; ``gpu_tables.py``
+the GPU kernels' visit lists.
 """

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels.backends import cudnn
+from pallas_kernels.backends import cudnn, cudnn_packed
 from pallas_kernels.reference import reference_attention
 from pallas_kernels.spec import AttentionSpec
 
@@ -139,14 +139,14 @@ def test_packed_stats_layout():
   T, M = 2048, 8
   q, k, v, seg = _packed_case(T)
   spec = AttentionSpec.full()
-  pk = cudnn._packing(seg, seg, M)
-  _, stats = jax.jit(functools.partial(cudnn._cudnn_fwd_packed, scale=128 ** -0.5,
+  pk = cudnn_packed._packing(seg, seg, M)
+  _, stats = jax.jit(functools.partial(cudnn_packed._cudnn_fwd_packed, scale=128 ** -0.5,
                                        causal=True, window=None))(q, k, v, pk)
   _, ref_lse = reference_attention(*_f32(q, k, v), spec, segment_ids=seg, return_lse=True)
   ref_lse = np.asarray(ref_lse)
   stats = np.asarray(stats)
   b, h, t = ref_lse.shape
-  guesses = {"segment_slot_major (assumed)": np.asarray(cudnn._stats_to_lse(stats, pk.slot))}
+  guesses = {"segment_slot_major (assumed)": np.asarray(cudnn_packed._stats_to_lse(stats, pk.slot))}
   flat = stats.reshape(-1)
   guesses["token_major_thd [B*T, H]"] = np.transpose(
       flat[:b * t * h].reshape(b, t, h), (0, 2, 1))
@@ -194,7 +194,7 @@ def test_packed_fallback_when_segments_exceed_max():
   T = 2048
   spec = AttentionSpec.sink_window(64, 256)
   q, k, v, seg = _packed_case(T, seed=22)
-  assert not bool(cudnn._packing(seg, seg, 4).ok)
+  assert not bool(cudnn_packed._packing(seg, seg, 4).ok)
   w_o = jax.random.normal(jax.random.PRNGKey(11), q.shape, jnp.float32)
   f = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * w_o)
   mine = functools.partial(cudnn.cudnn_attention, spec=spec, segment_ids=seg, max_segments=4)

@@ -105,19 +105,19 @@ def _jax_impl(pattern: str, impl: str, log_records: list):
     return functools.partial(jax.nn.dot_product_attention, is_causal=True,
                              local_window_size=window, implementation="cudnn"), ""
   if impl.startswith("triton_native@"):  # tuning variant, e.g. triton_native@block_k=64,num_warps=4
-    from pallas_kernels import gpu_native  # pylint: disable=g-import-not-at-top
+    from pallas_kernels.backends import triton_native  # pylint: disable=g-import-not-at-top
     over = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in impl.split("@")[1].split(",")}
-    cfg = gpu_native.NativeConfig(**over)
-    return functools.partial(gpu_native.native_attention, spec=spec, config=cfg), str(cfg)
+    cfg = triton_native.NativeConfig(**over)
+    return functools.partial(triton_native.native_attention, spec=spec, config=cfg), str(cfg)
   registered = api.available_backends()
   if impl == "auto":
     return functools.partial(api.attention, spec=spec, backend="auto"), ""
   if impl in registered:
     return functools.partial(api.attention, spec=spec, backend=impl), "via api"
-  direct = {"pallas_gpu": ("pallas_kernels.gpu_triton", "attention"),
-            "cudnn": ("pallas_kernels.gpu_cudnn", "cudnn_attention"),
-            "triton_native": ("pallas_kernels.gpu_native", "native_attention"),
-            "xla": ("pallas_kernels.xla_blocked", "attention")}
+  direct = {"pallas_gpu": ("pallas_kernels.backends.pallas_gpu", "attention"),
+            "cudnn": ("pallas_kernels.backends.cudnn", "cudnn_attention"),
+            "triton_native": ("pallas_kernels.backends.triton_native", "native_attention"),
+            "xla": ("pallas_kernels.backends.xla", "attention")}
   mod_name, fn_name = direct[impl]
   import importlib  # pylint: disable=g-import-not-at-top
   mod = importlib.import_module(mod_name)
@@ -126,10 +126,11 @@ def _jax_impl(pattern: str, impl: str, log_records: list):
 
 def register_ours() -> list[str]:
   """Registers cudnn / triton_native with the api (suggested priorities) if not there yet."""
-  from pallas_kernels import api, gpu_cudnn, gpu_native  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import api  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends import cudnn, triton_native  # pylint: disable=g-import-not-at-top
   added = []
   have = api.available_backends()
-  for name, mod in (("cudnn", gpu_cudnn), ("triton_native", gpu_native)):
+  for name, mod in (("cudnn", cudnn), ("triton_native", triton_native)):
     if name not in have:
       fn = "cudnn_attention" if name == "cudnn" else "native_attention"
       args = (name, f"{mod.__name__}:{fn}", f"{mod.__name__}:registry_supports")

@@ -3,7 +3,7 @@
   python3 benchmarks/cudnn_packed_memory.py --out $OUT/cudnn_packed_memory.json
 
 For each length T and static segment count M: XLA's temp bytes of ``jax.grad`` through
-``gpu_cudnn.cudnn_attention`` (B=1, H=32, D=128, bf16), from ``compiled.memory_analysis()``
+``cudnn.cudnn_attention`` (B=1, H=32, D=128, bf16), from ``compiled.memory_analysis()``
 (nothing runs). Shows how cuDNN's packed layout sizes its buffers by B*M segment slots of length T.
 """
 
@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
 
-from pallas_kernels import gpu_cudnn  # pylint: disable=wrong-import-position
+from pallas_kernels.backends import cudnn  # pylint: disable=wrong-import-position
 from pallas_kernels.spec import AttentionSpec  # pylint: disable=wrong-import-position
 
 
@@ -29,7 +29,7 @@ def temp_gib(T, M, spec, H=32, D=128):
 
   def loss(q, k, v, s):
     kw = {} if M is None else dict(segment_ids=s, max_segments=M)
-    return jnp.sum(gpu_cudnn.cudnn_attention(q, k, v, spec, **kw).astype(jnp.float32))
+    return jnp.sum(cudnn.cudnn_attention(q, k, v, spec, **kw).astype(jnp.float32))
   c = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x, seg).compile()
   return c.memory_analysis().temp_size_in_bytes / 2**30
 

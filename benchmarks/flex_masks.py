@@ -33,6 +33,8 @@ def mask_mod(torch, device):
     return causal & ((params[0] == 0) | ((params[0] == 1) & sw) | ((params[0] == 2) & st))
 
   def set_spec(spec: AttentionSpec):
+    if spec.kind not in _KINDS:
+      raise ValueError(f"flex mask_mod has no {spec.kind!r} pattern (kinds: {tuple(_KINDS)})")
     params.copy_(torch.tensor(
         [_KINDS[spec.kind], spec.sink, max(spec.window, 1), spec.block, max(spec.local_blocks, 1),
          max(spec.vert_stride, 1)], dtype=torch.int32, device=device))

@@ -109,10 +109,6 @@ def run_estimate(case: Case, hw=None):
                          platform=hw.platform if hw is not None else "cpu")
 
 
-def _gib(x: float) -> str:
-  return f"{x / 2 ** 30:8.2f}"
-
-
 def report(case: Case, est, hw, n_devices: int, mfu: float) -> dict:
   step_s = est.flops_per_device / (hw.peak_flops * mfu)
   return {"name": case.name, "mesh": case.sizes, "remat": case.cfg.remat,

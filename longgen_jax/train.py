@@ -59,6 +59,7 @@ from longgen_jax import cli_errors
 from longgen_jax import data as data_lib
 from longgen_jax import parallel
 from longgen_jax.data.errors import DataError
+from longgen_jax.data.packing import BATCH_KEYS
 from longgen_jax.data.prefetch import Prefetcher
 from longgen_jax.hf.errors import HFConversionError
 from longgen_jax.model.config import ModelConfig
@@ -86,7 +87,6 @@ _ALLOW_FRESH_START = flags.DEFINE_bool(
     "allow_fresh_start", False, "Start from scratch although every checkpoint of the workdir "
     "was found damaged and moved to checkpoints_corrupt/.")
 
-BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
 # Test-only crash hook: "STEP" SIGKILLs this process right after the checkpoint of STEP is
 # committed; "STEP:during" right after that save started (files possibly half-written).
 KILL_ENV = "LONGGEN_TEST_SIGKILL_AT_CHECKPOINT"
@@ -180,11 +180,13 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: C
                     ) -> Callable:
   """``training.step.make_step`` jitted with ``state`` donated.
 
-  ``shardings`` (see :func:`mesh_shardings`) pins in/out shardings; None leaves placement to JAX
-  (one device).
+  ``shardings`` (see :func:`mesh_shardings`) pins in/out shardings and hands the model the
+  mesh's sequence-parallel attention (``Parallel.attention_fn``); None leaves placement to JAX
+  and runs the kernel on one device.
   """
   step = make_step(graphdef, tx, schedule, grad_accum=train.grad_accum,
-                   loss_chunk=train.loss_chunk)
+                   loss_chunk=train.loss_chunk,
+                   attention_fn=None if shardings is None else shardings["parallel"].attention_fn)
   if shardings is None:
     return jax.jit(step, donate_argnums=(0,))
   state_sh = {"step": shardings["replicated"], "params": shardings["params"],
@@ -199,7 +201,7 @@ def mesh_shardings(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
 
   Otherwise ``parallel.trainer_shardings(config)``: the mesh built from ``config.mesh`` and
   ``{"params", "opt_state", "rest", "batch", "replicated", "parallel"}`` (``"parallel"`` is the
-  ``parallel.Parallel`` object: data shard, layout-aware batch assembly, attention context).
+  ``parallel.Parallel`` object: data shard, layout-aware batch assembly, the model's attention fn).
   A mesh that does not fit the devices or the batch is a ``ConfigError``.
   """
   n = jax.device_count()
@@ -423,9 +425,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str, model_cfg: Mo
         data_s = feed.wait_seconds - wait0
         if compiled is None:
           tc = time.perf_counter()
-          with (shardings["parallel"].attention() if shardings is not None
-                else contextlib.nullcontext()):   # read at trace time
-            compiled = train_step.lower(state, rest, batch).compile()
+          compiled = train_step.lower(state, rest, batch).compile()
           note(f"compiled the train step in {time.perf_counter() - tc:.1f}s")
           t_last = time.perf_counter() - data_s
         state, metrics = compiled(state, rest, batch)   # dispatched; runs while the host goes on

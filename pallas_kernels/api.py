@@ -9,7 +9,7 @@ same kernels. Returns out [B, Tq, Hq, D] in q.dtype, plus lse [B, Hq, Tq] fp32 (
 -inf for rows that see nothing) when return_lse. Differentiable in q, k, v (lse too).
 
 Backends are registered with ``register_backend`` (the built-in ones, and one line per GPU
-backend, live in ``pallas_kernels/backends.py``). ``backend="auto"`` picks, among the backends
+backend, live in ``pallas_kernels/backends/registry.py``). ``backend="auto"`` picks, among the backends
 registered with ``auto=True``, the highest-priority one whose ``supports`` accepts the call
 (``xla`` accepts everything and has the lowest priority), and logs its choice once per
 (platform, pattern kind, backend).
@@ -26,7 +26,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels import _frame
+from pallas_kernels.backends import _frame
 from pallas_kernels.spec import AttentionSpec, as_spec
 
 _log = logging.getLogger(__name__)
@@ -120,7 +120,9 @@ def _ensure_builtins() -> None:
   global _BUILTINS_LOADED
   if not _BUILTINS_LOADED:
     _BUILTINS_LOADED = True
-    importlib.import_module("pallas_kernels.backends")
+    from pallas_kernels.backends.registry import BACKENDS  # pylint: disable=g-import-not-at-top
+    for row in BACKENDS:
+      register_backend(**row)
 
 
 def available_backends() -> list[str]:

@@ -3,13 +3,11 @@
 ``block_tables(spec, q_len, kv_len, ...)`` derives, per query tile, the KV tiles holding at least
 one visible (query, key) pair under ``spec.allowed`` (causal + pattern; segment ids are dynamic and
 applied inside the kernels) directly from the pattern parameters. Each query tile's list is a
-union of a few *components* whose bounds are non-decreasing in the query tile:
-
-* ``full``:         the causal range ``[0, c_hi)``;
-* ``sink_window``:  the sink range (tiles starting before ``sink``) + the window range (tiles
-                    reaching into ``(q_lo - window, q_hi]``), which never overlap;
-* ``strided``:      a prefix of the (row independent) list of tiles touching a ``vert_stride``
-                    pattern block + the local range (any ``block_q``/``block_k`` vs ``spec.block``).
+union of a few *components* whose bounds are non-decreasing in the query tile, given by the
+pattern (``Pattern.components``, e.g. ``full``: the causal range ``[0, c_hi)``; ``sink_window``:
+the sink range + the window range; ``strided``: a prefix of the row-independent list of tiles
+touching a vertical block + the local range), and a per-pair full-tile test
+(``Pattern.full_tile``).
 
 The forward lists expand those ranges; the transposed (per KV tile, for dK/dV) lists come from the
 same components via ``searchsorted`` on their monotone bounds, so no sort of the pairs is needed.
@@ -30,6 +28,7 @@ import functools
 import numpy as np
 
 from pallas_kernels._common import cdiv, expand_ranges, is_pow2
+from pallas_kernels.patterns import Component
 from pallas_kernels.spec import AttentionSpec, as_spec
 
 
@@ -146,10 +145,10 @@ def block_tables(spec, q_len: int, kv_len: int | None = None, *, block_q: int | 
 def _build(spec: AttentionSpec, q_len: int, kv_len: int, bq: int, bk: int, q_off: int,
            kv_off: int) -> BlockTables:
   g = _Geometry(spec, q_len, kv_len, bq, bk, q_off, kv_off)
-  comps = _components(g)
+  comps = spec.pattern.components(spec, g)
   fwd_cnt, cols = _expand_fwd(comps, g.n_q, g.n_kv)
   bwd_cnt, brows = _expand_bwd(comps, g.n_q, g.n_kv)
-  if spec.kind == "full":   # fast path: fully visible tiles are thresholds per row / per column
+  if spec.pattern.only_causal:   # fast path: fully visible tiles are thresholds per row / per column
     fwd_partial = cols >= np.repeat(g.full_below.astype(np.int32), fwd_cnt)
     bwd_partial = brows < np.repeat(g.full_from.astype(np.int32), bwd_cnt)
     if g.n_q_full < g.n_q:
@@ -192,39 +191,7 @@ class _Geometry:
     return np.where(self.k_last >= pos, lo, self.n_kv)
 
 
-@dataclasses.dataclass
-class _Component:
-  """Per query tile ``i``: the KV tiles ``values[start[i]:stop[i]]`` (identity when None).
-
-  ``start`` and ``stop`` are non-decreasing in ``i``; ``values`` is ascending.
-  """
-  start: np.ndarray
-  stop: np.ndarray
-  values: np.ndarray | None = None
-
-
-def _components(g: _Geometry) -> list[_Component]:
-  """The visible KV tiles of every query tile as disjoint components, in ascending tile order."""
-  spec, zero = g.spec, np.zeros(g.n_q, np.int64)
-  if spec.kind == "full":
-    return [_Component(zero, g.c_hi)]
-  if spec.kind == "sink_window":
-    s_end = np.minimum(np.clip(-((g.kv_off - spec.sink) // g.bk), 0, g.n_kv), g.c_hi)
-    w_lo = np.minimum(g.first_reaching(g.q_lo - spec.window + 1), g.c_hi)
-    return [_Component(zero, np.minimum(s_end, w_lo)), _Component(w_lo, g.c_hi)]
-  b, lb, vs = spec.block, spec.local_blocks, spec.vert_stride
-  p0 = g.q_lo // b - lb + 1                         # first local pattern block of each row
-  l_lo = np.minimum(g.first_reaching(p0 * b), g.c_hi)
-  # KV tiles whose real keys touch a pattern block that is a multiple of vert_stride
-  j = np.arange(g.n_kv, dtype=np.int64)
-  k_lo = g.kv_off + j * g.bk
-  k_hi = g.kv_off + np.minimum((j + 1) * g.bk, g.kv_len) - 1
-  strided = j[(k_hi // b // vs) * vs >= k_lo // b]
-  n_strided = np.searchsorted(strided, l_lo)       # those entirely before the local range
-  return [_Component(zero, n_strided, strided), _Component(l_lo, g.c_hi)]
-
-
-def _expand_fwd(comps: list[_Component], n_q: int, n_kv: int):
+def _expand_fwd(comps: list[Component], n_q: int, n_kv: int):
   """Per query tile counts and the concatenated (row-major) KV tile lists of the components."""
   if all(c.values is None for c in comps):
     starts = [c.start for c in comps]
@@ -242,7 +209,7 @@ def _expand_fwd(comps: list[_Component], n_q: int, n_kv: int):
   return np.maximum(stop - start, 0).sum(1), (vals if lookup is None else lookup[vals])
 
 
-def _expand_bwd(comps: list[_Component], n_q: int, n_kv: int):
+def _expand_bwd(comps: list[Component], n_q: int, n_kv: int):
   """Per KV tile counts and query tile lists: each component transposes to one row range."""
   cols = np.arange(n_kv, dtype=np.int64)
   los, his = [], []
@@ -273,19 +240,7 @@ def _full_tile(g: _Geometry, rows, cols):
   k_lo = cols * it(g.bk) + it(g.kv_off)
   k_hi = k_lo + it(g.bk - 1)
   full = (k_hi <= q_lo) & (rows < g.n_q_full) & (cols < g.n_kv_full)
-  spec = g.spec
-  if spec.kind == "sink_window":
-    # every key j is a sink (j < sink) or inside every query's window (j > q_hi - window)
-    q_hi = q_lo + it(g.bq - 1)
-    full &= np.maximum(it(spec.sink), k_lo) > np.minimum(q_hi - it(spec.window), k_hi)
-  elif spec.kind == "strided":
-    # pattern blocks [a, z] are seen by the tile's last query only through the stride
-    b, lb, vs = spec.block, spec.local_blocks, spec.vert_stride
-    a = k_lo // it(b)
-    z = np.minimum(k_hi // it(b), (q_lo + it(g.bq - 1)) // it(b) - it(lb))
-    if vs > 1:
-      full &= (a > z) | ((a == z) & (a % it(vs) == 0))
-  return full
+  return full & g.spec.pattern.full_tile(g.spec, g, q_lo, q_lo + it(g.bq - 1), k_lo, k_hi, it)
 
 
 def _indptr(counts):

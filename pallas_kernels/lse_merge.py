@@ -23,7 +23,7 @@ Two ways to differentiate a merged attention:
 * Kernels whose backward ignores an lse cotangent (cuDNN's does) instead run each part's backward
   with the MERGED statistics: the flash backward of part ``i`` called with the final ``out``,
   the final ``lse`` and ``dO`` (and ``dlse`` folded into ``delta``, see ``delta``) yields exactly
-  that part's share of dQ and its dK, dV. ``gpu_cudnn`` does this; ring attention can too.
+  that part's share of dQ and its dK, dV. ``cudnn`` does this; ring attention can too.
 """
 
 from __future__ import annotations

@@ -46,3 +46,11 @@ def reference_attention(q, k, v, spec: AttentionSpec, *, segment_ids=None, kv_se
   lse = jnp.where(l[..., 0] > 0, jnp.log(jnp.where(l[..., 0] > 0, l[..., 0], 1.0)) + m_safe[..., 0],
                   NEG_INF)
   return out, lse.reshape(B, Hq, Tq)
+
+
+def registry_supports(platform, spec, shapes, dtype):
+  """The ``reference`` backend refuses sizes whose dense score matrix would be large."""
+  del platform, spec, dtype
+  if shapes.q_len * shapes.kv_len > 1 << 26:
+    return f"dense reference would allocate {shapes.q_len} x {shapes.kv_len} scores (tests only)"
+  return None

@@ -15,6 +15,10 @@ the same segment id (packed documents never see each other), and the pattern all
                      ``qb - kb < local_blocks`` or ``kb % vert_stride == 0``  (blocks counted from
                      absolute position 0, so block 0 always acts as a sink; ``local_blocks``
                      includes the query's own block).
+* ``chunked``:       ``i // window == j // window`` (experimental; chunks from position 0).
+
+Each kind is one module of ``pallas_kernels/patterns/``; this class parses, prints and validates
+the spec and hands out its ``Pattern``. An unregistered kind raises ``SpecError``.
 
 The same pattern applies to every head of a KV group (and in fact to every head of the layer).
 """
@@ -22,16 +26,13 @@ The same pattern applies to every head of a KV group (and in fact to every head 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-Kind = Literal["full", "sink_window", "strided"]
-KINDS = ("full", "sink_window", "strided")
+from pallas_kernels.patterns import KINDS, PATTERNS, Pattern, SpecError, get_pattern
 
-
-class SpecError(ValueError):
-  """An invalid attention spec (one clear line)."""
+Kind = str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,15 +40,18 @@ class AttentionSpec:
   """Static attention pattern of one layer (hashable: usable as a jit static argument).
 
   Attributes:
-    kind: ``"full"``, ``"sink_window"`` or ``"strided"``.
+    kind: a registered pattern kind (``pallas_kernels.patterns.KINDS``): ``"full"``,
+      ``"sink_window"``, ``"strided"`` or the experimental ``"chunked"``.
     block: block granularity in tokens (64 or 128 typical; any power of two >= 16). For
       ``strided`` it defines the pattern; for the others it is the kernel tile and the
       granularity of the block tables.
     sink: number of leading sink tokens (``sink_window`` only).
-    window: number of most recent tokens, query included (``sink_window`` only); must be a
-      multiple of ``block``.
+    window: number of most recent tokens, query included (``sink_window``; a multiple of
+      ``block``), or the chunk length (``chunked``).
     local_blocks: recent blocks seen, own block included (``strided`` only).
     vert_stride: every ``vert_stride``-th block from absolute block 0 is seen (``strided`` only).
+
+  Everything a kind means lives in its ``Pattern`` (``spec.pattern``, ``pallas_kernels/patterns/``).
   """
 
   kind: Kind = "full"
@@ -74,6 +78,10 @@ class AttentionSpec:
     return cls(kind="strided", block=block, local_blocks=local_blocks, vert_stride=vert_stride)
 
   @classmethod
+  def chunked(cls, chunk: int, block: int = 128) -> "AttentionSpec":
+    return cls(kind="chunked", block=block, window=chunk)
+
+  @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "AttentionSpec":
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - known
@@ -83,86 +91,61 @@ class AttentionSpec:
 
   @classmethod
   def parse(cls, text: str, block: int = 128) -> "AttentionSpec":
-    """Parses ``"full"``, ``"sink_window:64:4096"`` or ``"strided:16:8"`` (optional ``@block``)."""
+    """Parses ``"full"``, ``"sink_window:64:4096"``, ``"strided:16:8"``, ``"chunked:8192"``
+    (optional ``@block``): the kind, then its pattern's ``params`` in order."""
     body, _, blk = text.partition("@")
-    if blk:
-      block = int(blk)
     parts = body.split(":")
+    pattern = PATTERNS.get(parts[0])
     try:
-      if parts[0] == "full" and len(parts) == 1:
-        return cls.full(block)
-      if parts[0] == "sink_window" and len(parts) == 3:
-        return cls.sink_window(int(parts[1]), int(parts[2]), block)
-      if parts[0] == "strided" and len(parts) == 3:
-        return cls.strided(int(parts[1]), int(parts[2]), block)
+      if blk:
+        block = int(blk)
+      if pattern is not None and len(parts) == len(pattern.params) + 1:
+        args = {p: int(x) for p, x in zip(pattern.params, parts[1:])}
+        return cls(kind=pattern.name, block=block, **args)
     except ValueError as e:
       raise SpecError(f"cannot parse attention spec {text!r}: {e}") from None
-    raise SpecError(
-        f"cannot parse attention spec {text!r}; expected 'full', 'sink_window:S:W' or "
-        "'strided:LOCAL:STRIDE' (optionally '@BLOCK')")
+    forms = ", ".join(repr(":".join([k] + [p.upper() for p in pt.params]))
+                      for k, pt in PATTERNS.items())
+    raise SpecError(f"cannot parse attention spec {text!r}; expected one of {forms} "
+                    "(optionally '@BLOCK')")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
   def __str__(self) -> str:
-    if self.kind == "full":
-      return f"full@{self.block}"
-    if self.kind == "sink_window":
-      return f"sink_window:{self.sink}:{self.window}@{self.block}"
-    return f"strided:{self.local_blocks}:{self.vert_stride}@{self.block}"
+    return self.pattern.format(self)
 
   # ---------------------------------------------------------------- validation
+  @property
+  def pattern(self) -> Pattern:
+    """This kind's ``Pattern`` (``SpecError`` for an unregistered kind)."""
+    return get_pattern(self.kind)
+
   def validate(self) -> None:
-    if self.kind not in KINDS:
-      raise SpecError(f"attention kind {self.kind!r} is not one of {KINDS}")
+    pattern = self.pattern
     b = self.block
     if not isinstance(b, (int, np.integer)) or b < 16 or (b & (b - 1)) != 0:
       raise SpecError(f"attention block must be a power of two >= 16, got {b!r}")
-    if self.kind == "full":
-      if self.sink or self.window or self.local_blocks or self.vert_stride:
-        raise SpecError(f"a 'full' spec takes no sink/window/local_blocks/vert_stride: {self!r}")
-    elif self.kind == "sink_window":
-      if self.sink < 0:
-        raise SpecError(f"sink must be >= 0, got {self.sink}")
-      if self.window <= 0:
-        raise SpecError(f"sink_window needs window > 0, got {self.window}")
-      if self.window % b:
-        raise SpecError(f"window {self.window} is not a multiple of the block {b}")
-      if self.local_blocks or self.vert_stride:
-        raise SpecError("sink_window takes no local_blocks/vert_stride")
-    else:
-      if self.local_blocks < 1:
-        raise SpecError(f"strided needs local_blocks >= 1, got {self.local_blocks}")
-      if self.vert_stride < 1:
-        raise SpecError(f"strided needs vert_stride >= 1, got {self.vert_stride}")
-      if self.sink or self.window:
-        raise SpecError("strided takes no sink/window")
+    pattern.validate(self)
 
   # ---------------------------------------------------------------- semantics
   @property
   def is_full(self) -> bool:
-    return self.kind == "full"
+    return self.pattern.only_causal
 
   def allowed(self, qpos, kpos, xp=np):
-    """Token-level predicate (broadcasting). ``xp`` is numpy or jax.numpy."""
+    """Token-level predicate (broadcasting): causal and the pattern's ``visible``. ``xp`` is
+    numpy or jax.numpy (the predicate uses operators only)."""
+    del xp
     causal = kpos <= qpos
-    if self.kind == "full":
+    pattern = self.pattern
+    if pattern.only_causal:
       return causal
-    if self.kind == "sink_window":
-      return causal & ((kpos < self.sink) | (qpos - kpos < self.window))
-    qb = qpos // self.block
-    kb = kpos // self.block
-    return causal & (((qb - kb) < self.local_blocks) | ((kb % self.vert_stride) == 0))
+    return causal & pattern.visible(qpos, kpos, self)
 
   def kv_budget(self, seq_len: int) -> int:
     """Max number of KV tokens any query of a ``seq_len`` row can see (what a cache must keep)."""
-    if self.kind == "full":
-      return seq_len
-    if self.kind == "sink_window":
-      return min(seq_len, self.sink + self.window)
-    n_blocks = -(-seq_len // self.block)
-    strided = -(-n_blocks // self.vert_stride)
-    return min(seq_len, (self.local_blocks + strided) * self.block)
+    return self.pattern.kv_budget(self, seq_len)
 
   def visible_pairs(self, seq_len: int) -> int:
     """Exact number of (query, key) pairs with ``allowed`` true in one causal row of ``seq_len``
@@ -178,24 +161,11 @@ class AttentionSpec:
     order): ``allowed`` AND same document, the reference's segment-id semantics (sinks and
     strided blocks stay at absolute row positions). O(row length) time."""
     total, a = 0, 0
+    pattern = self.pattern
     for n in (int(x) for x in doc_lens):
       if n < 1:
         raise ValueError(f"document lengths must be >= 1, got {list(doc_lens)}")
-      i = None if self.kind == "full" else np.arange(a, a + n, dtype=np.int64)
-      if self.kind == "full":
-        total += n * (n + 1) // 2
-      elif self.kind == "sink_window":
-        win = np.minimum(i - a + 1, self.window)
-        sinks = np.maximum(0, np.minimum(self.sink, i - win + 1) - a)
-        total += int(np.sum(win + sinks))
-      else:
-        b, lb, vs = self.block, self.local_blocks, self.vert_stride
-        lo = np.maximum(0, i // b - lb + 1)                 # first local block of each query
-        total += int(np.sum(i - np.maximum(a, lo * b) + 1))  # local blocks, clipped to the doc
-        kb = np.arange(int(lo.max()) + 1, dtype=np.int64)
-        per = np.where(kb % vs == 0, np.maximum(0, (kb + 1) * b - np.maximum(a, kb * b)), 0)
-        below = np.concatenate([[0], np.cumsum(per)])        # strided tokens in blocks < lo
-        total += int(np.sum(below[lo]))
+      total += pattern.doc_pairs(self, a, n)
       a += n
     return int(total)
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels import gpu_cudnn
+from pallas_kernels.backends import cudnn, cudnn_common, cudnn_packed
 from pallas_kernels.reference import reference_attention as _reference_attention
 from pallas_kernels.spec import AttentionSpec
 
@@ -29,7 +29,7 @@ def _qkv(seed, T=96, Hq=4, Hkv=2, D=16, Tk=None):
 
 
 def _dense(spec, **kw):
-  return functools.partial(gpu_cudnn.cudnn_attention, spec=spec, impl="dense", **kw)
+  return functools.partial(cudnn.cudnn_attention, spec=spec, impl="dense", **kw)
 
 
 SPECS = [
@@ -77,12 +77,12 @@ def test_grads_match_reference(spec, with_lse):
 def test_sink_and_window_key_sets_are_disjoint_and_cover_the_pattern():
   spec = AttentionSpec.sink_window(20, 16, 16)
   T = 64
-  causal, window, n_sink = gpu_cudnn._plan(spec, T, T, 0, 0)
-  main = np.asarray(gpu_cudnn._main_mask(T, T, causal, window))
+  causal, window, n_sink = cudnn._plan(spec, T, T, 0, 0)
+  main = np.asarray(cudnn_common._main_mask(T, T, causal, window))
   sink = np.zeros((T, T), bool)
-  sink[window:, :n_sink] = np.asarray(gpu_cudnn._sink_mask(window, T, n_sink, window))
+  sink[window:, :n_sink] = np.asarray(cudnn_common._sink_mask(window, T, n_sink, window))
   # Rows before the window length have no sink outside their window: the sink part skips them.
-  assert not np.any(np.asarray(gpu_cudnn._sink_mask(0, window, n_sink, window)))
+  assert not np.any(np.asarray(cudnn_common._sink_mask(0, window, n_sink, window)))
   assert not np.any(main & sink)
   np.testing.assert_array_equal(main | sink, spec.allowed(np.arange(T)[:, None],
                                                           np.arange(T)[None, :]))
@@ -92,13 +92,13 @@ def test_widened_backward_carries_the_lse_cotangent():
   """The head-dim widening used for cuDNN (delta computed from (dO, O) inside the kernel)."""
   q, k, v = _qkv(2, T=32)
   scale = 0.25
-  mask = gpu_cudnn._main_mask(32, 32, True, 8)
-  o, lse = gpu_cudnn._dense_fwd(q, k, v, mask, scale=scale)
+  mask = cudnn_common._main_mask(32, 32, True, 8)
+  o, lse = cudnn_common._dense_fwd(q, k, v, mask, scale=scale)
   do = jax.random.normal(jax.random.PRNGKey(3), o.shape)
   dlse = jax.random.normal(jax.random.PRNGKey(4), lse.shape)
-  plain = lambda *a: gpu_cudnn._dense_bwd(*a, None, mask, scale=scale)
-  got = jax.jit(functools.partial(gpu_cudnn._widened_bwd, plain))(q, k, v, o, lse, do, dlse)
-  want = jax.jit(functools.partial(gpu_cudnn._dense_bwd, mask=mask, scale=scale))(
+  plain = lambda *a: cudnn_common._dense_bwd(*a, None, mask, scale=scale)
+  got = jax.jit(functools.partial(cudnn_common._widened_bwd, plain))(q, k, v, o, lse, do, dlse)
+  want = jax.jit(functools.partial(cudnn_common._dense_bwd, mask=mask, scale=scale))(
       q, k, v, o, lse, do, dlse)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
@@ -117,7 +117,7 @@ def test_full_offsets_off_diagonal_chunk():
 def test_why_unsupported_reasons():
   bf = lambda *s: jax.ShapeDtypeStruct(s, jnp.bfloat16)
   q, k = bf(1, 256, 8, 128), bf(1, 256, 2, 128)
-  chk = functools.partial(gpu_cudnn.why_unsupported, check_platform=False)
+  chk = functools.partial(cudnn.why_unsupported, check_platform=False)
   sw = AttentionSpec.sink_window(64, 128)
   assert chk(q, k, k, sw) is None
   assert chk(q, k, k, AttentionSpec.full()) is None
@@ -133,25 +133,26 @@ def test_why_unsupported_reasons():
   assert "bf16" in chk(f32, f32, f32, sw)
   assert "head_dim" in chk(bf(1, 256, 8, 20), bf(1, 256, 2, 20), bf(1, 256, 2, 20), sw)
   if jax.default_backend() != "gpu":
-    assert "GPU" in gpu_cudnn.why_unsupported(q, k, k, sw)
-    with pytest.raises(gpu_cudnn.CudnnError, match="GPU"):
-      gpu_cudnn.cudnn_attention(jnp.zeros(q.shape, q.dtype), jnp.zeros(k.shape, k.dtype),
+    assert "GPU" in cudnn.why_unsupported(q, k, k, sw)
+    with pytest.raises(cudnn.CudnnError, match="GPU"):
+      cudnn.cudnn_attention(jnp.zeros(q.shape, q.dtype), jnp.zeros(k.shape, k.dtype),
                                 jnp.zeros(k.shape, k.dtype), sw)
 
 
 def test_registry_supports_uses_static_facts():
-  from pallas_kernels import api, gpu_native  # pylint: disable=g-import-not-at-top
+  from pallas_kernels import api  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends import triton_native  # pylint: disable=g-import-not-at-top
   sh = api.AttentionShapes(1, 4096, 4096, 32, 8, 128, 0, 0, False)
   sw = AttentionSpec.sink_window(64, 1024)
-  assert "GPU" in gpu_cudnn.registry_supports("cpu", sw, sh, jnp.bfloat16)
-  assert "GPU" in gpu_native.registry_supports("tpu", sw, sh, jnp.bfloat16)
-  reason = functools.partial(gpu_cudnn.unsupported_reason, q_len=4096, kv_len=4096, q_heads=32,
+  assert "GPU" in cudnn.registry_supports("cpu", sw, sh, jnp.bfloat16)
+  assert "GPU" in triton_native.registry_supports("tpu", sw, sh, jnp.bfloat16)
+  reason = functools.partial(cudnn.unsupported_reason, q_len=4096, kv_len=4096, q_heads=32,
                              kv_heads=8, head_dim=128, dtype=jnp.bfloat16, check_platform=False)
   assert reason(sw) is None
   assert reason(sw, has_segment_ids=True) is None
   assert "Tq == Tk" in reason(sw, has_segment_ids=True, kv_len=2048)
   assert "2**31" in reason(sw, has_segment_ids=True, batch=128)
-  native = functools.partial(gpu_native.unsupported_reason, q_heads=32, kv_heads=8, head_dim=128,
+  native = functools.partial(triton_native.unsupported_reason, q_heads=32, kv_heads=8, head_dim=128,
                              check_platform=False)
   assert native(dtype=jnp.bfloat16) is None
   assert "bf16" in native(dtype=jnp.float32)
@@ -185,17 +186,17 @@ def _packed_direct(spec, max_segments):
   """The packed custom VJP itself (no fallback cond): fails loudly if the packing is wrong."""
   def fn(q, k, v, seg, return_lse=False):
     T = q.shape[1]
-    plan = ("dense", q.shape[-1] ** -0.5) + gpu_cudnn._plan(spec, T, T, 0, 0)
-    pk = gpu_cudnn._packing(seg, seg, max_segments)
+    plan = ("dense", q.shape[-1] ** -0.5) + cudnn._plan(spec, T, T, 0, 0)
+    pk = cudnn_packed._packing(seg, seg, max_segments)
     if return_lse:
-      return gpu_cudnn._packed_attn_lse(q, k, v, seg, pk, plan)
-    return gpu_cudnn._packed_attn(q, k, v, seg, pk, plan)
+      return cudnn_packed._packed_attn_lse(q, k, v, seg, pk, plan)
+    return cudnn_packed._packed_attn(q, k, v, seg, pk, plan)
   return fn
 
 
 def test_packing_layout():
   seg = PACKINGS["many_pad"]
-  pk = jax.jit(gpu_cudnn._packing, static_argnums=2)(seg, seg, 6)
+  pk = jax.jit(cudnn_packed._packing, static_argnums=2)(seg, seg, 6)
   assert bool(pk.ok)
   # Row 0: 5 segments, row 1: 4; all 9 shifted to the front, then unused slots.
   np.testing.assert_array_equal(pk.seqlen.reshape(-1),
@@ -207,10 +208,10 @@ def test_packing_layout():
   assert slot[0, 0] == 0 and slot[0, 31] == 96 + 1 and slot[1, 0] == 5 * 96
   assert slot[1, 95] == 8 * 96 and len(np.unique(slot)) == slot.size
   # The emulated kernel reads the same (segment, position) back from the cuDNN-form arrays.
-  g, tl = gpu_cudnn._emulated_layout(pk, 2, 96)
+  g, tl = cudnn_packed._emulated_layout(pk, 2, 96)
   np.testing.assert_array_equal(np.asarray(g) * 96 + np.asarray(tl), slot)
   lse = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 96))
-  back = gpu_cudnn._stats_to_lse(gpu_cudnn._lse_to_stats(lse, pk.slot, 12), pk.slot)
+  back = cudnn_packed._stats_to_lse(cudnn_packed._lse_to_stats(lse, pk.slot, 12), pk.slot)
   np.testing.assert_array_equal(back, lse)
 
 
@@ -219,14 +220,14 @@ def test_packing_layout():
     ("eight", 7, False), ("all_pad", 2, True)])
 def test_packing_ok_flag(name, max_segments, ok):
   seg = PACKINGS[name]
-  assert bool(gpu_cudnn._packing(seg, seg, max_segments).ok) == ok
+  assert bool(cudnn_packed._packing(seg, seg, max_segments).ok) == ok
 
 
 def test_packing_refuses_split_ids_and_different_kv_ids():
   split = _seg([(1, 40), (0, 16), (1, 40)], [(1, 96)])    # id 1 in two runs: must see across
-  assert not bool(gpu_cudnn._packing(split, split, 8).ok)
+  assert not bool(cudnn_packed._packing(split, split, 8).ok)
   seg = PACKINGS["many_pad"]
-  assert not bool(gpu_cudnn._packing(seg, seg.at[0, 5].set(9), 8).ok)
+  assert not bool(cudnn_packed._packing(seg, seg.at[0, 5].set(9), 8).ok)
 
 
 @pytest.mark.parametrize("spec", PACKED_SPECS, ids=str)
@@ -277,10 +278,10 @@ def test_runtime_cond_takes_the_fallback_only_when_needed(monkeypatch):
   spec = AttentionSpec.full(16)
   q, k, v = _qkv2(10, T=96)
   nan = lambda impl, spec, scale, return_lse, q, *a: jnp.full(q.shape, jnp.nan, q.dtype)
-  monkeypatch.setattr(gpu_cudnn, "_fallback", nan)
-  plan = ("dense", 0.25) + gpu_cudnn._plan(spec, 96, 96, 0, 0)
-  run = jax.jit(lambda q, k, v, seg: gpu_cudnn._segmented(q, k, v, seg, None, spec, plan,
-                                                          False, 6))
+  monkeypatch.setattr(cudnn_packed, "_fallback", nan)
+  plan = ("dense", 0.25) + cudnn._plan(spec, 96, 96, 0, 0)
+  run = jax.jit(lambda q, k, v, seg: cudnn_packed._segmented(q, k, v, seg, None, spec, plan,
+                                                                 False, 6))
   assert np.all(np.isfinite(run(q, k, v, PACKINGS["many_pad"])))     # 5 segments <= 6
   assert np.all(np.isnan(run(q, k, v, PACKINGS["eight"])))           # 8 segments > 6
   split = _seg([(1, 40), (0, 16), (1, 40)], [(1, 96)])
@@ -288,30 +289,30 @@ def test_runtime_cond_takes_the_fallback_only_when_needed(monkeypatch):
 
 
 def test_max_segments_default_and_env(monkeypatch):
-  monkeypatch.delenv(gpu_cudnn.MAX_SEGMENTS_ENV, raising=False)
-  assert gpu_cudnn.default_max_segments() == gpu_cudnn.DEFAULT_MAX_SEGMENTS == 64
-  monkeypatch.setenv(gpu_cudnn.MAX_SEGMENTS_ENV, "16")
-  assert gpu_cudnn.default_max_segments() == 16
+  monkeypatch.delenv(cudnn.MAX_SEGMENTS_ENV, raising=False)
+  assert cudnn.default_max_segments() == cudnn.DEFAULT_MAX_SEGMENTS == 64
+  monkeypatch.setenv(cudnn.MAX_SEGMENTS_ENV, "16")
+  assert cudnn.default_max_segments() == 16
   # Without the env variable M follows the workspace budget (2 GiB per slot at 128K x 32 x 128).
-  monkeypatch.delenv(gpu_cudnn.MAX_SEGMENTS_ENV)
-  monkeypatch.delenv(gpu_cudnn.PACKED_WORKSPACE_ENV, raising=False)
-  assert gpu_cudnn.packed_slot_bytes(1, 131072, 32, 128) == 2 * 2**30
-  assert gpu_cudnn.default_max_segments(1, 131072, 32, 128) == 4
-  assert gpu_cudnn.default_max_segments(1, 32768, 32, 128) == 16
-  assert gpu_cudnn.default_max_segments(1, 4096, 32, 128) == 64
-  monkeypatch.setenv(gpu_cudnn.PACKED_WORKSPACE_ENV, "2")
-  assert gpu_cudnn.default_max_segments(1, 131072, 32, 128) == 1
-  why = gpu_cudnn.unsupported_reason("full", q_len=131072, kv_len=131072, q_heads=32, kv_heads=32,
+  monkeypatch.delenv(cudnn.MAX_SEGMENTS_ENV)
+  monkeypatch.delenv(cudnn.PACKED_WORKSPACE_ENV, raising=False)
+  assert cudnn.packed_slot_bytes(1, 131072, 32, 128) == 2 * 2**30
+  assert cudnn.default_max_segments(1, 131072, 32, 128) == 4
+  assert cudnn.default_max_segments(1, 32768, 32, 128) == 16
+  assert cudnn.default_max_segments(1, 4096, 32, 128) == 64
+  monkeypatch.setenv(cudnn.PACKED_WORKSPACE_ENV, "2")
+  assert cudnn.default_max_segments(1, 131072, 32, 128) == 1
+  why = cudnn.unsupported_reason("full", q_len=131072, kv_len=131072, q_heads=32, kv_heads=32,
                                      head_dim=128, dtype=jnp.bfloat16, has_segment_ids=True,
                                      check_platform=False)
   assert why and "per segment slot" in why
-  monkeypatch.setenv(gpu_cudnn.PACKED_ENV, "0")
-  assert "disabled" in gpu_cudnn.unsupported_reason(
+  monkeypatch.setenv(cudnn.PACKED_ENV, "0")
+  assert "disabled" in cudnn.unsupported_reason(
       "full", q_len=64, kv_len=64, q_heads=2, kv_heads=2, head_dim=16, dtype=jnp.bfloat16,
       has_segment_ids=True, check_platform=False)
-  monkeypatch.delenv(gpu_cudnn.PACKED_ENV)
-  monkeypatch.delenv(gpu_cudnn.PACKED_WORKSPACE_ENV)
+  monkeypatch.delenv(cudnn.PACKED_ENV)
+  monkeypatch.delenv(cudnn.PACKED_WORKSPACE_ENV)
   q, k, v = _qkv2(11, T=32)
-  with pytest.raises(gpu_cudnn.CudnnError, match="max_segments"):
+  with pytest.raises(cudnn.CudnnError, match="max_segments"):
     _dense(AttentionSpec.full(16), segment_ids=jnp.zeros((2, 32), jnp.int32),
            max_segments=1)(q, k, v)

@@ -16,7 +16,7 @@ from pallas_kernels import api
 from pallas_kernels.reference import reference_attention
 from pallas_kernels.spec import AttentionSpec
 from pallas_kernels.testing import BF16, F32, Case, assert_close, run_against_reference
-from pallas_kernels.xla_blocked import xla_attention
+from pallas_kernels.backends.xla import xla_attention
 
 S = AttentionSpec
 

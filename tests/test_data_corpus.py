@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from longgen_jax.data import CORPUS_DIR, CORPUS_SEPARATOR, TextSource, default_data_config
-from longgen_jax.data.corpus_gen import corpus_texts, main
+from tools.corpus_gen import corpus_texts, main
 
 
 def test_shipped_corpus_matches_generator(tmp_path):

@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels import api, gpu_smem, gpu_triton
+from pallas_kernels import api
+from pallas_kernels.backends import gpu_smem
+from pallas_kernels.backends import pallas_gpu as gpu_triton
 from pallas_kernels.reference import reference_attention
 from pallas_kernels.spec import AttentionSpec
 

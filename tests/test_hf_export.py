@@ -65,6 +65,25 @@ def test_hybrid_greedy_generation_and_bounded_cache(hybrid):
   assert kept[2] < total, kept                            # strided layer evicted blocks
 
 
+def test_chunked_pattern_export_logits_match(llama3_dir, tmp_path):
+  """The fourth pattern (pallas_kernels/patterns/chunked.py) through export: logits parity."""
+  cfg = hf_model_config(llama3_dir, layout="explicit",
+                        layers=("chunked:32@16", "full@16", "chunked:16@16", "sink_window:4:32@16"))
+  import_checkpoint(llama3_dir, str(tmp_path / "ck"), cfg)
+  assert export_checkpoint(str(tmp_path / "ck"), str(tmp_path / "hf")) == "longgen"
+  hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"),
+                                                         trust_remote_code=True,
+                                                         dtype=torch.float32).eval()
+  ours = from_canonical(cfg, load_for_training(str(tmp_path / "ck"), cfg))
+  x = np.random.RandomState(3).randint(3, 300, (2, 100))   # > 3 chunks of 32
+  diff = max_abs_diff(jax_logits(ours, x), torch_logits(hf, x))
+  assert diff < TOL
+  prompt = np.random.RandomState(4).randint(3, 300, (1, 40))
+  got, cache = hf_greedy(hf, prompt, 30)
+  np.testing.assert_array_equal(got, greedy_full_forward(ours, prompt, 30))
+  assert cache.kept_tokens()[0] <= 32 and cache.kept_tokens()[2] <= 16
+
+
 def test_stock_sliding_target_matches_without_off_by_one(llama3_dir, tmp_path):
   cfg = hf_model_config(llama3_dir, layout="longgen", sparse="sink_window:0:32@16",
                         full="full@16")

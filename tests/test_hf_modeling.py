@@ -16,7 +16,19 @@ from longgen_jax.hf.tiny import tiny_llama_config  # noqa: E402
 
 SPECS = [AttentionSpec.full(16), AttentionSpec.sink_window(4, 32, 16),
          AttentionSpec.sink_window(0, 16, 16), AttentionSpec.strided(2, 3, 16),
-         AttentionSpec.strided(1, 2, 16)]
+         AttentionSpec.strided(1, 2, 16), AttentionSpec.chunked(32, 16),
+         AttentionSpec.chunked(16, 16)]
+
+
+def test_torch_mirror_covers_every_registered_kind():
+  """The standalone remote-code files spell each kind again (torch only): they must list exactly
+  the registered kinds, and SPECS (checked against the pattern modules below) must cover each."""
+  from pallas_kernels.patterns import KINDS
+  from longgen_jax.hf.configuration_longgen import PATTERN_KINDS, normalize_pattern
+  assert PATTERN_KINDS == KINDS
+  assert {s.kind for s in SPECS} == set(KINDS)
+  for i, spec in enumerate(SPECS):
+    assert normalize_pattern(i, spec.to_dict()) == spec.to_dict()
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)

@@ -25,6 +25,7 @@ PATTERNS = {
     "sink_window": ((SINK,), None),
     "strided": ((STRIDED,), None),
     "hybrid": ((SINK, FULL, STRIDED), None),
+    "chunked": (("chunked:32@16",), None),   # the fourth pattern: a ring of one 32-token chunk
     "kv_drop": ((FULL,), SINK),          # a full model served with a sink + window cache
 }
 LENS = (100, 61)

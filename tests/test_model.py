@@ -9,6 +9,9 @@ RNG compiles slowly on CPU; only the init tests use it).
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,9 +23,9 @@ from flax import nnx
 
 from pallas_kernels.spec import AttentionSpec
 
-from longgen_jax.model import (Llama, abstract_model, canonical_shapes, from_canonical,
-                               llama2_70b, load_canonical, logits_from_hidden, param_axes,
-                               param_count, tiny, to_canonical)
+from longgen_jax.model import (SINGLE_DEVICE, Llama, abstract_model, canonical_shapes,
+                               from_canonical, llama2_70b, load_canonical, logits_from_hidden,
+                               param_axes, param_count, tiny, to_canonical)
 
 SW = "sink_window:4:32@16"
 STRIDED = "strided:2:3@16"
@@ -229,6 +232,45 @@ def test_remat_per_kind_and_gradients_unchanged():
 
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads(cfg),
                grads(both))
+
+
+# ------------------------------------------------------------------ the handed attention fn
+class _RecordingAttention:
+  """An ``AttentionFn`` that records what the model asks of it, then runs the kernel."""
+
+  def __init__(self):
+    self.specs, self.constrained = set(), []
+
+  def __call__(self, q, k, v, spec, **kw):
+    self.specs.add(spec)
+    return SINGLE_DEVICE(q, k, v, spec, **kw)
+
+  def constrain(self, x, logical):
+    self.constrained.append(logical)
+    return x
+
+
+@pytest.mark.parametrize("scan_layers,remat", [(True, "full"), (False, "none")])
+def test_model_runs_the_attention_fn_it_is_handed(scan_layers, remat):
+  """Every layer (scanned or not, under remat) calls the caller's ``attention_fn``; the result is
+  the default single-device one."""
+  cfg = tiny(scan_layers=scan_layers, remat=remat)
+  graphdef, state = nnx.split(make_model(cfg, 3))
+  tok = tokens_for(cfg, 1, 32, seed=3)
+  fn = _RecordingAttention()
+  got = jax.jit(lambda s: nnx.merge(graphdef, s).hidden_states(tok, attention_fn=fn))(state)
+  assert fn.specs == set(cfg.layers)
+  assert fn.constrained == [("vocab", None)]
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(run(make_model(cfg, 3), tok)[1]))
+
+
+def test_model_does_not_import_parallel():
+  """The model and the train step get their attention from the caller, not from a mesh module."""
+  code = ("import sys, longgen_jax.model, longgen_jax.training.step; "
+          "print(sorted(m for m in sys.modules if m.startswith('longgen_jax.parallel')))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout
+  assert out.strip() == "[]", out
 
 
 # ------------------------------------------------------------------ canonical parameters

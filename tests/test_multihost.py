@@ -107,7 +107,7 @@ def _task_train(args, task):
   def loss_fn(params, batch):
     model = nnx.merge(graphdef, params, rest)
     h = model.hidden_states(batch["inputs"], positions=batch["positions"],
-                            segment_ids=batch["segment_ids"])
+                            segment_ids=batch["segment_ids"], attention_fn=par.attention_fn)
     s, w = chunked_cross_entropy(h, model.unembedding(), batch["targets"], batch["loss_mask"],
                                  chunk=16)
     return s / w
@@ -117,10 +117,9 @@ def _task_train(args, task):
     updates, opt_state = tx.update(grads, opt_state, params)
     return loss, grads, optax.apply_updates(params, updates), opt_state
 
-  with par.attention():
-    loss, grads, params, opt_state = jax.jit(
-        step, out_shardings=(None, shardings["params"], shardings["params"],
-                             shardings["opt_state"]))(params, opt_state, batch)
+  loss, grads, params, opt_state = jax.jit(
+      step, out_shardings=(None, shardings["params"], shardings["params"],
+                           shardings["opt_state"]))(params, opt_state, batch)
   ckpt, data_iter = _checkpointer(task["save"])
   ckpt.save(1, {"params": params, "opt_state": opt_state}, data_iter, "{}", meta={})
   ckpt.close()

@@ -53,9 +53,8 @@ def _compare(mesh_cfg, spec, layout, impl="ring", T=256, with_lse=False, dtype=j
     return jnp.sum(o.astype(jnp.float32) * do) + (jnp.sum(lse * dl) if with_lse else 0.0)
 
   def sp_loss(q, k, v, seg, do, dl):
-    with sequence.sharded_attention(mesh, layout=layout, impl=impl):
-      o, lse = sequence.attention(q, k, v, spec, segment_ids=seg, backend=backend,
-                                  return_lse=True)
+    attention = sequence.sharded_attention(mesh, layout=layout, impl=impl)
+    o, lse = attention(q, k, v, spec, segment_ids=seg, backend=backend, return_lse=True)
     return jnp.sum(o.astype(jnp.float32) * do) + (jnp.sum(lse * dl) if with_lse else 0.0)
 
   r = lambda x, axis=1: reorder_lib.reorder(x, lay, axis)
@@ -99,6 +98,10 @@ def test_ring_lse_gradient_and_bf16():
     ("fsdp=2,sequence=4", AttentionSpec.sink_window(8, 32, 16), "contiguous"),
     ("fsdp=2,sequence=4", AttentionSpec.strided(2, 2, 16), "zigzag"),
     ("tensor=2,sequence=4", AttentionSpec.strided(1, 2, 16), "zigzag"),   # no halo at all
+    # the fourth pattern (pallas_kernels/patterns/chunked.py): chunk 32 divides both the
+    # contiguous (64) and the zigzag (16 x 16) shard chunks, so no halo is exchanged
+    ("sequence=8", AttentionSpec.chunked(32, 16), "contiguous"),
+    ("fsdp=2,sequence=4", AttentionSpec.chunked(16, 16), "zigzag"),
 ])
 def test_sparse_layer_matches_reference(mesh_cfg, spec, layout):
   _compare(mesh_cfg, spec, layout, with_lse=True)
@@ -108,13 +111,13 @@ def test_sparse_layer_matches_reference(mesh_cfg, spec, layout):
 def test_sparse_layer_errors_are_clear():
   mesh = mesh_lib.make_mesh("sequence=8")
   q, k, v, _, _, seg = _inputs(256)
-  with sequence.sharded_attention(mesh, layout="striped"):
-    with pytest.raises(halo_lib.HaloError, match="striped"):
-      jax.eval_shape(lambda: sequence.attention(q, k, v, SINK_WIN, segment_ids=seg))
-  with sequence.sharded_attention(mesh, layout="zigzag"):
-    with pytest.raises(halo_lib.HaloError, match="sink 64 exceeds"):
-      jax.eval_shape(lambda: sequence.attention(q, k, v, AttentionSpec.sink_window(64, 64, 16),
-                                                segment_ids=seg))
+  attention = sequence.sharded_attention(mesh, layout="striped")
+  with pytest.raises(halo_lib.HaloError, match="striped"):
+    jax.eval_shape(lambda: attention(q, k, v, SINK_WIN, segment_ids=seg))
+  attention = sequence.sharded_attention(mesh, layout="zigzag")
+  with pytest.raises(halo_lib.HaloError, match="sink 64 exceeds"):
+    jax.eval_shape(lambda: attention(q, k, v, AttentionSpec.sink_window(64, 64, 16),
+                                     segment_ids=seg))
 
 
 @multidevice(8)
@@ -158,8 +161,8 @@ def test_halo_moves_only_window_tokens():
 
   def loss(spec):
     def f(q, k, v, s):
-      with sequence.sharded_attention(mesh, layout="zigzag"):
-        return jnp.sum(sequence.attention(q, k, v, spec, segment_ids=s, backend="reference"))
+      attention = sequence.sharded_attention(mesh, layout="zigzag")
+      return jnp.sum(attention(q, k, v, spec, segment_ids=s, backend="reference"))
     return jax.grad(f, argnums=(0, 1, 2))
 
   sparse = _collectives(loss(AttentionSpec.sink_window(S, W, 16)), x, kv, kv, seg)
@@ -193,9 +196,9 @@ def test_halo_hlo_collective_permutes_are_window_sized():
   seg = jnp.ones((1, T), jnp.int32)
 
   def f(q, s):
-    with sequence.sharded_attention(mesh, layout="zigzag"):
-      return sequence.attention(q, q, q, AttentionSpec.sink_window(4, W, 16), segment_ids=s,
-                                backend="reference")
+    attention = sequence.sharded_attention(mesh, layout="zigzag")
+    return attention(q, q, q, AttentionSpec.sink_window(4, W, 16), segment_ids=s,
+                     backend="reference")
 
   text = jax.jit(f).lower(q, seg).as_text()
   shapes = re.findall(r"collective_permute.*?: \(tensor<([0-9x]+)x[a-z0-9]+>\)", text)

@@ -58,6 +58,12 @@ def test_layout_divisibility_error():
     reorder.SeqLayout("zigzag", 4, 100)
 
 
+def test_reorder_batch_keys_are_the_data_paths():
+  """``parallel`` keeps its own copy (no grain import); it must be the data path's tuple."""
+  from longgen_jax.data.packing import BATCH_KEYS  # pylint: disable=import-outside-toplevel
+  assert reorder.BATCH_KEYS == BATCH_KEYS
+
+
 # --------------------------------------------------------------------------- distributed
 def test_distributed_settings_from_env_and_cluster_detection():
   s = distributed.settings_from_env({"LONGGEN_COORDINATOR": "h0:1234",

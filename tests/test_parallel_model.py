@@ -47,10 +47,10 @@ def _host_batch(seed=0):
           "positions": pos, "segment_ids": seg, "loss_mask": (seg > 0).astype(np.float32)}
 
 
-def _loss(params, graphdef, rest, batch):
+def _loss(params, graphdef, rest, batch, attention_fn=None):
   model = nnx.merge(graphdef, params, rest)
   hidden = model.hidden_states(batch["inputs"], positions=batch["positions"],
-                               segment_ids=batch["segment_ids"])
+                               segment_ids=batch["segment_ids"], attention_fn=attention_fn)
   loss_sum, weight = chunked_cross_entropy(hidden, model.unembedding(), batch["targets"],
                                            batch["loss_mask"], chunk=32)
   return loss_sum / weight
@@ -74,9 +74,9 @@ def test_sharded_loss_and_grads_match_single_device(mesh_cfg, layout):
   shardings = par.state_shardings({"params": params})["params"]
   params = jax.device_put(params, shardings)
   batch = par.device_batch(_host_batch())
-  with par.attention():
-    loss, grads = jax.jit(jax.value_and_grad(_loss), static_argnums=1)(params, graphdef, rest,
-                                                                      batch)
+  loss_fn = functools.partial(_loss, attention_fn=par.attention_fn)
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn), static_argnums=1)(params, graphdef, rest,
+                                                                        batch)
   assert abs(float(loss) - ref_loss) <= 1e-5 * abs(ref_loss), (float(loss), ref_loss)
   flat_ref = jax.tree_util.tree_flatten_with_path(ref_grads)[0]
   flat = jax.tree.leaves(jax.device_get(grads))
@@ -136,8 +136,7 @@ def test_trainer_step_with_parallel_shardings():
     if shardings is None:
       return step(state, rest, {k: jnp.asarray(v) for k, v in host.items()})
     par = shardings["parallel"]
-    with par.attention():
-      return step(state, rest, par.device_batch(host))
+    return step(state, rest, par.device_batch(host))
 
   (s1, m1), (s8, m8) = run(None), run(parallel.trainer_shardings(config))
   for k in ("loss", "grad_norm", "param_norm"):

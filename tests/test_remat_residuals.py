@@ -83,10 +83,10 @@ def _xla(spec):
 
 
 def _triton(spec):
-  from pallas_kernels import gpu_triton  # pylint: disable=import-outside-toplevel
-  cfg = gpu_triton.TritonConfig(block_q=16, block_k=16, block_q_dq=16, block_k_dq=16,
+  from pallas_kernels.backends import pallas_gpu  # pylint: disable=import-outside-toplevel
+  cfg = pallas_gpu.TritonConfig(block_q=16, block_k=16, block_q_dq=16, block_k_dq=16,
                                 block_q_dkv=16, block_k_dkv=16)
-  return functools.partial(gpu_triton.attention, spec=spec, interpret=True, config=cfg)
+  return functools.partial(pallas_gpu.attention, spec=spec, interpret=True, config=cfg)
 
 
 def _scans(jaxpr):

@@ -45,7 +45,7 @@ from longgen_jax.data.sources import SOURCE_TYPES
 
 CORPUS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 CORPUS_SEPARATOR = "\n<|endoftext|>\n"
-# Fu et al. 2024 per-source length upsampling (notes §2.2).
+# Fu et al. 2024 per-source length upsampling (docs/data.md "Length upsampling").
 FU_ET_AL_UPSAMPLE = {"threshold": 4096, "keep_prob": 0.1}
 
 SOURCE_DEFAULTS: dict[str, Any] = {

@@ -1,6 +1,6 @@
 """Per-source length upsampling (Fu et al. 2024) and the hashed eval split.
 
-The recipe LongGen inherits (docs/data.md, notes §2.2): inside each source, keep
+The recipe LongGen inherits (docs/data.md, "Length upsampling"): inside each source, keep
 every document of at least `threshold` tokens, and keep a shorter one with
 probability `keep_prob` (Fu et al.: threshold 4096, keep_prob 0.1). Mixture
 weights across sources stay as configured, so long documents are upsampled

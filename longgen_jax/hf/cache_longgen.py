@@ -10,12 +10,26 @@ Eviction after each update, with ``nxt`` = 1 + the largest position seen in the 
 queries have positions >= nxt):
   full:         keep everything;
   sink_window:  keep j < sink and j > nxt - window (the last window - 1 tokens);
-  strided:      keep blocks kb with kb % vert_stride == 0 or kb > nxt // block - local_blocks.
+  strided:      keep blocks kb with kb % vert_stride == 0 or kb > nxt // block - local_blocks;
+  chunked:      keep j >= (nxt // window) * window (the current chunk).
 Padding slots are dropped. With a batch, a slot is kept if any row still needs it.
+
+Torch-only mirror of ``pallas_kernels/patterns/`` (``visible`` and ``still_needed`` of each
+kind): tests/test_hf_patterns.py checks both against the pattern modules on every registered kind.
+An unknown kind raises.
 """
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+
+def _fdiv(x, d):
+  return torch.div(x, d, rounding_mode="floor")
+
+
+def _unknown(spec: dict):
+  return ValueError(f"LongGen attention kind {spec['kind']!r} is not one of "
+                    "('full', 'sink_window', 'strided', 'chunked')")
 
 
 def pattern_allows(spec: dict, qpos: torch.Tensor, kpos: torch.Tensor) -> torch.Tensor:
@@ -26,9 +40,12 @@ def pattern_allows(spec: dict, qpos: torch.Tensor, kpos: torch.Tensor) -> torch.
     return causal
   if kind == "sink_window":
     return causal & ((kpos < spec["sink"]) | (qpos - kpos < spec["window"]))
-  qb = torch.div(qpos, spec["block"], rounding_mode="floor")
-  kb = torch.div(kpos, spec["block"], rounding_mode="floor")
-  return causal & (((qb - kb) < spec["local_blocks"]) | (kb % spec["vert_stride"] == 0))
+  if kind == "strided":
+    qb, kb = _fdiv(qpos, spec["block"]), _fdiv(kpos, spec["block"])
+    return causal & (((qb - kb) < spec["local_blocks"]) | (kb % spec["vert_stride"] == 0))
+  if kind == "chunked":
+    return causal & (_fdiv(qpos, spec["window"]) == _fdiv(kpos, spec["window"]))
+  raise _unknown(spec)
 
 
 def still_needed(spec: dict, kpos: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
@@ -38,9 +55,12 @@ def still_needed(spec: dict, kpos: torch.Tensor, nxt: torch.Tensor) -> torch.Ten
     return torch.ones_like(kpos, dtype=torch.bool)
   if kind == "sink_window":
     return (kpos < spec["sink"]) | (kpos > nxt - spec["window"])
-  kb = torch.div(kpos, spec["block"], rounding_mode="floor")
-  qb = torch.div(nxt, spec["block"], rounding_mode="floor")
-  return (kb % spec["vert_stride"] == 0) | (kb > qb - spec["local_blocks"])
+  if kind == "strided":
+    kb, qb = _fdiv(kpos, spec["block"]), _fdiv(nxt, spec["block"])
+    return (kb % spec["vert_stride"] == 0) | (kb > qb - spec["local_blocks"])
+  if kind == "chunked":
+    return kpos >= _fdiv(nxt, spec["window"]) * spec["window"]
+  raise _unknown(spec)
 
 
 class LongGenCacheLayer(DynamicLayer):

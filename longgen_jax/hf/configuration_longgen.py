@@ -4,18 +4,22 @@ This file is shipped verbatim into every hybrid export (``trust_remote_code=True
 import torch-free parts of ``transformers``. Each entry of ``longgen_layers`` is the dict form of
 ``pallas_kernels.AttentionSpec``::
 
-  {"kind": "full" | "sink_window" | "strided", "block": int, "sink": int, "window": int,
+  {"kind": "full" | "sink_window" | "strided" | "chunked", "block": int, "sink": int, "window": int,
    "local_blocks": int, "vert_stride": int}
 
 Semantics (query at position i, key at position j, both absolute positions in the sequence):
   full:         j <= i
   sink_window:  j <= i and (j < sink or i - j < window)
   strided:      j <= i and (i//block - j//block < local_blocks or (j//block) % vert_stride == 0)
+  chunked:      j <= i and i//window == j//window
+
+Torch-only mirror of ``pallas_kernels/patterns/``: tests/test_hf_patterns.py checks that the kinds
+and their validation agree with the pattern modules on every registered kind.
 """
 
 from transformers import LlamaConfig
 
-PATTERN_KINDS = ("full", "sink_window", "strided")
+PATTERN_KINDS = ("full", "sink_window", "strided", "chunked")
 PATTERN_FIELDS = ("kind", "block", "sink", "window", "local_blocks", "vert_stride")
 
 
@@ -37,6 +41,8 @@ def normalize_pattern(layer: int, spec: dict) -> dict:
   if kind == "strided" and (out["local_blocks"] < 1 or out["vert_stride"] < 1 or out["block"] < 1):
     raise ValueError(f"longgen_layers[{layer}] strided needs block, local_blocks and "
                      f"vert_stride >= 1: {out}")
+  if kind == "chunked" and out["window"] < 1:
+    raise ValueError(f"longgen_layers[{layer}] chunked needs window (the chunk) >= 1: {out}")
   return out
 
 

@@ -120,9 +120,3 @@ def check_compatible(hf_cfg: ModelConfig, cfg: ModelConfig) -> None:
   if abs(hf_cfg.norm_eps - cfg.norm_eps) > 1e-12:
     raise HFConversionError(f"model config norm_eps={cfg.norm_eps} does not match the "
                             f"checkpoint's rms_norm_eps={hf_cfg.norm_eps}")
-
-
-def weights_dtype(hf: Mapping[str, Any]) -> str | None:
-  """``torch_dtype`` / ``dtype`` of config.json as one of our dtype names, if set."""
-  d = hf.get("dtype") or hf.get("torch_dtype")
-  return {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}.get(str(d))

@@ -43,14 +43,18 @@ def prompt_bucket(n: int, chunk: int, min_len: int) -> int:
 
 
 def chunk_multiple(specs: Sequence[AttentionSpec], page_size: int = 0) -> int:
-  """What every later prefill chunk length must be a multiple of: each layer's block, each
-  strided layer's ``vert_stride * block`` (so strided blocks keep their residue) and the page."""
+  """What every later prefill chunk length must be a multiple of: each layer's block, its
+  pattern's ``prefill_multiple`` (e.g. ``vert_stride * block`` for strided layers, so strided
+  blocks keep their residue) and the page."""
   m = max(1, int(page_size))
   for s in specs:
-    m = math.lcm(m, s.block)
-    if s.kind == "strided":
-      m = math.lcm(m, s.block * s.vert_stride)
+    m = math.lcm(m, s.block, s.pattern.prefill_multiple(s))
   return m
+
+
+def _min_chunk(specs: Sequence[AttentionSpec]) -> int:
+  """The largest ``min_prefill_chunk`` of the layers (the sink of sink_window layers)."""
+  return max([s.pattern.min_prefill_chunk(s) for s in specs], default=0)
 
 
 def check_chunk(chunk: int, specs: Sequence[AttentionSpec], page_size: int = 0) -> None:
@@ -59,7 +63,7 @@ def check_chunk(chunk: int, specs: Sequence[AttentionSpec], page_size: int = 0) 
   if chunk < 1 or chunk % m:
     raise InferError(f"prefill_chunk {chunk} must be a positive multiple of {m} (the blocks, "
                      "vert_stride * block of strided layers and the page size)")
-  sink = max([s.sink for s in specs if s.kind == "sink_window"], default=0)
+  sink = _min_chunk(specs)
   if chunk < sink:
     raise InferError(f"prefill_chunk {chunk} must be >= the largest sink ({sink})")
 
@@ -70,5 +74,5 @@ DEFAULT_CHUNK = 16384
 def default_chunk(specs: Sequence[AttentionSpec], page_size: int = 0,
                   target: int = DEFAULT_CHUNK) -> int:
   """``target`` rounded up to a valid prefill chunk for these layers (``check_chunk``)."""
-  sink = max([s.sink for s in specs if s.kind == "sink_window"], default=0)
+  sink = _min_chunk(specs)
   return round_up(max(target, sink), chunk_multiple(specs, page_size))

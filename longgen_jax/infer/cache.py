@@ -13,6 +13,7 @@ Per layer (``LayerCache``; slot layouts in ``slots.py``). Buffers are HEAD-MAJOR
   paged         pool [num_pages, Hkv, page, D]         none; ``HybridCache.page_table [B, pages]``
   sink_window   [B, Hkv, min(sink + window, cap), D]   [B, slots] int32
   strided       [B, Hkv, (n_vertical + local) * block, D]   [B, slots] int32
+  (any other)   [B, Hkv, Pattern.n_slots(spec, cap), D]   [B, slots] int32
 
 ``HybridCache`` holds the per-layer caches, ``lengths [B]`` (tokens cached per row = the next
 position) and, for the paged layout, the page table shared by every full layer (all full layers
@@ -38,9 +39,6 @@ from pallas_kernels.spec import AttentionSpec
 
 from longgen_jax.infer import slots
 from longgen_jax.infer.errors import InferError
-
-KINDS = ("full", "paged", "sink_window", "strided")
-
 
 @dataclasses.dataclass(frozen=True)
 class LayerCache:

@@ -216,10 +216,6 @@ class ModelConfig:
                         f"{self.attention_backend!r}")
 
   # ---------------------------------------------------------------- derived
-  @property
-  def q_per_kv(self) -> int:
-    return self.n_heads // self.n_kv_heads
-
   def remat_for(self, spec: AttentionSpec) -> str:
     """The remat policy name of a layer with this spec (per-kind override, else ``remat``)."""
     override = self.remat_full if spec.is_full else self.remat_sparse

@@ -16,7 +16,7 @@ takes the attention itself as a callable ``attend(q, k, v) -> out`` so that trai
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +24,9 @@ from jax.ad_checkpoint import checkpoint_name
 
 from pallas_kernels.spec import AttentionSpec
 
+from longgen_jax.model.attention_fn import AttentionFn, resolve
 from longgen_jax.model.config import ModelConfig
 from longgen_jax.model.rope import apply_rope
-from longgen_jax.parallel.sequence import attention as parallel_attention, constrain
 
 LAYER_PARAM_NAMES = ("attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down")
 Params = Mapping[str, jax.Array]
@@ -88,16 +88,19 @@ def attention_scale(cfg: ModelConfig) -> float:
   return float(cfg.head_dim) ** -0.5
 
 
-def spec_attend(cfg: ModelConfig, spec: AttentionSpec, segment_ids=None) -> Attend:
-  """``attend`` for a whole (packed) row: ``pallas_kernels.attention`` with the layer's spec.
+def spec_attend(cfg: ModelConfig, spec: AttentionSpec, segment_ids=None,
+                attention_fn: AttentionFn | None = None) -> Attend:
+  """``attend`` for a whole (packed) row: ``attention_fn`` with the layer's spec.
 
-  Called through ``longgen_jax.parallel.attention``: the kernel itself on one device, and
-  shard_map'ed ring / halo attention under a mesh (``parallel.sharded_attention``).
+  ``attention_fn`` is what the caller handed the model (``attention_fn.py``): None is the kernel
+  itself on one device (``pallas_kernels.attention``); the trainer under a mesh passes
+  shard_map'ed ring / halo attention (``parallel.Parallel.attention_fn``).
   """
+  fn = resolve(attention_fn)
 
   def attend(q, k, v):
-    return parallel_attention(q, k, v, spec, segment_ids=segment_ids,
-                              backend=cfg.attention_backend, scale=attention_scale(cfg))
+    return fn(q, k, v, spec, segment_ids=segment_ids, backend=cfg.attention_backend,
+              scale=attention_scale(cfg))
 
   return attend
 
@@ -114,11 +117,12 @@ def decoder_layer(cfg: ModelConfig, p: Params, x, cos, sin, attend: Attend):
   return x + mlp(cfg, p, h)
 
 
-def embed_tokens(cfg: ModelConfig, embed, tokens):
+def embed_tokens(cfg: ModelConfig, embed, tokens, attention_fn: AttentionFn | None = None):
   """``tokens [B, T]`` int -> ``[B, T, D]`` in the compute dtype."""
-  # Under a mesh: gather from a table replicated over fsdp/sequence (one all-gather of the
-  # compute-dtype table) so the lookup is index-parallel; no-op on one device.
-  table = constrain(embed.astype(compute_dtype(cfg)), ("vocab", None))
+  # Under a mesh (``attention_fn.constrain``): gather from a table replicated over fsdp/sequence
+  # (one all-gather of the compute-dtype table) so the lookup is index-parallel; no-op on one
+  # device.
+  table = resolve(attention_fn).constrain(embed.astype(compute_dtype(cfg)), ("vocab", None))
   return jnp.take(table, tokens, axis=0)
 
 
@@ -132,15 +136,3 @@ def logits_from_hidden(cfg: ModelConfig, hidden, unembedding):
   dt = compute_dtype(cfg)
   return jnp.einsum("...d,dv->...v", hidden.astype(dt), unembedding.astype(dt),
                     preferred_element_type=jnp.float32)
-
-
-def check_layer_params(cfg: ModelConfig, p: Mapping[str, Any], where: str = "layer") -> None:
-  """Raises ValueError naming the tensor when a canonical layer dict has a wrong key or shape."""
-  shapes = layer_param_shapes(cfg)
-  missing = [k for k in shapes if k not in p]
-  extra = [k for k in p if k not in shapes]
-  if missing or extra:
-    raise ValueError(f"{where}: missing {missing}, unexpected {extra} canonical parameter(s)")
-  for k, shape in shapes.items():
-    if tuple(p[k].shape) != shape:
-      raise ValueError(f"{where}.{k}: shape {tuple(p[k].shape)} != expected {shape}")

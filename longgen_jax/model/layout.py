@@ -46,14 +46,6 @@ def longgen_layout(n_layers: int, sparse: Any, full: Any = FULL,
                for i in range(n_layers))
 
 
-def full_block(layers: Sequence[AttentionSpec]) -> tuple[int, int] | None:
-  """``(start, stop)`` of the contiguous full-attention block, or None if not exactly one block."""
-  idx = [i for i, s in enumerate(layers) if s.is_full]
-  if not idx or idx[-1] - idx[0] + 1 != len(idx):
-    return None
-  return idx[0], idx[-1] + 1
-
-
 def layers_from_indices(n_layers: int, full_layers: Iterable[int], sparse: Any,
                         full: Any = FULL) -> tuple[AttentionSpec, ...]:
   """Full attention at the given layer indices, ``sparse`` everywhere else."""

@@ -10,7 +10,9 @@ Module tree (parameter names are the canonical ones of ``layers.py``)::
                                stacked along a leading axis of size ``repeats``)
 
 The math lives in ``layers.py`` (pure functions); the modules only hold parameters, pick the
-attention call of each layer's spec, and apply ``nnx.remat`` / ``nnx.scan``.
+attention call of each layer's spec, and apply ``nnx.remat`` / ``nnx.scan``. The attention
+function itself is the caller's (``attention_fn=``, see ``attention_fn.py``): the model never
+looks up a mesh.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from flax import nnx
 from pallas_kernels.spec import AttentionSpec
 
 from longgen_jax.model import init as init_lib
+from longgen_jax.model.attention_fn import AttentionFn
 from longgen_jax.model.config import ModelConfig
 from longgen_jax.model.layers import (LAYER_PARAM_NAMES, decoder_layer, embed_tokens,
                                       final_hidden, logits_from_hidden, spec_attend)
@@ -48,19 +51,20 @@ class DecoderLayer(nnx.Module):
     """This layer's canonical parameter dict (stacked when the layer is stacked)."""
     return {name: getattr(self, name)[...] for name in LAYER_PARAM_NAMES}
 
-  def __call__(self, x, cos, sin, segment_ids=None):
-    attend = spec_attend(self.cfg, self.spec, segment_ids)
+  def __call__(self, x, cos, sin, segment_ids=None, attention_fn: AttentionFn | None = None):
+    attend = spec_attend(self.cfg, self.spec, segment_ids, attention_fn)
     return decoder_layer(self.cfg, self.params(), x, cos, sin, attend)
 
 
-def apply_layer(layer: DecoderLayer, x, cos, sin, segment_ids, *, prevent_cse: bool = True):
+def apply_layer(layer: DecoderLayer, x, cos, sin, segment_ids, *, prevent_cse: bool = True,
+                attention_fn: AttentionFn | None = None):
   """Runs ``layer`` under ``nnx.remat`` with its kind's policy (``cfg.remat_for(spec)``)."""
   name = layer.cfg.remat_for(layer.spec)
   if name == "none":
-    return layer(x, cos, sin, segment_ids)
+    return layer(x, cos, sin, segment_ids, attention_fn)
 
   def run(m, x, cos, sin, segment_ids):
-    return m(x, cos, sin, segment_ids)
+    return m(x, cos, sin, segment_ids, attention_fn)
 
   return nnx.remat(run, policy=remat_policy(name), prevent_cse=prevent_cse)(
       layer, x, cos, sin, segment_ids)
@@ -77,13 +81,14 @@ class LayerStack(nnx.Module):
                      indices=[segment.layer_index(r, j) for r in range(R)])
         for j, spec in enumerate(segment.specs)])
 
-  def __call__(self, x, cos, sin, segment_ids=None):
+  def __call__(self, x, cos, sin, segment_ids=None, attention_fn: AttentionFn | None = None):
 
     @nnx.scan(in_axes=(nnx.Carry, 0, None, None, None), out_axes=nnx.Carry)
     def body(x, stack, cos, sin, segment_ids):
       for layer in stack.layers:
         # Inside scan, CSE across iterations is impossible: prevent_cse=False is cheaper.
-        x = apply_layer(layer, x, cos, sin, segment_ids, prevent_cse=False)
+        x = apply_layer(layer, x, cos, sin, segment_ids, prevent_cse=False,
+                        attention_fn=attention_fn)
       return x
 
     return body(x, self, cos, sin, segment_ids)
@@ -112,11 +117,14 @@ class Llama(nnx.Module):
       self.lm_head = nnx.Param(glob["lm_head"])
 
   # ---------------------------------------------------------------- forward
-  def hidden_states(self, tokens, positions=None, segment_ids=None):
+  def hidden_states(self, tokens, positions=None, segment_ids=None, *,
+                    attention_fn: AttentionFn | None = None):
     """``tokens [B, T]`` -> ``[B, T, D]`` after the final norm (compute dtype).
 
     ``positions [B, T]`` (default ``arange(T)``) are the RoPE positions (packed documents
     restart at 0); ``segment_ids [B, T]`` int keep packed documents from seeing each other.
+    ``attention_fn`` runs every layer's attention (``attention_fn.py``; None: the kernel on one
+    device; under a mesh the caller passes ``parallel.Parallel.attention_fn``).
     """
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 2:
@@ -125,17 +133,18 @@ class Llama(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     cos, sin = rope_cos_sin(self.cfg, positions)
-    x = embed_tokens(self.cfg, self.embed[...], tokens)
+    x = embed_tokens(self.cfg, self.embed[...], tokens, attention_fn)
     for seg, module in zip(self.plan, self.segments):
       if seg.scanned:
-        x = module(x, cos, sin, segment_ids)
+        x = module(x, cos, sin, segment_ids, attention_fn)
       else:
-        x = apply_layer(module, x, cos, sin, segment_ids)
+        x = apply_layer(module, x, cos, sin, segment_ids, attention_fn=attention_fn)
     return final_hidden(self.cfg, self.final_norm[...], x)
 
-  def __call__(self, tokens, positions=None, segment_ids=None):
+  def __call__(self, tokens, positions=None, segment_ids=None, *,
+               attention_fn: AttentionFn | None = None):
     """Float32 logits ``[B, T, V]``."""
-    hidden = self.hidden_states(tokens, positions, segment_ids)
+    hidden = self.hidden_states(tokens, positions, segment_ids, attention_fn=attention_fn)
     return logits_from_hidden(self.cfg, hidden, self.unembedding())
 
   def unembedding(self):

@@ -5,7 +5,8 @@ See ``docs/parallel.md``. Public surface:
   MeshConfig, make_mesh, mesh_sizes                 mesh.py
   RULES, PARAM_AXES, logical_to_spec,               rules.py
   tree_shardings, batch_spec
-  attention, sharded_attention, constrain           sequence.py (the model's attention call)
+  ShardedAttention, sharded_attention               sequence.py (the attention fn the trainer
+                                                    hands the model under a mesh)
   SeqLayout, reorder_batch, restore_batch           reorder.py (zigzag / striped, done once)
   ring_attention, allgather_attention,              ring.py / allgather.py / halo.py
   halo_attention
@@ -21,7 +22,7 @@ from longgen_jax.parallel.reorder import SeqLayout, reorder_batch, restore_batch
 from longgen_jax.parallel.ring import RingConfig, ring_attention
 from longgen_jax.parallel.allgather import allgather_attention
 from longgen_jax.parallel.halo import HaloConfig, HaloError, halo_attention
-from longgen_jax.parallel.sequence import active, attention, constrain, sharded_attention
+from longgen_jax.parallel.sequence import ShardedAttention, sharded_attention
 from longgen_jax.parallel.batch import DataShard, data_shard_info, make_global_batch
 from longgen_jax.parallel.runtime import Parallel, create, trainer_shardings
 from longgen_jax.parallel.distributed import initialize
@@ -30,7 +31,7 @@ __all__ = [
     "AXES", "MeshConfig", "MeshError", "make_mesh", "mesh_sizes", "PARAM_AXES", "RULES",
     "batch_spec", "logical_to_spec", "tree_shardings", "SeqLayout", "reorder_batch",
     "restore_batch", "RingConfig", "ring_attention", "allgather_attention",
-    "HaloConfig", "HaloError", "halo_attention", "active", "attention", "constrain",
+    "HaloConfig", "HaloError", "halo_attention", "ShardedAttention",
     "sharded_attention",
     "DataShard", "data_shard_info", "make_global_batch", "Parallel", "create",
     "trainer_shardings", "initialize",

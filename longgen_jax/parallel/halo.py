@@ -22,6 +22,11 @@ Two kernel calls per sub-chunk, merged by log-sum-exp:
    the local call already), all fully visible to the chunk (``full`` spec with a large
    ``q_offset``); the ``< cC - H`` cut is a dynamic key mask (segment id -1).
 
+Every pattern-specific quantity above (``H``, the generic call's spec and offsets, which chunks
+are special, the global positions, the chunk-length requirement) comes from the layer's pattern
+(``Pattern.halo_len / halo_generic / halo_special / global_positions / halo_check``,
+``pallas_kernels/patterns/``); this module does not branch on the kind.
+
 Gradients are plain autodiff: ``ppermute`` transposes to the reverse permutation and
 ``all_gather`` to a reduce-scatter, so halo and sink/vertical KV cotangents flow back to their
 owners exactly.
@@ -62,11 +67,9 @@ class HaloConfig:
 
 def halo_len(spec: AttentionSpec) -> int:
   """Tokens before a chunk that its first query may see through the local pattern."""
-  if spec.kind == "sink_window":
-    return spec.window
-  if spec.kind == "strided":
-    return (spec.local_blocks - 1) * spec.block
-  raise HaloError(f"halo attention is for sparse specs, got {spec}")
+  if spec.is_full:
+    raise HaloError(f"halo attention is for sparse specs, got {spec}")
+  return spec.pattern.halo_len(spec)
 
 
 def check_specs(specs, layout_kind: str, n: int, seq_len: int) -> None:
@@ -102,7 +105,7 @@ class _Plan:
   branches: tuple                   # per sub-chunk: tuple of chunk index (int) or None=generic
   branch_table: tuple               # per sub-chunk: tuple over shards of branch index
   global_pos: tuple                 # static positions of the global tokens (sorted)
-  vertical_idx: tuple               # strided: offsets of vertical tokens within a chunk
+  global_idx: tuple                 # per sub-chunk: offsets of global tokens any shard holds
 
 
 @functools.lru_cache(maxsize=256)
@@ -115,12 +118,10 @@ def plan(cfg: HaloConfig) -> _Plan:
   C, H, n = lay.chunk_len, halo_len(spec), lay.n
   ids = lay.chunk_ids()
   sub = ids.shape[1]
-  if spec.kind == "sink_window" and spec.sink > C:
-    raise HaloError(f"sink {spec.sink} exceeds the sequence chunk length {C} (seq_len "
-                    f"{lay.seq_len}, {n} shards, {lay.kind}); use fewer sequence shards")
-  if spec.kind == "strided" and C % (spec.block * spec.vert_stride):
-    raise HaloError(f"strided layer {spec}: chunk length {C} must be a multiple of block * "
-                    f"vert_stride = {spec.block * spec.vert_stride}")
+  why = spec.pattern.halo_check(spec, C)
+  if why:
+    raise HaloError(f"{spec.kind} layer {spec}: {why} (seq_len {lay.seq_len}, {n} shards, "
+                    f"{lay.kind}); use fewer sequence shards or another layout")
   # ---- halo pieces: previous chunks c-1, c-2, ... until H tokens are covered.
   pieces = []
   for s in range(sub):
@@ -141,8 +142,7 @@ def plan(cfg: HaloConfig) -> _Plan:
     pieces.append(tuple(ps))
   # ---- static branches of the local call.
   def special(c):
-    lo = c * C - H
-    return lo < spec.sink if spec.kind == "sink_window" else lo < 0
+    return spec.pattern.halo_special(spec, c * C - H)
   branches, tables = [], []
   for s in range(sub):
     cs = [int(ids[i, s]) for i in range(n)]
@@ -151,15 +151,14 @@ def plan(cfg: HaloConfig) -> _Plan:
       br.append(None)
     branches.append(tuple(br))
     tables.append(tuple(br.index(c if special(c) else None) for c in cs))
-  # ---- global tokens.
-  vidx: tuple = ()
-  if spec.kind == "sink_window":
-    gpos = tuple(range(spec.sink))
-  else:
-    vidx = tuple(t for t in range(C) if (t // spec.block) % spec.vert_stride == 0)
-    gpos = tuple(c * C + t for c in range(n * sub) for t in vidx)
+  # ---- global tokens (sinks, vertical blocks): per sub-chunk slot s, the in-chunk offsets that
+  # any shard's chunk there holds (every shard sends those; the receiver keeps its own chunk's).
+  gpos = spec.pattern.global_positions(spec, lay.seq_len)
+  gidx = tuple(tuple(sorted({int(p) - int(ids[i, s]) * C for i in range(n) for p in gpos
+                             if int(ids[i, s]) * C <= p < (int(ids[i, s]) + 1) * C}))
+               for s in range(sub))
   return _Plan(C, H, tuple(map(tuple, ids.tolist())), tuple(pieces), tuple(branches),
-               tuple(tables), gpos, vidx)
+               tuple(tables), tuple(int(p) for p in gpos), gidx)
 
 
 def _sub(x, s, C):
@@ -186,25 +185,23 @@ def _exchange_halo(cfg: HaloConfig, pl: _Plan, s: int, xs):
 
 
 def _global_tokens(cfg: HaloConfig, pl: _Plan, xs):
-  """All-gathered global tokens (sinks or vertical blocks) in row order, for each of ``xs``."""
-  lay, spec = cfg.layout, cfg.spec
+  """All-gathered global tokens (``plan(...).global_pos``) in row order, for each of ``xs``."""
+  lay, C = cfg.layout, pl.C
+  sub = len(pl.chunk_ids[0])
+  starts = np.cumsum([0] + [len(g) for g in pl.global_idx])
+  gset = set(pl.global_pos)
   out = []
   for x in xs:
-    if spec.kind == "sink_window":
-      j0, s0 = lay.chunk_owner(0)
-      g = lax.all_gather(_sub(x, s0, pl.C)[:, :spec.sink], cfg.axis)
-      out.append(g[j0])
-    else:
-      idx = np.asarray(pl.vertical_idx)
-      sub = len(pl.chunk_ids[0])
-      local = jnp.concatenate([_sub(x, s, pl.C)[:, idx] for s in range(sub)], axis=1)
-      g = lax.all_gather(local, cfg.axis)                     # [n, B, sub*V, ...]
-      V = len(idx)
-      parts = []
-      for c in range(lay.n * sub):
-        j, s = lay.chunk_owner(c)
-        parts.append(g[j][:, s * V:(s + 1) * V])
-      out.append(jnp.concatenate(parts, axis=1))
+    local = jnp.concatenate([_sub(x, s, C)[:, np.asarray(pl.global_idx[s], np.int64)]
+                             for s in range(sub) if pl.global_idx[s]], axis=1)
+    g = lax.all_gather(local, cfg.axis)                     # [n, B, sum(|global_idx|), ...]
+    parts = []
+    for c in range(lay.n * sub):
+      j, s = lay.chunk_owner(c)
+      keep = [starts[s] + r for r, t in enumerate(pl.global_idx[s]) if c * C + t in gset]
+      if keep:
+        parts.append(g[j][:, np.asarray(keep, np.int64)])
+    out.append(jnp.concatenate(parts, axis=1))
   return out
 
 
@@ -218,13 +215,7 @@ def _local_branch(cfg: HaloConfig, pl: _Plan, c):
   """Static local call for chunk ``c`` (``None``: the shared generic call)."""
   spec, C, H = cfg.spec, pl.C, pl.H
   if c is None:
-    if spec.kind == "sink_window":
-      g_spec = AttentionSpec.sink_window(0, spec.window, spec.block)
-      q_off, kv_off = H, 0
-    else:
-      g_spec = spec
-      kv_off = (-H) % (spec.block * spec.vert_stride)
-      q_off = kv_off + H
+    g_spec, q_off, kv_off = spec.pattern.halo_generic(spec, H)
 
     def generic(q, k, v, qs, ks):
       return _attn(cfg, g_spec, q, k, v, qs, ks, q_off, kv_off)
@@ -246,7 +237,8 @@ def halo_attention(q, k, v, q_segment_ids, kv_segment_ids, cfg: HaloConfig):
   pl = plan(cfg)
   i = lax.axis_index(cfg.axis)
   C, H = pl.C, pl.H
-  gk, gv, gs = _global_tokens(cfg, pl, (k, v, kv_segment_ids))
+  if pl.global_pos:
+    gk, gv, gs = _global_tokens(cfg, pl, (k, v, kv_segment_ids))
   gpos = jnp.asarray(np.asarray(pl.global_pos, np.int32))
   full = AttentionSpec.full(cfg.spec.block)
   outs, lses = [], []

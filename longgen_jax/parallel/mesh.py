@@ -127,8 +127,3 @@ def make_mesh(cfg: Any = None, *, devices=None) -> jax.sharding.Mesh:
 def mesh_sizes(mesh) -> dict[str, int]:
   """``{axis: size}`` for the four standard axes (1 where the mesh lacks one)."""
   return {a: compat.axis_size(mesh, a) for a in AXES}
-
-
-def batch_divisor(mesh) -> int:
-  """How many ways the batch dimension is split (``data * fsdp``)."""
-  return compat.axis_size(mesh, "data") * compat.axis_size(mesh, "fsdp")

@@ -26,6 +26,9 @@ from typing import Any, Mapping
 import numpy as np
 
 LAYOUTS = ("zigzag", "striped", "contiguous")
+# The batch's keys: the same tuple as ``longgen_jax.data.packing.BATCH_KEYS`` (the data path's
+# definition; tests/test_parallel_mesh.py checks they agree). Not imported from there so that
+# ``longgen_jax.parallel`` stays free of grain (``benchmarks/train_step.py`` needs no grain).
 BATCH_KEYS = ("inputs", "targets", "positions", "segment_ids", "loss_mask")
 
 
@@ -169,10 +172,3 @@ def restore_batch(batch: Mapping[str, Any], layout: SeqLayout,
     if k in out and out[k] is not None:
       out[k] = restore(out[k], layout, axis=1)
   return out
-
-
-def layout_for(mesh, seq_len: int, kind: str | None = None) -> SeqLayout:
-  """The layout for a mesh's ``sequence`` axis (size 1 -> identity)."""
-  from longgen_jax.parallel import compat  # pylint: disable=import-outside-toplevel
-  n = compat.axis_size(mesh, "sequence")
-  return SeqLayout(kind or "zigzag", n, seq_len)

@@ -8,15 +8,13 @@
     params = jax.jit(init, out_shardings=shardings["params"])()     # never whole on one device
     opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
     batch = par.device_batch(host_batch)        # layout reorder + global arrays
-    with par.attention():                       # model attention -> shard_map (trace time)
-      compiled = train_step.lower(state, rest, batch).compile()
+    step = make_step(..., attention_fn=par.attention_fn)   # model attention -> shard_map
 
 One device works the same (a 1x1x1x1 mesh; attention then calls the kernel directly).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any, Iterable, Mapping
 
@@ -27,7 +25,7 @@ from longgen_jax.parallel import batch as batch_lib
 from longgen_jax.parallel import rules as rules_lib
 from longgen_jax.parallel.mesh import MeshConfig, MeshError, make_mesh, mesh_sizes
 from longgen_jax.parallel.reorder import BATCH_KEYS, SeqLayout
-from longgen_jax.parallel.sequence import sharded_attention
+from longgen_jax.parallel.sequence import ShardedAttention, sharded_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +74,13 @@ class Parallel:
     return batch_lib.make_global_batch(host_batch, self.mesh, layout=self.layout,
                                        global_batch=self.global_batch)
 
-  def attention(self):
-    """Context routing ``parallel.attention`` through shard_map on this mesh (trace time)."""
-    if self.mesh.size == 1:
-      return contextlib.nullcontext()
+  @property
+  def attention_fn(self) -> ShardedAttention:
+    """The attention fn to hand the model on this mesh (``model/attention_fn.py``).
+
+    shard_map'ed ring / halo attention in this mesh's sequence layout; on a one-device mesh the
+    kernel itself.
+    """
     return sharded_attention(self.mesh, layout=self.config.sequence_layout,
                              impl=self.config.sequence_attention)
 
@@ -97,7 +98,7 @@ def trainer_shardings(config) -> dict[str, Any]:
   Returns ``{"params", "opt_state"}`` NamedSharding trees shaped like the trainer's abstract
   state, ``"rest"`` and ``"replicated"`` (a replicated sharding, a valid prefix for any tree),
   ``"batch"`` (one sharding per batch key) and ``"parallel"`` (the ``Parallel`` object: data
-  shard, layout-aware ``device_batch``, the ``attention()`` trace-time context).
+  shard, layout-aware ``device_batch``, the model's ``attention_fn``).
   """
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from longgen_jax.model.config import ModelConfig  # pylint: disable=import-outside-toplevel

@@ -40,11 +40,10 @@ def compiled_vs_estimate(config, mesh_cfg=None, devices=None):
   batch = {k: jax.ShapeDtypeStruct((B, T), jnp.float32 if k == "loss_mask" else jnp.int32,
                                    sharding=s) for k, s in bsh.items()}
   step = jax.jit(make_step(graphdef, tx, schedule, grad_accum=t.grad_accum,
-                           loss_chunk=t.loss_chunk),
+                           loss_chunk=t.loss_chunk, attention_fn=par.attention_fn),
                  donate_argnums=(0,), in_shardings=(sh, par.replicated(rest), bsh),
                  out_shardings=(sh, par.replicated()))
-  with par.attention():
-    compiled = step.lower(state, rest, batch).compile()
+  compiled = step.lower(state, rest, batch).compile()
   m = compiled.memory_analysis()
   actual = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
             - m.alias_size_in_bytes)

@@ -16,7 +16,7 @@ like ``--config.train.steps=10`` work for every field) and sets what it needs. T
 ``mesh``          ``longgen_jax.parallel.mesh.MeshConfig`` fields (data / fsdp / sequence /
                   tensor sizes, -1 = the rest; sequence-parallel options).
 
-This module imports no JAX, so loading a config stays fast.
+The schedule names are the keys of ``training.optim.SCHEDULES`` (the optimizer's one table).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import ml_collections
 
 from longgen_jax.model.errors import ConfigError
+from longgen_jax.training.optim import SCHEDULES
 
-SCHEDULES = ("cosine", "constant")
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 
@@ -172,7 +172,7 @@ def validate_config(config: ml_collections.ConfigDict, process_count: int = 1):
     raise ConfigError(f"train.seq_len {t.seq_len} is not a multiple of train.loss_chunk "
                       f"{t.loss_chunk}")
   if t.schedule not in SCHEDULES:
-    raise ConfigError(f"train.schedule {t.schedule!r} is not one of {SCHEDULES}")
+    raise ConfigError(f"train.schedule {t.schedule!r} is not one of {tuple(SCHEDULES)}")
   _number(t.lr, "train.lr")
   _number(t.min_lr_ratio, "train.min_lr_ratio")
   _number(t.b1, "train.b1", 0.0, 1.0)

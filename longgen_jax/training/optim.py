@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("cosine", "constant")
+
+def _cosine(lr: float, warmup: int, steps: int, train: Any) -> optax.Schedule:
+  """Linear warmup, then cosine decay to ``train.min_lr_ratio * lr`` at ``steps``."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(steps, warmup + 1),
+      end_value=lr * float(train.min_lr_ratio))
+
+
+def _constant(lr: float, warmup: int, steps: int, train: Any) -> optax.Schedule:
+  """Linear warmup, then ``lr``."""
+  del steps, train
+  sched = optax.constant_schedule(lr)
+  if warmup > 0:
+    sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), sched], [warmup])
+  return sched
+
+
+# The one table of schedules: ``train.schedule`` name -> builder(lr, warmup_steps, steps, train).
+# Config validation (``config_utils.validate_config``) accepts exactly these names.
+SCHEDULES: dict[str, Callable[[float, int, int, Any], optax.Schedule]] = {
+    "cosine": _cosine,
+    "constant": _constant,
+}
 
 
 def make_schedule(train: Any) -> optax.Schedule:
-  """Linear warmup from 0 to ``train.lr``, then cosine decay or a constant.
+  """Linear warmup from 0 to ``train.lr``, then the ``train.schedule`` builder of ``SCHEDULES``.
 
   Reads ``train.schedule`` (``"cosine"`` | ``"constant"``), ``lr``, ``warmup_steps``, ``steps``
   and ``min_lr_ratio`` (cosine end value as a fraction of ``lr``). The schedule is evaluated at
@@ -21,17 +43,10 @@ def make_schedule(train: Any) -> optax.Schedule:
   ``train.debug_inf_lr_at_step`` (test-only, 0 = off) makes the rate of that training step
   ``inf``, which turns the parameters non-finite: the trainer must stop at that step.
   """
-  lr, warmup, steps = float(train.lr), int(train.warmup_steps), int(train.steps)
-  if train.schedule == "cosine":
-    sched = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(steps, warmup + 1),
-        end_value=lr * float(train.min_lr_ratio))
-  elif train.schedule == "constant":
-    sched = optax.constant_schedule(lr)
-    if warmup > 0:
-      sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), sched], [warmup])
-  else:
-    raise ValueError(f"train.schedule {train.schedule!r} is not one of {SCHEDULES}")
+  if train.schedule not in SCHEDULES:
+    raise ValueError(f"train.schedule {train.schedule!r} is not one of {tuple(SCHEDULES)}")
+  sched = SCHEDULES[train.schedule](float(train.lr), int(train.warmup_steps), int(train.steps),
+                                    train)
   bad = int(train.get("debug_inf_lr_at_step", 0) or 0)
   if bad <= 0:
     return sched

@@ -18,21 +18,23 @@ from longgen_jax.training.loss import chunked_cross_entropy
 
 
 def make_step(graphdef: Any, tx: optax.GradientTransformation, schedule: Callable, *,
-              grad_accum: int, loss_chunk: int) -> Callable:
+              grad_accum: int, loss_chunk: int, attention_fn: Any = None) -> Callable:
   """``step(state, rest, batch) -> (state, metrics)`` (not jitted).
 
   ``state`` is ``{"step", "params", "opt_state"}``; ``rest`` the model's non-parameter state;
   ``batch`` the data dict of ``[batch_size, seq_len]`` arrays. The batch is split into
   ``grad_accum`` micro-batches whose gradients are summed in fp32 before one update; the loss is
   normalised by the target tokens of the WHOLE batch, so accumulation gives the same update as
-  one big batch.
+  one big batch. ``attention_fn`` is handed to the model (``model/attention_fn.py``): None runs
+  the kernel on one device; under a mesh the caller passes ``parallel.Parallel.attention_fn``.
   """
   accum, chunk = int(grad_accum), int(loss_chunk)
 
   def loss_fn(params, rest, micro, denom):
     model = nnx.merge(graphdef, params, rest)
     hidden = model.hidden_states(micro["inputs"], positions=micro["positions"],
-                                 segment_ids=micro.get("segment_ids"))
+                                 segment_ids=micro.get("segment_ids"),
+                                 attention_fn=attention_fn)
     loss_sum, _ = chunked_cross_entropy(hidden, model.unembedding(), micro["targets"],
                                         micro["loss_mask"], chunk=chunk)
     return loss_sum / denom

@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels import gpu_cudnn
+from pallas_kernels.backends import cudnn, cudnn_packed
 from pallas_kernels.reference import reference_attention
 from pallas_kernels.spec import AttentionSpec
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(gpu_cudnn.why_unsupported(
+    pytest.mark.skipif(cudnn.why_unsupported(
         jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16),
         jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16),
         jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16), "full") is not None,
@@ -60,7 +60,7 @@ def test_public_api_window_is_query_plus_l_earlier_tokens():
                                   AttentionSpec.sink_window(200, 128)], ids=str)
 def test_forward_and_fp32_lse(spec):
   q, k, v = _qkv(1)
-  out, lse = gpu_cudnn.cudnn_attention(q, k, v, spec, return_lse=True)
+  out, lse = cudnn.cudnn_attention(q, k, v, spec, return_lse=True)
   ref, ref_lse = reference_attention(*_f32(q, k, v), spec, return_lse=True)
   assert out.dtype == jnp.bfloat16 and lse.dtype == jnp.float32
   assert _rel(out, ref) < 1e-2
@@ -86,7 +86,7 @@ def _loss(with_lse, shape):
 def test_grads(spec, with_lse):
   q, k, v = _qkv(2)
   loss = _loss(with_lse, q.shape)
-  mine = functools.partial(gpu_cudnn.cudnn_attention, spec=spec)
+  mine = functools.partial(cudnn.cudnn_attention, spec=spec)
   ref = functools.partial(reference_attention, spec=spec)
   g = jax.grad(functools.partial(loss, mine), argnums=(0, 1, 2))(q, k, v)
   g_ref = jax.grad(functools.partial(loss, ref), argnums=(0, 1, 2))(*_f32(q, k, v))
@@ -97,7 +97,7 @@ def test_grads(spec, with_lse):
 def test_full_offdiagonal_chunk():
   q, k, v = _qkv(3, T=512)
   spec = AttentionSpec.full()
-  out, lse = gpu_cudnn.cudnn_attention(q, k, v, spec, q_offset=512, kv_offset=0, return_lse=True)
+  out, lse = cudnn.cudnn_attention(q, k, v, spec, q_offset=512, kv_offset=0, return_lse=True)
   ref, ref_lse = reference_attention(*_f32(q, k, v), spec, q_offset=512, return_lse=True)
   assert _rel(out, ref) < 1e-2
   np.testing.assert_allclose(np.asarray(lse), np.asarray(ref_lse), atol=2e-2, rtol=2e-3)
@@ -106,7 +106,7 @@ def test_full_offdiagonal_chunk():
 # ----------------------------------------------------------------------------- packed documents
 def _packed_problem():
   sds = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16)
-  return gpu_cudnn.why_unsupported(sds, sds, sds, "full",
+  return cudnn.why_unsupported(sds, sds, sds, "full",
                                    segment_ids=jax.ShapeDtypeStruct((1, 256), jnp.int32))
 
 
@@ -139,14 +139,14 @@ def test_packed_stats_layout():
   T, M = 2048, 8
   q, k, v, seg = _packed_case(T)
   spec = AttentionSpec.full()
-  pk = gpu_cudnn._packing(seg, seg, M)
-  _, stats = jax.jit(functools.partial(gpu_cudnn._cudnn_fwd_packed, scale=128 ** -0.5,
+  pk = cudnn_packed._packing(seg, seg, M)
+  _, stats = jax.jit(functools.partial(cudnn_packed._cudnn_fwd_packed, scale=128 ** -0.5,
                                        causal=True, window=None))(q, k, v, pk)
   _, ref_lse = reference_attention(*_f32(q, k, v), spec, segment_ids=seg, return_lse=True)
   ref_lse = np.asarray(ref_lse)
   stats = np.asarray(stats)
   b, h, t = ref_lse.shape
-  guesses = {"segment_slot_major (assumed)": np.asarray(gpu_cudnn._stats_to_lse(stats, pk.slot))}
+  guesses = {"segment_slot_major (assumed)": np.asarray(cudnn_packed._stats_to_lse(stats, pk.slot))}
   flat = stats.reshape(-1)
   guesses["token_major_thd [B*T, H]"] = np.transpose(
       flat[:b * t * h].reshape(b, t, h), (0, 2, 1))
@@ -163,7 +163,7 @@ def test_packed_stats_layout():
                                     (AttentionSpec.sink_window(128, 1024), 8192)], ids=str)
 def test_packed_forward_and_lse(spec, T):
   q, k, v, seg = _packed_case(T)
-  out, lse = gpu_cudnn.cudnn_attention(q, k, v, spec, segment_ids=seg, return_lse=True,
+  out, lse = cudnn.cudnn_attention(q, k, v, spec, segment_ids=seg, return_lse=True,
                                        max_segments=16)
   ref, ref_lse = reference_attention(*_f32(q, k, v), spec, segment_ids=seg, return_lse=True)
   assert out.dtype == jnp.bfloat16 and lse.dtype == jnp.float32
@@ -179,7 +179,7 @@ def test_packed_grads(spec, with_lse):
   T = 2048
   q, k, v, seg = _packed_case(T, seed=21)
   loss = _loss(with_lse, q.shape)
-  mine = functools.partial(gpu_cudnn.cudnn_attention, spec=spec, segment_ids=seg,
+  mine = functools.partial(cudnn.cudnn_attention, spec=spec, segment_ids=seg,
                            max_segments=16)
   ref = functools.partial(reference_attention, spec=spec, segment_ids=seg)
   g = jax.jit(jax.grad(functools.partial(loss, mine), argnums=(0, 1, 2)))(q, k, v)
@@ -194,10 +194,10 @@ def test_packed_fallback_when_segments_exceed_max():
   T = 2048
   spec = AttentionSpec.sink_window(64, 256)
   q, k, v, seg = _packed_case(T, seed=22)
-  assert not bool(gpu_cudnn._packing(seg, seg, 4).ok)
+  assert not bool(cudnn_packed._packing(seg, seg, 4).ok)
   w_o = jax.random.normal(jax.random.PRNGKey(11), q.shape, jnp.float32)
   f = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * w_o)
-  mine = functools.partial(gpu_cudnn.cudnn_attention, spec=spec, segment_ids=seg, max_segments=4)
+  mine = functools.partial(cudnn.cudnn_attention, spec=spec, segment_ids=seg, max_segments=4)
   ref = functools.partial(reference_attention, spec=spec, segment_ids=seg)
   assert _rel(mine(q, k, v), ref(*_f32(q, k, v))) < 1e-2
   g = jax.jit(jax.grad(f(mine), argnums=(0, 1, 2)))(q, k, v)

@@ -2,7 +2,7 @@
 
 fp32 D=128 used to make ``pallas_gpu`` request 384 KB of shared memory (Hopper has 227 KB per
 block); ``auto`` picked it anyway and the model crashed at compile time, for sink+window and
-strided alike. Now the tiles are sized for the dtype (``pallas_kernels/gpu_smem.py``). Forward,
+strided alike. Now the tiles are sized for the dtype (``pallas_kernels/backends/gpu_smem.py``). Forward,
 lse and gradients are compared with the dense fp32 reference. Imports only ``pallas_kernels``.
 """
 
@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels import api, gpu_smem, gpu_triton
+from pallas_kernels import api
+from pallas_kernels.backends import gpu_smem
+from pallas_kernels.backends import pallas_gpu as gpu_triton
 from pallas_kernels.reference import reference_attention
 from pallas_kernels.spec import AttentionSpec
 

@@ -1,0 +1,429 @@
+"""Block-sparse flash attention for GPUs in Pallas (Triton lowering), with a custom VJP.
+
+``attention(q, k, v, spec, ...)`` follows the contract of ``pallas_kernels.api.attention``
+(docs/architecture.md §2): q [B, Tq, Hq, D], k/v [B, Tk, Hkv, D], GQA by ``h // (Hq // Hkv)``,
+absolute positions ``q_offset + arange(Tq)`` / ``kv_offset + arange(Tk)``, optional segment ids,
+returns out [B, Tq, Hq, D] (q.dtype) and optionally lse [B, Hq, Tq] (fp32, natural log, ``-inf``
+and a zero row for a query that sees no key). Differentiable in q, k, v (and through lse).
+
+How it works (kernel bodies in ``pallas_gpu_kernels.py``, visit lists in ``gpu_tables.py``):
+* the analytic block tables (§3) give, per query block, the KV blocks to visit; they are reordered
+  full-first so each kernel runs an unmasked loop and a masked loop (partial tiles only);
+* forward: grid (q block, batch, q head), online softmax in fp32 with exp2, bf16 MMA inputs;
+* backward: delta = rowsum(dO * O) - dlse in XLA, a dQ kernel over the forward lists, and a
+  dK/dV kernel over the transposed lists that loops over the G query heads of its KV head (GQA
+  reduction in registers, no repeated K/V, no atomics);
+* lengths that are not a multiple of the block are zero-padded (the ragged KV tail is masked),
+  head_dim is zero-padded to a power of two.
+
+On CPU the kernels run in Pallas interpret mode (``interpret=True``), which is what the unit tests
+use; without a GPU and without ``interpret`` the call raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from pallas_kernels.backends import gpu_smem
+from pallas_kernels.backends import pallas_gpu_kernels as K
+from pallas_kernels._common import tag_residuals
+from pallas_kernels.backends.gpu_tables import kernel_tables
+from pallas_kernels.spec import AttentionSpec, as_spec
+
+_LN2 = math.log(2.0)
+
+
+FWD_IMPLS = ("auto", "triton", "mosaic")
+
+
+class PallasGpuError(ValueError):
+  """The Pallas GPU backend cannot run this call (one clear line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonConfig:
+  """Tile sizes and launch parameters (blocks and warps powers of two, blocks >= 16).
+
+  ``block_q``/``block_k``/``num_warps``/``num_stages`` are the forward kernel's, ``*_dq`` the dQ
+  kernel's and ``*_dkv`` the dK/dV kernel's. Blocks are clamped to the (power-of-two rounded)
+  lengths. Defaults: tuned on an H100 for D=128 bf16 (docs/kernels.md).
+
+  ``fwd_impl``: ``"auto"`` (default) takes the Mosaic GPU forward of ``pallas_gpu_mosaic.py`` where
+  it applies (sm_90, bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets, Tq == Tk,
+  T % 128 == 0, not interpreting) and the Triton forward otherwise; ``"mosaic"`` raises where it
+  does not apply; ``"triton"`` always takes Triton. The backward is always the Triton kernels.
+  On an H100 the Mosaic forward is ~1.3-1.4x faster than Triton's (docs/kernels.md).
+  """
+
+  block_q: int = 128
+  block_k: int = 128
+  num_warps: int = 8
+  num_stages: int = 3
+  block_q_dq: int = 64
+  block_k_dq: int = 64
+  num_warps_dq: int = 4
+  num_stages_dq: int = 2
+  block_q_dkv: int = 64
+  block_k_dkv: int = 64
+  num_warps_dkv: int = 4
+  num_stages_dkv: int = 2
+  fwd_impl: str = "auto"
+
+  def __post_init__(self):
+    if self.fwd_impl not in FWD_IMPLS:
+      raise PallasGpuError(f"TritonConfig.fwd_impl must be one of {FWD_IMPLS}, got "
+                           f"{self.fwd_impl!r}")
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if f.name == "fwd_impl":
+        continue
+      if f.name.startswith("num_stages"):
+        if not isinstance(v, int) or v < 1:
+          raise PallasGpuError(f"TritonConfig.{f.name} must be an int >= 1, got {v!r}")
+        continue
+      lo = 16 if f.name.startswith("block") else 1
+      if not isinstance(v, int) or v < lo or v & (v - 1):
+        raise PallasGpuError(f"TritonConfig.{f.name} must be a power of two >= {lo}, got {v!r}")
+
+
+DEFAULT_CONFIG = TritonConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class _KernelStatic:
+  """Static facts one kernel needs (hashable; read inside the kernel bodies as ``st``)."""
+
+  spec: AttentionSpec
+  scale: float
+  c: float  # scale * log2(e)
+  block_q: int
+  block_k: int
+  n_q_blocks: int
+  q_offset: int
+  kv_offset: int
+  kv_end: int  # kv_offset + real kv length
+  ragged: bool  # padded keys exist: partial tiles also check kpos < kv_end
+  has_seg: bool
+  group: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _CallStatic:
+  """Everything static about one attention call (the custom_vjp's non-differentiable argument)."""
+
+  spec: AttentionSpec
+  q_len: int
+  kv_len: int
+  q_offset: int
+  kv_offset: int
+  scale: float
+  config: TritonConfig
+  interpret: bool
+
+  def kernel_static(self, block_q, block_k, n_q_blocks, kv_pad, has_seg, group):
+    return _KernelStatic(self.spec, self.scale, self.scale * math.log2(math.e), block_q, block_k,
+                         n_q_blocks, self.q_offset, self.kv_offset, self.kv_offset + self.kv_len,
+                         kv_pad > self.kv_len, has_seg, group)
+
+  def tables(self, block_q, block_k):
+    return kernel_tables(self.spec, self.q_len, self.kv_len, block_q, block_k, self.q_offset,
+                         self.kv_offset)
+
+
+def _params(num_warps, num_stages):
+  return plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+
+
+# ---------------------------------------------------------------------------------- launches
+def _fwd_call(cs: _CallStatic, q, k, v, qseg, kseg):
+  B, tq_pad, hq, d = q.shape
+  tk_pad, hkv = k.shape[1], k.shape[2]
+  g = hq // hkv
+  cfg = cs.config
+  bq, bk = cfg.block_q, cfg.block_k
+  t = cs.tables(bq, bk)
+  nq = t.n_q_blocks
+  st = cs.kernel_static(bq, bk, nq, tk_pad, qseg is not None, g)
+  rev = lambda i: nq - 1 - i  # noqa: E731
+  in_specs = [
+      pl.BlockSpec((None, t.fwd.shape[1]), lambda i, b, h: (rev(i), 0)),
+      pl.BlockSpec((None, bq, None, d), lambda i, b, h: (b, rev(i), h, 0)),
+      pl.BlockSpec((None, tk_pad, None, d), lambda i, b, h: (b, 0, h // g, 0)),
+      pl.BlockSpec((None, tk_pad, None, d), lambda i, b, h: (b, 0, h // g, 0)),
+  ]
+  args = [jnp.asarray(t.fwd), q, k, v]
+  if qseg is not None:
+    in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, rev(i))),
+                 pl.BlockSpec((None, tk_pad), lambda i, b, h: (b, 0))]
+    args += [qseg, kseg]
+  return pl.pallas_call(
+      functools.partial(K.fwd_kernel, st=st),
+      grid=(nq, B, hq),
+      in_specs=in_specs,
+      out_specs=[pl.BlockSpec((None, bq, None, d), lambda i, b, h: (b, rev(i), h, 0)),
+                 pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, rev(i)))],
+      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                 jax.ShapeDtypeStruct((B, hq, tq_pad), jnp.float32)],
+      compiler_params=_params(cfg.num_warps, cfg.num_stages),
+      interpret=cs.interpret,
+      name="longgen_sparse_fwd",
+  )(*args)
+
+
+def _dq_call(cs: _CallStatic, q, k, v, qseg, kseg, do, lse2, delta):
+  B, tq_pad, hq, d = q.shape
+  tk_pad, hkv = k.shape[1], k.shape[2]
+  g = hq // hkv
+  cfg = cs.config
+  bq, bk = cfg.block_q_dq, cfg.block_k_dq
+  t = cs.tables(bq, bk)
+  nq = t.n_q_blocks
+  st = cs.kernel_static(bq, bk, nq, tk_pad, qseg is not None, g)
+  rev = lambda i: nq - 1 - i  # noqa: E731
+  q_spec = pl.BlockSpec((None, bq, None, d), lambda i, b, h: (b, rev(i), h, 0))
+  kv_spec = pl.BlockSpec((None, tk_pad, None, d), lambda i, b, h: (b, 0, h // g, 0))
+  row_spec = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, rev(i)))
+  in_specs = [pl.BlockSpec((None, t.fwd.shape[1]), lambda i, b, h: (rev(i), 0)),
+              q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
+  args = [jnp.asarray(t.fwd), q, k, v, do, lse2, delta]
+  if qseg is not None:
+    in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, rev(i))),
+                 pl.BlockSpec((None, tk_pad), lambda i, b, h: (b, 0))]
+    args += [qseg, kseg]
+  return pl.pallas_call(
+      functools.partial(K.dq_kernel, st=st),
+      grid=(nq, B, hq),
+      in_specs=in_specs,
+      out_specs=q_spec,
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      compiler_params=_params(cfg.num_warps_dq, cfg.num_stages_dq),
+      interpret=cs.interpret,
+      name="longgen_sparse_dq",
+  )(*args)
+
+
+def _dkv_call(cs: _CallStatic, q, k, v, qseg, kseg, do, lse2, delta):
+  B, tq_pad, hq, d = q.shape
+  tk_pad, hkv = k.shape[1], k.shape[2]
+  g = hq // hkv
+  cfg = cs.config
+  bq, bk = cfg.block_q_dkv, cfg.block_k_dkv
+  t = cs.tables(bq, bk)
+  nk = t.n_kv_blocks
+  st = cs.kernel_static(bq, bk, t.n_q_blocks, tk_pad, qseg is not None, g)
+  q_spec = pl.BlockSpec((None, tq_pad, g, d), lambda j, b, h: (b, 0, h, 0))
+  kv_spec = pl.BlockSpec((None, bk, None, d), lambda j, b, h: (b, j, h, 0))
+  row_spec = pl.BlockSpec((None, g, tq_pad), lambda j, b, h: (b, h, 0))
+  in_specs = [pl.BlockSpec((None, t.bwd.shape[1]), lambda j, b, h: (j, 0)),
+              q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
+  args = [jnp.asarray(t.bwd), q, k, v, do, lse2, delta]
+  if qseg is not None:
+    in_specs += [pl.BlockSpec((None, tq_pad), lambda j, b, h: (b, 0)),
+                 pl.BlockSpec((None, bk), lambda j, b, h: (b, j))]
+    args += [qseg, kseg]
+  return pl.pallas_call(
+      functools.partial(K.dkv_kernel, st=st),
+      grid=(nk, B, hkv),
+      in_specs=in_specs,
+      out_specs=[kv_spec, kv_spec],
+      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      compiler_params=_params(cfg.num_warps_dkv, cfg.num_stages_dkv),
+      interpret=cs.interpret,
+      name="longgen_sparse_dkv",
+  )(*args)
+
+
+def mosaic_unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *,
+                       has_segment_ids: bool = False, q_offset: int = 0, kv_offset: int = 0,
+                       interpret: bool = False) -> str | None:
+  """Why the Mosaic GPU forward cannot run a call with these static facts (None when it can).
+  Used by ``fwd_impl="auto"`` here and by the ``split_gpu`` backend's ``supports``."""
+  if interpret:
+    return "interpret mode (Mosaic GPU kernels run on Hopper GPUs only)"
+  dev = jax.devices()[0]
+  if getattr(dev, "compute_capability", None) != "9.0":
+    return f"device {dev.device_kind!r} is not sm_90 (Hopper)"
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return f"dtype {dtype} (needs bf16/f16)"
+  if head_dim % 64:
+    return f"head_dim {head_dim} (needs a multiple of 64)"
+  if has_segment_ids:
+    return "segment ids"
+  if q_offset or kv_offset or q_len != kv_len:
+    return "offsets or Tq != Tk"
+  if q_len % 128:
+    return f"length {q_len} is not a multiple of 128"
+  return None
+
+
+def _mosaic_unsupported(cs: _CallStatic, q, k, has_seg) -> str | None:
+  """``mosaic_unsupported`` of a call (its padded head dim; padded lengths must agree too)."""
+  why = mosaic_unsupported(cs.q_len, cs.kv_len, q.shape[-1], q.dtype, has_segment_ids=has_seg,
+                           q_offset=cs.q_offset, kv_offset=cs.kv_offset, interpret=cs.interpret)
+  if why is None and q.shape[1] != k.shape[1]:
+    return "offsets or Tq != Tk"
+  return why
+
+
+def _forward(cs: _CallStatic, q, k, v, qseg, kseg):
+  """(out, lse2) from the Mosaic or the Triton forward (``config.fwd_impl``)."""
+  impl = cs.config.fwd_impl
+  if impl != "triton":
+    why = _mosaic_unsupported(cs, q, k, qseg is not None)
+    if why is None:
+      from pallas_kernels.backends import pallas_gpu_mosaic  # pylint: disable=g-import-not-at-top
+      return pallas_gpu_mosaic.sparse_attention_fwd(q, k, v, cs.spec, scale=cs.scale)
+    if impl == "mosaic":
+      raise PallasGpuError(f"fwd_impl='mosaic' cannot run this call: {why}")
+  return _fwd_call(cs, q, k, v, qseg, kseg)
+
+
+# ---------------------------------------------------------------------------------- custom vjp
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _flash(q, k, v, qseg, kseg, cs: _CallStatic):
+  """Padded-array attention: returns (out [B, Tq_pad, Hq, D], lse [B, Hq, Tq_pad] natural)."""
+  out, lse2 = _forward(cs, q, k, v, qseg, kseg)
+  return out, lse2 * _LN2
+
+
+def _flash_fwd(q, k, v, qseg, kseg, cs):
+  # Named residuals (attn_out / attn_lse; the primal outputs derive from them too): a remat
+  # policy saving them skips this kernel in the backward's recomputation.
+  out, lse2 = tag_residuals(*_forward(cs, q, k, v, qseg, kseg))
+  valid = jnp.arange(q.shape[1]) < cs.q_len
+  # Rows that see nothing, and padded rows, get lse = +inf in the backward: p == 0 exactly.
+  lse2_bwd = jnp.where(valid & jnp.isfinite(lse2), lse2, jnp.inf)
+  return (out, lse2 * _LN2), (q, k, v, qseg, kseg, out, lse2_bwd)
+
+
+def _flash_bwd(cs, res, cts):
+  q, k, v, qseg, kseg, out, lse2 = res
+  do, dlse = cts
+  valid = jnp.arange(q.shape[1]) < cs.q_len
+  delta = jnp.einsum("bthd,bthd->bht", out.astype(jnp.float32), do.astype(jnp.float32))
+  delta = jnp.where(valid, delta - dlse, 0.0)  # lse's cotangent folds into delta
+  do = do.astype(q.dtype)
+  dq = _dq_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
+  dk, dv = _dkv_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
+  return dq, dk, dv, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# ---------------------------------------------------------------------------------- public API
+def _pow2_at_least(n: int) -> int:
+  return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _clamp(cfg: TritonConfig, q_len: int, kv_len: int) -> TritonConfig:
+  """Shrinks blocks that exceed the (power-of-two rounded) lengths (tiny inputs)."""
+  cq, ck = max(16, _pow2_at_least(q_len)), max(16, _pow2_at_least(kv_len))
+  return dataclasses.replace(
+      cfg, block_q=min(cfg.block_q, cq), block_k=min(cfg.block_k, ck),
+      block_q_dq=min(cfg.block_q_dq, cq), block_k_dq=min(cfg.block_k_dq, ck),
+      block_q_dkv=min(cfg.block_q_dkv, cq), block_k_dkv=min(cfg.block_k_dkv, ck))
+
+
+def _pad_axis(x, axis, size, value=0):
+  if x.shape[axis] == size:
+    return x
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, pad, constant_values=value)
+
+
+def _check(q, k, v, segment_ids, kv_segment_ids, interpret):
+  if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
+    raise PallasGpuError(f"expected q [B,Tq,Hq,D] and k, v [B,Tk,Hkv,D]; got {q.shape}, {k.shape}, "
+                         f"{v.shape}")
+  if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+    raise PallasGpuError(f"batch / head_dim mismatch: q {q.shape}, k {k.shape}")
+  if q.shape[2] % k.shape[2]:
+    raise PallasGpuError(f"query heads {q.shape[2]} not a multiple of kv heads {k.shape[2]}")
+  if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (jnp.bfloat16, jnp.float16, jnp.float32):
+    raise PallasGpuError(f"q, k, v must share one of bf16/f16/f32; got {q.dtype}, {k.dtype}, "
+                         f"{v.dtype}")
+  if kv_segment_ids is not None and segment_ids is None:
+    raise PallasGpuError("kv_segment_ids given without segment_ids")
+  if not interpret and _backend() != "gpu":
+    raise PallasGpuError(
+        f"the pallas_gpu backend needs a CUDA GPU (jax.default_backend()={_backend()!r}); pass "
+        "interpret=True to run its kernels in Pallas interpret mode")
+
+
+def _backend() -> str:
+  """jax's default backend (a seam: tests lower for CUDA on a CPU host by patching it)."""
+  return jax.default_backend()
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "q_offset", "kv_offset", "scale", "return_lse",
+                                             "config", "interpret"))
+def attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_offset: int = 0,
+              kv_offset: int = 0, scale: float | None = None, return_lse: bool = False,
+              config: TritonConfig | None = None, interpret: bool = False):
+  """Block-sparse attention (see module docstring). ``config`` tunes tiles; ``interpret`` runs the
+  kernels in Pallas interpret mode (CPU tests)."""
+  spec = as_spec(spec)
+  _check(q, k, v, segment_ids, kv_segment_ids, interpret)
+  B, tq, hq, d = q.shape
+  tk = k.shape[1]
+  scale = float(d ** -0.5 if scale is None else scale)
+  cfg = _clamp(config or DEFAULT_CONFIG, tq, tk)
+  cfg, why = gpu_smem.fit_config(cfg, max(16, _pow2_at_least(d)), q.dtype, gpu_smem.smem_limit())
+  if cfg is None:
+    raise PallasGpuError(why)
+  cs = _CallStatic(spec, tq, tk, int(q_offset), int(kv_offset), scale, cfg, bool(interpret))
+  step_q = max(cfg.block_q, cfg.block_q_dq, cfg.block_q_dkv)
+  step_k = max(cfg.block_k, cfg.block_k_dq, cfg.block_k_dkv)
+  tq_pad, tk_pad = -(-tq // step_q) * step_q, -(-tk // step_k) * step_k
+  d_pad = max(16, _pow2_at_least(d))
+  qp = _pad_axis(_pad_axis(q, 1, tq_pad), 3, d_pad)
+  kp = _pad_axis(_pad_axis(k, 1, tk_pad), 3, d_pad)
+  vp = _pad_axis(_pad_axis(v, 1, tk_pad), 3, d_pad)
+  qseg = kseg = None
+  if segment_ids is not None:
+    kv_seg = segment_ids if kv_segment_ids is None else kv_segment_ids
+    qseg = _pad_axis(jnp.asarray(segment_ids, jnp.int32), 1, tq_pad)
+    kseg = _pad_axis(jnp.asarray(kv_seg, jnp.int32), 1, tk_pad)
+  out, lse = _flash(qp, kp, vp, qseg, kseg, cs)
+  out = out[:, :tq, :, :d]
+  return (out, lse[:, :, :tq]) if return_lse else out
+
+
+def supports(platform, spec, shapes, dtype, smem_limit: int | None = None) -> str | None:
+  """Registry hook (``pallas_kernels.api``): None when this backend can run the call.
+
+  Tiles are sized for the dtype and head dim (``gpu_smem.fit_config``); a call is refused only
+  when even the smallest tiles exceed the shared memory (``smem_limit``, default: the device's).
+  """
+  del spec
+  if platform != "gpu":
+    return f"needs a CUDA GPU (platform is {platform})"
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16),
+                              jnp.dtype(jnp.float32)):
+    return f"dtype {dtype} (bf16/f16/f32 only)"
+  limit = gpu_smem.smem_limit() if smem_limit is None else smem_limit
+  _, why = gpu_smem.fit_config(DEFAULT_CONFIG, max(16, _pow2_at_least(shapes.head_dim)), dtype,
+                               limit)
+  return why
+
+
+def visited_tiles(spec, q_len: int, kv_len: int | None = None, config: TritonConfig | None = None,
+                  q_offset: int = 0, kv_offset: int = 0) -> int:
+  """(query block, KV block) tiles the forward kernel computes (for efficiency accounting)."""
+  kv_len = q_len if kv_len is None else kv_len
+  cfg = _clamp(config or DEFAULT_CONFIG, q_len, kv_len)
+  return kernel_tables(as_spec(spec), q_len, kv_len, cfg.block_q, cfg.block_k, q_offset,
+                       kv_offset).visited
+
+
+__all__ = ["attention", "supports", "TritonConfig", "DEFAULT_CONFIG", "PallasGpuError",
+           "visited_tiles", "mosaic_unsupported"]

@@ -1,0 +1,198 @@
+"""Block-sparse attention forward in Pallas Mosaic GPU (Hopper, FA3 style).
+
+``pallas_gpu.attention`` takes this forward by default on Hopper (``TritonConfig.fwd_impl="auto"``,
+where it applies; ``"mosaic"`` forces it); the backward stays the Triton kernels, which consume
+the base-2 lse returned here. GPU tests: ``tests/gpu/test_gpu_pallas_gpu.py`` (``-k mosaic``).
+Measured against the Triton forward in docs/kernels.md ("Pallas GPU (Triton lowering)").
+
+Structure follows jax's ``pallas/ops/gpu/attention_mgpu.py`` forward: per CTA two compute
+warpgroups (``block_q`` query rows each) and one memory warpgroup streaming K/V tiles with TMA into
+a ring of ``max_concurrent_steps`` shared-memory slots, wgmma for both products, exp2 softmax.
+The block-sparse change: the memory warpgroup and the compute warpgroups walk the same full-first
+visit list of the CTA's ``2 * block_q`` rows (``gpu_tables.kernel_tables``, read from global memory
+one scalar at a time) instead of ``range(kv_steps)``; the partial entries run a second loop that
+applies ``spec.allowed``. Both warpgroups take the same number of steps, so the schedule barrier
+pairs up without the causal epilogue of the original.
+
+Limits: forward only, bf16/f16, head_dim % 64 == 0, no segment ids, q_offset == kv_offset == 0,
+Tq == Tk, T a multiple of ``2 * block_q`` and ``block_kv``; GQA by ``q_head // (Hq // Hkv)``.
+Rows that see no key get a zero output and lse -inf (finite running-max start, as in Triton).
+CPU: it lowers for CUDA (tested), but Mosaic GPU interpret mode cannot run it (no ``run_state``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels.backends.gpu_tables import kernel_tables
+from pallas_kernels.spec import AttentionSpec
+
+M_INIT = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicConfig:
+  block_q: int = 64        # rows per compute warpgroup (a CTA covers 2 * block_q rows)
+  block_kv: int = 128
+  max_concurrent_steps: int = 2
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
+def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = MosaicConfig(),
+                         scale: float | None = None):
+  """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2); see the module docstring."""
+  B, T, hq, d = q.shape
+  hkv = k.shape[2]
+  dtype = q.dtype
+  if k.shape != (B, T, hkv, d) or v.shape != k.shape or hq % hkv:
+    raise ValueError(f"bad shapes q {q.shape} k {k.shape} v {v.shape}")
+  if d % 64 or dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"needs bf16/f16 and head_dim % 64 == 0; got {dtype}, {d}")
+  bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
+  if T % (2 * bq) or T % bkv:
+    raise ValueError(f"T={T} must be a multiple of {2 * bq} and {bkv}")
+  g = hq // hkv
+  t = kernel_tables(spec, T, T, 2 * bq, bkv)
+  tab = jnp.asarray(t.fwd)
+  c = (d ** -0.5 if scale is None else scale) * math.log2(math.e)
+
+  def kernel(q_ref, k_ref, v_ref, tab_ref, out_ref, lse_ref, scoped):
+    batch = lax.axis_index("batch")
+    q_head = lax.axis_index("heads")
+    row = lax.axis_index("q_seq")
+    (qo_smem2, k_smem, v_smem, lse_smem2), (k_bar, v_bar, q_bar), (k_used, v_used), sched = scoped
+    wg = lax.axis_index("wg")
+    n_full, n_tot = tab_ref[row, 0], tab_ref[row, 1]
+
+    def schedule_barrier():
+      plgpu.barrier_arrive(sched)
+      plgpu.barrier_wait(sched)
+
+    @pl.when(wg < 2)
+    def _compute():
+      plgpu.set_max_registers(232, action="increase")
+      qo_smem, lse_smem = qo_smem2.at[wg], lse_smem2.at[wg]
+      q_base = row * (2 * bq) + wg * bq
+      plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(q_base, bq), q_head], qo_smem, q_bar.at[wg])
+      plgpu.barrier_wait(q_bar.at[wg])
+      m_i = plgpu.layout_cast(jnp.full((bq,), M_INIT, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+      l_i = plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+      acc = plgpu.layout_cast(jnp.full((bq, d), 0, jnp.float32), plgpu.Layout.WGMMA)
+
+      @pl.when(n_tot > 0)
+      def _():
+        plgpu.barrier_wait(k_bar.at[0])
+
+      pl.when(wg == 1)(schedule_barrier)
+
+      def step(e, carry, masked):
+        acc, m_i, l_i = carry
+        slot = lax.rem(e, jnp.array(mcs, e.dtype))
+
+        def qk_fn(acc_ref):
+          plgpu.wgmma(acc_ref, qo_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
+          schedule_barrier()
+          return acc_ref[...]
+        s = pl.run_scoped(qk_fn, plgpu.ACC((bq, bkv), jnp.float32))
+        plgpu.barrier_arrive(k_used.at[slot])
+        if masked:
+          kb = tab_ref[row, e + 2]
+          qi = plgpu.broadcasted_iota(jnp.int32, (bq, bkv), 0, layout=plgpu.Layout.WGMMA)
+          ki = plgpu.broadcasted_iota(jnp.int32, (bq, bkv), 1, layout=plgpu.Layout.WGMMA)
+          s = jnp.where(spec.allowed(qi + q_base, ki + kb * bkv, xp=jnp), s, -jnp.inf)
+        m_new = jnp.maximum(m_i, s.max(axis=1) * c)
+        alpha = jnp.exp2(m_i - m_new)
+        p = jnp.exp2(s * c - lax.broadcast_in_dim(m_new, s.shape, [0]))
+        acc *= lax.broadcast_in_dim(alpha, acc.shape, [0])
+        l_i *= alpha
+        p16 = p.astype(dtype)
+        l_i += p.sum(axis=1)
+        acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
+        plgpu.barrier_arrive(sched)
+        plgpu.barrier_wait(v_bar.at[slot])
+        plgpu.barrier_wait(sched)
+
+        def pv_fn(acc_ref):
+          plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+          nxt = e + 1
+          nslot = lax.rem(nxt, jnp.array(mcs, e.dtype))
+
+          @pl.when(nxt < n_tot)
+          def _():
+            plgpu.barrier_wait(k_bar.at[nslot])
+        acc = pl.run_state(pv_fn)(plgpu.ACC.init(acc))
+        plgpu.barrier_arrive(v_used.at[slot])
+        return acc, m_new, l_i
+
+      carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), (acc, m_i, l_i))
+      acc, m_i, l_i = lax.fori_loop(n_full, n_tot, functools.partial(step, masked=True), carry)
+      pl.when(wg == 0)(schedule_barrier)
+      seen = l_i > 0
+      l_safe = jnp.where(seen, l_i, 1.0)
+      acc *= lax.broadcast_in_dim(1.0 / l_safe, (bq, d), [0])
+      qo_smem[...] = acc.astype(dtype)
+      lse_smem[...] = jnp.where(seen, m_i + jnp.log(l_safe) * (1 / math.log(2)), -jnp.inf)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[batch, pl.ds(q_base, bq), q_head])
+      plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[batch, q_head, pl.ds(q_base, bq)])
+      plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == 2)
+    def _memory():
+      plgpu.set_max_registers(40, action="decrease")
+      kv_head = lax.div(q_head, jnp.array(g, q_head.dtype))
+
+      def issue(e, slot):
+        kb = tab_ref[row, e + 2]
+        src = (batch, pl.ds(kb * bkv, bkv), kv_head)
+        plgpu.copy_gmem_to_smem(k_ref.at[src], k_smem.at[slot], k_bar.at[slot])
+        plgpu.copy_gmem_to_smem(v_ref.at[src], v_smem.at[slot], v_bar.at[slot])
+
+      for i in range(mcs):
+        pl.when(i < n_tot)(functools.partial(issue, i, i))
+
+      @pl.loop(0, jnp.maximum(n_tot - mcs, 0))
+      def _(e):
+        slot = lax.rem(e, jnp.array(mcs, e.dtype))
+        plgpu.barrier_wait(k_used.at[slot])
+        plgpu.barrier_wait(v_used.at[slot])
+        issue(e + mcs, slot)
+
+  def entry(q_ref, k_ref, v_ref, tab_ref, out_ref, lse_ref):
+    tiling = plgpu.TilingTransform((8, 64))
+    swizzle = plgpu.SwizzleTransform(128)
+    scratch = [
+        plgpu.SMEM((2, bq, d), dtype, transforms=(tiling, swizzle)),
+        plgpu.SMEM((mcs, bkv, d), dtype, transforms=(tiling, swizzle)),
+        plgpu.SMEM((mcs, bkv, d), dtype, transforms=(tiling, swizzle)),
+        plgpu.SMEM((2, bq), jnp.float32),
+    ]
+    pl.run_scoped(
+        lambda *a: kernel(q_ref, k_ref, v_ref, tab_ref, out_ref, lse_ref, a),
+        scratch,
+        (plgpu.Barrier(num_barriers=mcs), plgpu.Barrier(num_barriers=mcs),
+         plgpu.Barrier(num_barriers=2)),
+        (plgpu.Barrier(num_arrivals=2, num_barriers=mcs),) * 2,
+        plgpu.Barrier(num_arrivals=2),
+        collective_axes="wg",
+    )
+
+  out, lse = plgpu.kernel(
+      entry,
+      out_type=[jax.ShapeDtypeStruct(q.shape, dtype),
+                jax.ShapeDtypeStruct((B, hq, T), jnp.float32)],
+      grid=(hq, T // (2 * bq), B),
+      grid_names=("heads", "q_seq", "batch"),
+      num_threads=3,
+      thread_name="wg",
+      compiler_params=plgpu.CompilerParams(approx_math=True),
+  )(q, k, v, tab)
+  return out, lse

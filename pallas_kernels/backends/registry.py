@@ -1,0 +1,38 @@
+"""Every built-in attention backend: one row of a plain table, read by ``pallas_kernels.api``.
+
+Each row holds the ``register_backend`` arguments. ``fn`` / ``supports`` are ``"module:attr"``
+strings, imported only when the backend is considered (so GPU modules are never imported on other
+platforms, and this table imports nothing: no cycle with ``api``). ``backend="auto"`` tries
+higher priorities first; ``xla`` (priority -100) runs everywhere. A plugin adds its own backend
+with ``pallas_kernels.api.register_backend(...)``.
+"""
+
+from __future__ import annotations
+
+_P = "pallas_kernels.backends."
+GPU = ("gpu",)
+
+BACKENDS = (
+    dict(name="reference", fn="pallas_kernels.reference:reference_attention",
+         supports="pallas_kernels.reference:registry_supports", auto=False),
+    dict(name="xla", fn=_P + "xla:xla_attention", priority=-100),
+    dict(name="pallas_tpu", fn=_P + "pallas_tpu:tpu_attention", priority=100, platforms=("tpu",)),
+    dict(name="pallas_gpu", fn=_P + "pallas_gpu:attention", supports=_P + "pallas_gpu:supports",
+         priority=50, platforms=GPU),
+    # Measured on one H100 (docs/kernels.md, benchmarks/results/attention_2026-11-24.json): cuDNN
+    # is the fastest full causal kernel and the fastest sink+window forward+backward (window +
+    # LSE-merged sinks); packed rows (segment ids) go through cuDNN's packed layout on sm_90 with
+    # cuDNN >= 9.6; it refuses fp32, offsets of packed rows and the other patterns, which then
+    # fall to pallas_gpu.
+    dict(name="cudnn", fn=_P + "cudnn:cudnn_attention", supports=_P + "cudnn:registry_supports",
+         priority=70, platforms=GPU),
+    # Native Triton through jax-triton: slower than pallas_gpu on every pattern; kept as the
+    # fallback for when Pallas' (deprecated) Triton lowering goes away.
+    dict(name="triton_native", fn=_P + "triton_native:native_attention",
+         supports=_P + "triton_native:registry_supports", priority=40, platforms=GPU),
+    # Sink+window on Hopper: the Mosaic GPU forward (pallas_gpu) is the fastest forward and cuDNN
+    # the fastest forward+backward (docs/benchmarks.md), so ``auto`` takes a split backend that
+    # runs the first when the call is not differentiated and the second under autodiff.
+    dict(name="split_gpu", fn=_P + "split:split_gpu_attention",
+         supports=_P + "split:mosaic_sink_window_supports", priority=80, platforms=GPU),
+)

@@ -1,0 +1,303 @@
+"""Native Triton block-sparse flash attention called through jax-triton (backend ``triton_native``).
+
+A third GPU path next to ``pallas_gpu`` (Pallas lowered to Triton) and ``cudnn``: the same
+kernels written directly in Triton and launched with ``jax_triton.triton_call``. It visits the
+same block lists (``gpu_tables.kernel_tables``, built from the analytic block tables of
+docs/architecture.md §3), so it skips exactly the blocks ``pallas_gpu`` skips and applies the
+token predicate of ``spec.AttentionSpec.allowed`` only on partial tiles.
+
+* forward: grid (query block, batch x query head); an unmasked loop over the row's full tiles,
+  then a masked loop over its partial ones; online softmax in fp32 with exp2; writes out and lse
+  (natural log, ``-inf`` and a zero row for a query that sees nothing).
+* backward (fwd + bwd delivered): delta = <dO, O> - dlse in XLA, a dQ kernel over the forward
+  lists and a dK/dV kernel over the transposed lists that loops over the G query heads of its KV
+  head (GQA reduced in registers, no atomics). Differentiable in q, k, v and through lse.
+* segment ids (packed rows) are applied inside every visited tile; q_offset / kv_offset shift
+  absolute positions as in the API contract.
+
+Needs a CUDA GPU, ``triton`` and ``jax_triton`` (``pip install jax-triton``); when either is
+missing ``why_unsupported`` says so and the dispatcher falls back. bf16/fp16 only; head_dim is
+zero-padded to a power of two, lengths to a multiple of the largest tile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pallas_kernels._common import tag_residuals
+from pallas_kernels.backends.gpu_tables import kernel_tables
+from pallas_kernels.spec import AttentionSpec, as_spec
+
+# The kernels themselves (Triton source, defined when triton imports).
+from pallas_kernels.backends import triton_native_kernels as _kernels
+from pallas_kernels.backends.triton_native_kernels import triton
+
+try:  # jax_triton raises ImportError on a jax without GPU support
+  import jax_triton as jt
+  _IMPORT_ERROR = None if triton is not None else "triton_native needs triton (pip install triton)"
+except Exception as e:  # pylint: disable=broad-except
+  jt = None
+  _IMPORT_ERROR = (f"triton_native needs jax_triton (pip install jax-triton): "
+                   f"{type(e).__name__}: {str(e).splitlines()[0]}")
+
+_LOG2E = 1.4426950408889634
+# Suggested ``register_backend`` priority (docs/kernels.md, "cuDNN, jax-triton and dispatch
+# measurements"): below pallas_gpu (50, measured faster on the H100) and cudnn (70), above xla:
+# the GPU fallback should Pallas' Triton lowering (deprecated in jax 0.11) go away.
+REGISTRY_PRIORITY = 40
+# The kinds whose predicate ``_visible`` below spells in Triton (constexpr KIND codes); any other
+# registered pattern is refused by ``supports`` (the dispatcher falls back to pallas_gpu / xla).
+_KIND = {"full": 0, "sink_window": 1, "strided": 2}
+
+
+def _pattern_reason(spec) -> str | None:
+  if spec.pattern.name not in _KIND:
+    return f"triton_native has no Triton predicate for the {spec.kind!r} pattern"
+  return None
+
+
+class TritonNativeError(ValueError):
+  """The triton_native backend cannot run this call (one clear line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NativeConfig:
+  """Tiles (powers of two >= 16) and launch parameters of the three kernels."""
+
+  block_q: int = 128
+  block_k: int = 128
+  num_warps: int = 8
+  num_stages: int = 3
+  block_q_dq: int = 128
+  block_k_dq: int = 64
+  block_q_dkv: int = 64
+  block_k_dkv: int = 128
+  num_warps_bwd: int = 8
+  num_stages_bwd: int = 2
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if f.name.startswith("block") and (not isinstance(v, int) or v < 16 or v & (v - 1)):
+        raise TritonNativeError(f"NativeConfig.{f.name} must be a power of two >= 16, got {v!r}")
+      if f.name.startswith("num") and (not isinstance(v, int) or v < 1):
+        raise TritonNativeError(f"NativeConfig.{f.name} must be an int >= 1, got {v!r}")
+    # Every padded row/column must be written by the kernel that owns it (no garbage in lse).
+    if self.block_q < max(self.block_q_dq, self.block_q_dkv):
+      raise TritonNativeError("NativeConfig.block_q must be >= block_q_dq and block_q_dkv")
+    if self.block_k_dkv < max(self.block_k, self.block_k_dq):
+      raise TritonNativeError("NativeConfig.block_k_dkv must be >= block_k and block_k_dq")
+
+
+DEFAULT_CONFIG = NativeConfig()
+
+
+# ----------------------------------------------------------------------------- host side
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  """Everything static about one call (hashable: the custom_vjp's non-diff argument)."""
+
+  spec: AttentionSpec
+  tq: int          # real lengths
+  tk: int
+  tq_pad: int
+  tk_pad: int
+  q_offset: int
+  kv_offset: int
+  scale: float
+  cfg: NativeConfig
+  has_seg: bool
+
+
+def _pattern_params(cs: _Static, hq: int, hkv: int, d: int, tab_w: int, bm: int, bn: int):
+  sp = cs.spec
+  return dict(SCALE=cs.scale, TQ=cs.tq_pad, TK=cs.tk_pad, TK_REAL=cs.tk, HQ=hq, HKV=hkv, D=d,
+              TAB_W=tab_w, BLOCK_M=bm, BLOCK_N=bn, HAS_SEG=cs.has_seg, Q_OFF=cs.q_offset,
+              KV_OFF=cs.kv_offset, KIND=_KIND[sp.kind], SINK=sp.sink, WINDOW=max(sp.window, 1),
+              PBLOCK=sp.block, LOCAL=max(sp.local_blocks, 1), STRIDE=max(sp.vert_stride, 1))
+
+
+def _table(cs: _Static, bq: int, bk: int, direction: str):
+  t = kernel_tables(cs.spec, cs.tq, cs.tk, bq, bk, cs.q_offset, cs.kv_offset)
+  return np.ascontiguousarray(t.fwd if direction == "fwd" else t.bwd, np.int32)
+
+
+def _segs(cs, qseg, kseg):
+  if cs.has_seg:
+    return qseg, kseg
+  dummy = jnp.zeros((1,), jnp.int32)
+  return dummy, dummy
+
+
+def _fwd_call(cs: _Static, q, k, v, qseg, kseg):
+  B, tq, hq, d = q.shape
+  hkv = k.shape[2]
+  c = cs.cfg
+  tab = _table(cs, c.block_q, c.block_k, "fwd")
+  qseg, kseg = _segs(cs, qseg, kseg)
+  out, lse = jt.triton_call(
+      q, k, v, qseg, kseg, jnp.asarray(tab), kernel=_kernels._fwd_kernel,
+      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
+                 jax.ShapeDtypeStruct((B, hq, tq), jnp.float32)],
+      grid=(tab.shape[0], B * hq), num_warps=c.num_warps, num_stages=c.num_stages,
+      **_pattern_params(cs, hq, hkv, d, tab.shape[1], c.block_q, c.block_k))
+  return out, lse
+
+
+def _bwd_call(cs: _Static, q, k, v, qseg, kseg, out, lse, dout, dlse):
+  B, tq, hq, d = q.shape
+  hkv = k.shape[2]
+  c = cs.cfg
+  delta = jnp.swapaxes(jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), -1), 1, 2)
+  if dlse is not None:
+    delta = delta - dlse.astype(jnp.float32)
+  # log2-domain lse; +inf for rows that see nothing, so that every p of such a row is 0.
+  lse2 = jnp.where(jnp.isneginf(lse), jnp.inf, lse * _LOG2E)
+  qseg, kseg = _segs(cs, qseg, kseg)
+  tab_q = _table(cs, c.block_q_dq, c.block_k_dq, "fwd")
+  dq = jt.triton_call(
+      q, k, v, qseg, kseg, jnp.asarray(tab_q), dout, lse2, delta, kernel=_kernels._dq_kernel,
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), grid=(tab_q.shape[0], B * hq),
+      num_warps=c.num_warps_bwd, num_stages=c.num_stages_bwd,
+      **_pattern_params(cs, hq, hkv, d, tab_q.shape[1], c.block_q_dq, c.block_k_dq))
+  tab_k = _table(cs, c.block_q_dkv, c.block_k_dkv, "bwd")
+  dk, dv = jt.triton_call(
+      q, k, v, qseg, kseg, jnp.asarray(tab_k), dout, lse2, delta, kernel=_kernels._dkv_kernel,
+      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      grid=(tab_k.shape[0], B * hkv), num_warps=c.num_warps_bwd, num_stages=c.num_stages_bwd,
+      **_pattern_params(cs, hq, hkv, d, tab_k.shape[1], c.block_q_dkv, c.block_k_dkv))
+  return dq, dk, dv
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _flash(q, k, v, qseg, kseg, cs):
+  return _fwd_call(cs, q, k, v, qseg, kseg)
+
+
+def _flash_fwd(q, k, v, qseg, kseg, cs):
+  # Named residuals (attn_out / attn_lse): a remat policy saving them skips this kernel.
+  out, lse = tag_residuals(*_fwd_call(cs, q, k, v, qseg, kseg))
+  return (out, lse), (q, k, v, qseg, kseg, out, lse)
+
+
+def _flash_bwd(cs, res, cts):
+  q, k, v, qseg, kseg, out, lse = res
+  dout, dlse = cts
+  dq, dk, dv = _bwd_call(cs, q, k, v, qseg, kseg, out, lse, dout, dlse)
+  zero = lambda s: None if s is None else np.zeros(s.shape, jax.dtypes.float0)
+  return dq, dk, dv, zero(qseg), zero(kseg)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# ----------------------------------------------------------------------------- public entry
+def unsupported_reason(*, q_heads: int, kv_heads: int, head_dim: int, dtype,
+                       check_platform: bool = True) -> str | None:
+  """None when ``native_attention`` runs a call with these static facts, else a one-line reason.
+
+  Every pattern, offset, length and segment-id combination of the API contract is supported.
+  """
+  if check_platform:
+    if _IMPORT_ERROR:
+      return _IMPORT_ERROR
+    if jax.default_backend() != "gpu":
+      return f"triton_native needs a CUDA GPU (jax.default_backend()={jax.default_backend()!r})"
+  if q_heads % kv_heads:
+    return f"query heads {q_heads} not a multiple of kv heads {kv_heads}"
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return f"triton_native needs bf16/fp16 q, k, v, got {jnp.dtype(dtype)}"
+  if head_dim > 256:
+    return f"triton_native supports head_dim <= 256, got {head_dim}"
+  return None
+
+
+def why_unsupported(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_offset: int = 0,
+                    kv_offset: int = 0, return_lse: bool = False, check_platform: bool = True
+                    ) -> str | None:
+  """``unsupported_reason`` from arrays (or ``jax.ShapeDtypeStruct``); usable inside jit."""
+  del segment_ids, kv_segment_ids, q_offset, kv_offset, return_lse
+  why = _pattern_reason(as_spec(spec))
+  if why:
+    return why
+  if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
+    return f"expected q [B,T,Hq,D] and k = v [B,T,Hkv,D], got {q.shape}, {k.shape}, {v.shape}"
+  if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+    return f"incompatible q {q.shape} and k {k.shape} (batch, head_dim)"
+  if not q.dtype == k.dtype == v.dtype:
+    return f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+  return unsupported_reason(q_heads=q.shape[2], kv_heads=k.shape[2], head_dim=q.shape[3],
+                            dtype=q.dtype, check_platform=check_platform)
+
+
+def supports(q, k, v, spec, **kwargs) -> bool:
+  return why_unsupported(q, k, v, spec, **kwargs) is None
+
+
+def registry_supports(platform: str, spec, shapes, dtype) -> str | None:
+  """``supports`` for ``pallas_kernels.api.register_backend`` (shapes: ``api.AttentionShapes``)."""
+  if platform != "gpu":
+    return f"triton_native needs a CUDA GPU (platform is {platform})"
+  why = _pattern_reason(spec)
+  if why:
+    return why
+  return unsupported_reason(q_heads=shapes.q_heads, kv_heads=shapes.kv_heads,
+                            head_dim=shapes.head_dim, dtype=dtype)
+
+
+def _pad(x, axis, size):
+  if x.shape[axis] == size:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "q_offset", "kv_offset", "scale",
+                                             "return_lse", "config"))
+def native_attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_offset: int = 0,
+                     kv_offset: int = 0, scale: float | None = None, return_lse: bool = False,
+                     config: NativeConfig | None = None):
+  """Block-sparse attention with native Triton kernels (contract of ``api.attention``, §2).
+
+  Args: as ``pallas_kernels.api.attention``; ``config`` sets tiles and launch parameters.
+  Returns: out [B, Tq, Hq, D] (q.dtype), and lse [B, Hq, Tq] fp32 when ``return_lse``.
+  Raises: TritonNativeError when the call cannot run here (see ``why_unsupported``).
+  """
+  spec = as_spec(spec)
+  problem = why_unsupported(q, k, v, spec)
+  if problem:
+    raise TritonNativeError(f"triton_native backend: {problem}")
+  cfg = config or DEFAULT_CONFIG
+  B, tq, hq, d = q.shape
+  tk = k.shape[1]
+  step_q = max(cfg.block_q, cfg.block_q_dq, cfg.block_q_dkv)
+  step_k = max(cfg.block_k, cfg.block_k_dq, cfg.block_k_dkv)
+  tq_pad, tk_pad = -(-tq // step_q) * step_q, -(-tk // step_k) * step_k
+  d_pad = max(16, 1 << (d - 1).bit_length())
+  scale = float(d ** -0.5 if scale is None else scale)
+  cs = _Static(spec, tq, tk, tq_pad, tk_pad, int(q_offset), int(kv_offset), scale, cfg,
+               segment_ids is not None)
+  qp = _pad(_pad(q, 1, tq_pad), 3, d_pad)
+  kp = _pad(_pad(k, 1, tk_pad), 3, d_pad)
+  vp = _pad(_pad(v, 1, tk_pad), 3, d_pad)
+  qseg = kseg = None
+  if segment_ids is not None:
+    kvs = segment_ids if kv_segment_ids is None else kv_segment_ids
+    qseg = _pad(jnp.asarray(segment_ids, jnp.int32), 1, tq_pad)
+    kseg = _pad(jnp.asarray(kvs, jnp.int32), 1, tk_pad)
+  out, lse = _flash(qp, kp, vp, qseg, kseg, cs)
+  out = out[:, :tq, :, :d]
+  return (out, lse[:, :, :tq]) if return_lse else out
+
+
+attention = native_attention
+
+__all__ = ["native_attention", "attention", "supports", "why_unsupported", "unsupported_reason",
+           "registry_supports", "NativeConfig", "DEFAULT_CONFIG", "REGISTRY_PRIORITY",
+           "TritonNativeError"]

@@ -1,0 +1,206 @@
+"""CPU twin of the Pallas GPU (Triton) attention: the same kernels in Pallas interpret mode.
+
+Tiny shapes and small tiles so several blocks, full and partial tiles, ragged tails and GQA groups
+all occur. Forward, lse and all three gradients (through out AND lse) are compared with the dense
+reference; the visit lists are checked against the dense mask; and the kernels are lowered to
+Triton IR for CUDA (no GPU needed) to catch lowering errors before device time is spent.
+"""
+
+import contextlib
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.backends import pallas_gpu
+from pallas_kernels.backends.gpu_tables import kernel_tables
+from pallas_kernels.reference import reference_attention
+from pallas_kernels.spec import AttentionSpec, dense_mask
+
+SMALL = pallas_gpu.TritonConfig(block_q=32, block_k=32, block_q_dq=32, block_k_dq=16,
+                                block_q_dkv=16, block_k_dkv=32)
+
+
+def _inputs(seed, T, Hq, Hkv, D, dtype=jnp.float32, Tk=None, B=1):
+  Tk = T if Tk is None else Tk
+  ks = jax.random.split(jax.random.PRNGKey(seed), 4)
+  return (jax.random.normal(ks[0], (B, T, Hq, D), dtype),
+          jax.random.normal(ks[1], (B, Tk, Hkv, D), dtype),
+          jax.random.normal(ks[2], (B, Tk, Hkv, D), dtype),
+          jax.random.normal(ks[3], (B, T, Hq, D), jnp.float32))
+
+
+def _run(fn, w):
+  """jit(q, k, v -> (out, lse, (dq, dk, dv))) with a loss through both out and lse."""
+  def loss(q, k, v):
+    out, lse = fn(q, k, v)
+    val = (jnp.sum(out.astype(jnp.float32) * w)
+           + 0.3 * jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0)))
+    return val, (out, lse)
+  def run(q, k, v):
+    grads, (out, lse) = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    return out, lse, grads
+  return jax.jit(run)
+
+
+def _compare(spec, q, k, v, w, *, atol, config=SMALL, **kw):
+  ours = functools.partial(pallas_gpu.attention, spec=spec, return_lse=True, config=config,
+                           interpret=True, **kw)
+  ref = functools.partial(reference_attention, spec=spec, return_lse=True, **kw)
+  out, lse, grads = _run(ours, w)(q, k, v)
+  rout, rlse, rgrads = _run(ref, w)(q, k, v)
+  assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == rlse.shape
+  np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(rlse))
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(rout, np.float32), atol=atol)
+  fin = np.isfinite(np.asarray(rlse))
+  np.testing.assert_allclose(np.asarray(lse)[fin], np.asarray(rlse)[fin], atol=1e-4)
+  for name, a, b in zip("qkv", grads, rgrads):
+    assert a.dtype == b.dtype
+    scale = float(jnp.max(jnp.abs(b))) + 1e-6
+    err = float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))) / scale
+    assert err < atol * 4, f"d{name} relative max error {err}"
+  return lse
+
+
+@pytest.mark.parametrize("spec,T,heads", [
+    (AttentionSpec.sink_window(5, 32, 16), 100, (4, 2)),   # ragged, sink edge inside a tile
+    (AttentionSpec.strided(2, 3, 16), 96, (3, 1)),         # GQA group of 3
+    (AttentionSpec.full(16), 80, (2, 2)),
+])
+def test_fp32_matches_reference(spec, T, heads):
+  q, k, v, w = _inputs(0, T, *heads, 32)
+  _compare(spec, q, k, v, w, atol=2e-5)
+
+
+def test_segments_and_gqa():
+  q, k, v, w = _inputs(1, 90, 4, 2, 16, B=2)
+  seg = np.zeros((2, 90), np.int32)
+  seg[:, 30:] = 1
+  seg[1, 70:] = 2
+  _compare(AttentionSpec.strided(2, 2, 32), q, k, v, w, atol=2e-5, segment_ids=jnp.asarray(seg))
+
+
+def test_offsets_and_rows_that_see_nothing():
+  # Keys start at absolute position 40: the first 40 queries see no key (zero row, lse -inf).
+  q, k, v, w = _inputs(2, 72, 2, 1, 32, Tk=60)
+  lse = _compare(AttentionSpec.sink_window(4, 32, 16), q, k, v, w, atol=2e-5, q_offset=0,
+                 kv_offset=40)
+  assert np.all(np.isneginf(np.asarray(lse)[:, :, :40]))
+
+
+def test_chunk_offsets_full_and_window():
+  # A later query chunk against an earlier, longer KV range (chunked prefill / sequence parallel).
+  q, k, v, w = _inputs(3, 48, 2, 2, 32, Tk=112)
+  _compare(AttentionSpec.sink_window(8, 48, 16), q, k, v, w, atol=2e-5, q_offset=64, kv_offset=0)
+
+
+def test_bf16_head_dim_64():
+  q, k, v, w = _inputs(4, 64, 2, 1, 64, jnp.bfloat16)
+  _compare(AttentionSpec.sink_window(4, 32, 16), q, k, v, w, atol=2e-2)
+
+
+def test_head_dim_not_power_of_two_and_default_tiles():
+  q, k, v, w = _inputs(5, 40, 2, 2, 24)
+  _compare(AttentionSpec.full(), q, k, v, w, atol=2e-5, config=None)
+
+
+@pytest.mark.parametrize("spec", [AttentionSpec.sink_window(20, 64, 16), AttentionSpec.strided(3, 2, 32),
+                                  AttentionSpec.full(16)])
+@pytest.mark.parametrize("lens", [(200, 200, 0, 0), (97, 203, 106, 0), (60, 150, 150, 7)])
+@pytest.mark.parametrize("blocks", [(16, 16), (32, 16), (16, 64)])
+def test_visit_lists_match_dense_mask(spec, lens, blocks):
+  tq, tk, qo, ko = lens
+  bq, bk = blocks
+  m = dense_mask(spec, tq, tk, q_offset=qo, kv_offset=ko)
+  t = kernel_tables(spec, tq, tk, bq, bk, qo, ko)
+
+  def split(rows):
+    for i, row in enumerate(rows):
+      n_full, n = int(row[0]), int(row[1])
+      yield i, [int(x) for x in row[2:2 + n_full]], [int(x) for x in row[2 + n_full:2 + n]]
+
+  for i, full, part in split(t.fwd):  # per query block: KV blocks, full ones first
+    tiles = m[i * bq:(i + 1) * bq]
+    vis = [j for j in range(t.n_kv_blocks) if tiles[:, j * bk:(j + 1) * bk].any()]
+    assert sorted(full + part) == vis
+    for j in full:  # full tiles: every pair visible and no padded key
+      tile = tiles[:, j * bk:(j + 1) * bk]
+      assert tile.shape[1] == bk and tile.all()
+  for j, full, part in split(t.bwd):  # per KV block: query blocks, full ones first
+    cols = m[:, j * bk:(j + 1) * bk]
+    vis = [i for i in range(t.n_q_blocks) if cols[i * bq:(i + 1) * bq].any()]
+    assert sorted(full + part) == vis
+    for i in full:
+      assert cols.shape[1] == bk and cols[i * bq:(i + 1) * bq].all()
+
+
+def test_errors():
+  q, k, v, _ = _inputs(6, 32, 2, 2, 16)
+  if jax.default_backend() != "gpu":
+    with pytest.raises(pallas_gpu.PallasGpuError, match="interpret=True"):
+      pallas_gpu.attention(q, k, v, AttentionSpec.full())
+  with pytest.raises(pallas_gpu.PallasGpuError, match="multiple of kv heads"):
+    pallas_gpu.attention(q, k[:, :, :1].repeat(3, axis=2), v[:, :, :1].repeat(3, axis=2),
+                         AttentionSpec.full(), interpret=True)
+  with pytest.raises(pallas_gpu.PallasGpuError, match="power of two"):
+    pallas_gpu.TritonConfig(block_q=48)
+
+
+@pytest.mark.parametrize("spec,seg,heads,dtype", [
+    (AttentionSpec.sink_window(64, 512), False, (4, 4), jnp.bfloat16),
+    (AttentionSpec.strided(2, 2), True, (4, 2), jnp.float32),
+])
+def test_lowers_to_triton_for_cuda(monkeypatch, spec, seg, heads, dtype):
+  """Forward and backward lower to Triton IR for CUDA (Pallas -> Triton lowering, no GPU)."""
+  monkeypatch.setattr(pallas_gpu, "_backend", lambda: "gpu")
+  q = jax.ShapeDtypeStruct((1, 1000, heads[0], 128), dtype)
+  k = jax.ShapeDtypeStruct((1, 1000, heads[1], 128), dtype)
+  s = jax.ShapeDtypeStruct((1, 1000), jnp.int32)
+
+  def f(q, k, v, s):
+    kw = dict(segment_ids=s) if seg else {}
+    return jax.grad(lambda q, k, v: jnp.sum(
+        pallas_gpu.attention(q, k, v, spec, **kw).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
+
+  with _abstract_cuda_gpu():  # traced inside too: each equation records the abstract mesh
+    text = jax.jit(f).trace(q, k, k, s).lower(lowering_platforms=("cuda",)).as_text()
+  assert text.count("triton") >= 3  # forward, dQ, dK/dV kernels
+
+
+def _abstract_cuda_gpu(device_kind="NVIDIA H100 80GB HBM3"):
+  """Names the CUDA GPU to lower the Pallas-Triton kernels for when none is attached.
+
+  jax <= 0.10 falls back to compute capability 9.0 when there is no local GPU. jax 0.11 reads the
+  target from the current abstract mesh's ``AbstractDevice`` instead and, without one, raises
+  "No supported GPU devices found, please specify an abstract GPU device using AbstractDevice".
+  Trace under it as well as lower: each equation records the abstract mesh it was traced under and
+  lowering re-enters that one. A 1-device mesh with an Auto axis changes nothing else.
+  """
+  if not hasattr(jax.sharding, "AbstractDevice"):
+    return contextlib.nullcontext()
+  device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=None, platform="gpu")
+  mesh = jax.sharding.AbstractMesh((1,), ("x",), (jax.sharding.AxisType.Auto,),
+                                   abstract_device=device)
+  return jax.sharding.use_abstract_mesh(mesh)
+
+
+def test_mosaic_forward_needs_a_hopper_gpu():
+  q, k, v, _ = _inputs(7, 128, 2, 2, 64, jnp.bfloat16)
+  cfg = pallas_gpu.TritonConfig(fwd_impl="mosaic")
+  with pytest.raises(pallas_gpu.PallasGpuError, match="fwd_impl='mosaic' cannot run"):
+    pallas_gpu.attention(q, k, v, AttentionSpec.full(), config=cfg, interpret=True)
+  with pytest.raises(pallas_gpu.PallasGpuError, match="fwd_impl"):
+    pallas_gpu.TritonConfig(fwd_impl="cuda")
+
+
+def test_mosaic_forward_lowers_for_cuda():
+  """The Mosaic GPU forward lowers to Mosaic GPU IR (no GPU needed; it runs on the device)."""
+  from pallas_kernels.backends import pallas_gpu_mosaic  # pylint: disable=g-import-not-at-top
+  q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
+  k = jax.ShapeDtypeStruct((1, 512, 2, 128), jnp.bfloat16)
+  fn = jax.jit(lambda q, k, v: pallas_gpu_mosaic.sparse_attention_fwd(
+      q, k, v, AttentionSpec.sink_window(64, 256)))
+  text = fn.trace(q, k, k).lower(lowering_platforms=("cuda",)).as_text()
+  assert "mosaic_gpu" in text

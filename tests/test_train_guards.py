@@ -155,7 +155,8 @@ BAD_INPUT = [
      "--config.model.vocab_size=264"),
     (["--config.model.attention_backend=fast"], "model.attention_backend 'fast' is not a registered"),
     (["--config.mesh.sequence=16", "--config.train.seq_len=128"],
-     "mesh.sequence=16: sink 16 exceeds the sequence chunk length 4"),
+     "mesh.sequence=16: sink_window layer sink_window:16:32@16: sink 16 exceeds the sequence "
+     "chunk length 4"),
     (["--config.init_from=/nonexistent"], "init_from='/nonexistent' does not exist"),
 ]
 

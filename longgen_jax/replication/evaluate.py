@@ -37,11 +37,9 @@ def decode_speed(checkpoint: str, kv_drop: str | None, data: str, length: int, n
   prompt_len = length - new_tokens
   out = {}
   for b in batches:
-    prompts = data_ids(data, model.tokenizer, True, prompt_len, b, seed=123) if b <= 8 else None
-    if prompts is None:
-      one = data_ids(data, model.tokenizer, True, prompt_len, 8, seed=123)
-      prompts = [one[i % len(one)] for i in range(b)]
-    for attempt in ("warm-up", "timed"):
+    docs = data_ids(data, model.tokenizer, True, prompt_len, min(b, 8), seed=123)
+    prompts = [docs[i % len(docs)] for i in range(b)]   # at most 8 distinct documents
+    for _ in ("warm-up", "timed"):
       r = engine.generate(prompts, max_new_tokens=new_tokens)
     steps = r.decode_steps
     out[str(b)] = {"batch": b, "prompt_tokens": prompt_len, "decode_steps": steps,

@@ -58,6 +58,33 @@ def test_string_round_trip_and_predicate_forms_agree(spec):
     np.testing.assert_array_equal(np.broadcast_to(kept, (t,)), needed, err_msg=f"t={t}")
 
 
+@pytest.mark.parametrize("spec", [s for v in EXAMPLES.values() for s in v], ids=str)
+def test_predicate_source_is_the_predicate(spec):
+  """The source form Triton compiles (``patterns.source``) means what ``visible`` means."""
+  from pallas_kernels.backends import triton_native_kernels
+  from pallas_kernels.patterns.source import predicate_source
+  src = predicate_source(spec, "qpos", "kpos")
+  q, k = np.arange(300)[:, None], np.arange(300)[None, :]
+  got = np.broadcast_to(eval(src, {}, {"qpos": q, "kpos": k}), (300, 300))  # pylint: disable=eval-used
+  np.testing.assert_array_equal(got & (k <= q), spec.allowed(q, k))
+  kernels = triton_native_kernels.kernel_source(src)
+  assert kernels.count(f"return ok & ({src})") == (src != "True")
+  compile(kernels, "<kernels>", "exec")
+
+
+def test_predicate_source_refuses_branching_predicates():
+  from pallas_kernels.patterns import source
+
+  class Branchy(patterns.Pattern):
+    name = "branchy"
+
+    def visible(self, q, k, spec):
+      return q - k < 4 if q > 8 else True
+
+  with pytest.raises(TypeError, match="operators only"):
+    Branchy().visible(source.Sym("q"), source.Sym("k"), None)
+
+
 def test_chunked_predicate():
   spec = S.parse("chunked:32@16")
   assert spec == S.chunked(32, 16) and str(spec) == "chunked:32@16"

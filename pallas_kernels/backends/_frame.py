@@ -1,15 +1,23 @@
-"""Shared frame of the blocked kernels: input checks, padding, the custom VJP, token masks.
+"""Shared frame of the attention backends: input checks, the static problem, padding, the custom VJP.
 
-A blocked backend supplies two functions working on *padded* arrays (lengths multiples of the
-tiles) and a static ``Problem``:
+A backend supplies two functions working on *padded* arrays and a hashable static argument
+(a ``Problem`` for the blocked backends, any hashable plan otherwise):
 
-  fwd(q, k, v, q_seg, kv_seg, prob) -> out [B, Tq_pad, Hq, D] (q.dtype), lse [B, Hq, Tq_pad] fp32
-  bwd(q, k, v, q_seg, kv_seg, out, lse, d_out, d_lse, prob) -> dq, dk, dv
+  fwd(q, k, v, q_seg, kv_seg, static) -> out [B, Tq_pad, Hq, D] (q.dtype), lse [B, Hq, Tq_pad]
+      fp32, natural log, ``-inf`` for a row that sees nothing
+  bwd(q, k, v, q_seg, kv_seg, out, lse, d_out, d_lse, static) -> dq, dk, dv
+      (``d_lse`` is None when the caller did not ask for lse)
 
-``run_blocked`` checks and pads the inputs, calls them through one ``jax.custom_vjp`` (so the lse
-output is differentiable too: ring attention merges partial results by lse) and slices the padding
-off. Padded keys and queries are masked through the block tables' ``partial`` flags. The forward
-rule tags its residual out / lse ``attn_out`` / ``attn_lse`` (``_common.tag_residuals``).
+``q_seg`` / ``kv_seg`` are integer side inputs (segment ids, or any pytree of integer arrays such
+as cuDNN's packing; None when absent): they get no cotangent.
+
+``differentiable`` wraps the pair in one ``jax.custom_vjp`` per backend (the lse output is
+differentiable too: ring attention merges partial results by lse); its forward rule tags the
+residual out / lse ``attn_out`` / ``attn_lse`` (``_common.tag_residuals``). ``run_padded`` pads the
+lengths (and optionally head_dim) to what the kernels need, runs it and slices the padding off;
+``run_blocked`` is ``run_padded`` at whole ``Problem`` tiles. Padded keys and queries are masked
+through the block tables' ``partial`` flags (padded query rows get a zero cotangent, so they add
+nothing to dK / dV). Used by every backend: xla, pallas_tpu, pallas_gpu, triton_native, cudnn.
 """
 
 from __future__ import annotations
@@ -106,19 +114,31 @@ def make_problem(spec, q, k, *, q_offset, kv_offset, scale, block_q=None, block_
 
 def run_blocked(fwd: Callable, bwd: Callable, prob: Problem, q, k, v, q_seg, kv_seg,
                 return_lse: bool):
-  """Pads to whole tiles, runs ``fwd`` under the shared custom VJP, slices the padding off."""
-  tq, tk = prob.n_q * prob.block_q, prob.n_kv * prob.block_k
-  q = _pad_axis(q, tq, 1)
-  k, v = _pad_axis(k, tk, 1), _pad_axis(v, tk, 1)
+  """``run_padded`` with the lengths padded to whole ``prob`` tiles."""
+  return run_padded(fwd, bwd, prob, q, k, v, q_seg, kv_seg, return_lse,
+                    tq_pad=prob.n_q * prob.block_q, tk_pad=prob.n_kv * prob.block_k)
+
+
+def run_padded(fwd: Callable, bwd: Callable, static, q, k, v, q_seg, kv_seg, return_lse: bool, *,
+               tq_pad: int, tk_pad: int, d_pad: int | None = None):
+  """Zero-pads q to ``tq_pad`` rows, k / v to ``tk_pad`` (and head_dim to ``d_pad``), runs
+  ``differentiable(fwd, bwd)`` and slices the padding off: out [B, Tq, Hq, D] (+ lse [B, Hq, Tq])."""
+  tq, d = q.shape[1], q.shape[3]
+  q = pad_axis(q, tq_pad, 1)
+  k, v = pad_axis(k, tk_pad, 1), pad_axis(v, tk_pad, 1)
+  if d_pad is not None:
+    q, k, v = (pad_axis(x, d_pad, 3) for x in (q, k, v))
   if q_seg is not None:
-    q_seg = _pad_axis(q_seg.astype(jnp.int32), tq, 1)
-    kv_seg = _pad_axis(kv_seg.astype(jnp.int32), tk, 1)
-  out, lse = _vjp_for(fwd, bwd)(q, k, v, q_seg, kv_seg, prob)
-  out, lse = out[:, :prob.q_len], lse[:, :, :prob.q_len]
-  return (out, lse) if return_lse else out
+    q_seg = pad_axis(q_seg.astype(jnp.int32), tq_pad, 1)
+    kv_seg = pad_axis(kv_seg.astype(jnp.int32), tk_pad, 1)
+  res = differentiable(fwd, bwd, return_lse)(q, k, v, q_seg, kv_seg, static)
+  out, lse = res if return_lse else (res, None)
+  out = out[:, :tq, :, :d]
+  return (out, lse[:, :, :tq]) if return_lse else out
 
 
-def _pad_axis(x, size, axis):
+def pad_axis(x, size, axis):
+  """``x`` zero-padded at the end of ``axis`` to ``size``."""
   if x.shape[axis] == size:
     return x
   pad = [(0, 0)] * x.ndim
@@ -127,42 +147,48 @@ def _pad_axis(x, size, axis):
 
 
 @functools.lru_cache(maxsize=None)
-def _vjp_for(fwd: Callable, bwd: Callable):
-  """One ``custom_vjp`` per backend: flash-style backward from the saved output and lse."""
+def differentiable(fwd: Callable, bwd: Callable, with_lse: bool = True):
+  """``attn(q, k, v, q_seg, kv_seg, static)`` -> ``(out, lse)`` (``with_lse``) or ``out``, under
+  one ``custom_vjp``: a flash-style backward from the saved output and lse."""
 
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-  def attn(q, k, v, q_seg, kv_seg, prob):
-    return fwd(q, k, v, q_seg, kv_seg, prob)
+  def primal(q, k, v, q_seg, kv_seg, static):
+    out, lse = fwd(q, k, v, q_seg, kv_seg, static)
+    return (out, lse) if with_lse else out
 
-  def attn_fwd(q, k, v, q_seg, kv_seg, prob):
+  attn = jax.custom_vjp(primal, nondiff_argnums=(5,))
+
+  def attn_fwd(q, k, v, q_seg, kv_seg, static):
     # Named residuals: a remat policy saving them skips this forward in the backward.
-    out, lse = tag_residuals(*fwd(q, k, v, q_seg, kv_seg, prob))
-    return (out, lse), (q, k, v, q_seg, kv_seg, out, lse)
+    out, lse = tag_residuals(*fwd(q, k, v, q_seg, kv_seg, static))
+    return ((out, lse) if with_lse else out), (q, k, v, q_seg, kv_seg, out, lse)
 
-  def attn_bwd(prob, res, cts):
+  def attn_bwd(static, res, cts):
     q, k, v, q_seg, kv_seg, out, lse = res
-    d_out, d_lse = cts
-    dq, dk, dv = bwd(q, k, v, q_seg, kv_seg, out, lse, d_out, d_lse, prob)
-    return dq, dk, dv, _int_zero(q_seg), _int_zero(kv_seg)
+    d_out, d_lse = cts if with_lse else (cts, None)
+    dq, dk, dv = bwd(q, k, v, q_seg, kv_seg, out, lse, d_out, d_lse, static)
+    return dq, dk, dv, _no_cotangent(q_seg), _no_cotangent(kv_seg)
 
   attn.defvjp(attn_fwd, attn_bwd)
   return attn
 
 
-def _int_zero(x):
-  return None if x is None else np.zeros(x.shape, jax.dtypes.float0)
+def _no_cotangent(x):
+  """float0 zeros for integer side inputs (any pytree of arrays, or None)."""
+  return jax.tree.map(lambda a: np.zeros(a.shape, jax.dtypes.float0), x)
 
 
 def bwd_row_stats(out, lse, d_out, d_lse):
   """Per-row backward statistics, [B, Hq, T] fp32 each.
 
-  ``lse_b``: lse with ``-inf`` (rows that see nothing) replaced by ``+inf`` so
+  ``d_lse`` may be None (no lse cotangent). ``lse_b``: lse with ``-inf`` (rows that see nothing) replaced by ``+inf`` so
   ``exp(s - lse_b) == 0`` there without a guard. ``delta = rowsum(dO * O) - d_lse`` (0 on empty
   rows): ``dS = P * (dP - delta)`` then also carries the lse cotangent (``d lse / d s = P``).
   """
   delta = jnp.einsum("bthd,bthd->bht", d_out.astype(jnp.float32), out.astype(jnp.float32))
   seen = jnp.isfinite(lse)
-  delta = jnp.where(seen, delta - d_lse.astype(jnp.float32), 0.0)
+  if d_lse is not None:
+    delta = delta - d_lse.astype(jnp.float32)
+  delta = jnp.where(seen, delta, 0.0)
   return jnp.where(seen, lse, jnp.inf), delta
 
 

@@ -46,7 +46,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels._common import tag_residuals
+from pallas_kernels.backends import _frame
 from pallas_kernels.backends.cudnn_common import (_IMPORT_ERROR, _PAD_D, _cudnn_bwd, _cudnn_fwd,
                                                   _cudnn_version, _dense_bwd, _dense_fwd,
                                                   _main_mask, _merge_sinks, _sinks_bwd)
@@ -203,43 +203,14 @@ def _backward(q, k, v, out, lse, dout, dlse, plan):
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _attn_lse(q, k, v, plan):
+def _frame_fwd(q, k, v, q_seg, kv_seg, plan):
+  del q_seg, kv_seg  # the unsegmented path (packed rows: cudnn_packed)
   return _forward(q, k, v, plan)
 
 
-def _attn_lse_fwd(q, k, v, plan):
-  # Named residuals (attn_out / attn_lse): a remat policy saving them skips this forward.
-  out, lse = tag_residuals(*_forward(q, k, v, plan))
-  return (out, lse), (q, k, v, out, lse)
-
-
-def _attn_lse_bwd(plan, res, g):
-  q, k, v, out, lse = res
-  dout, dlse = g
+def _frame_bwd(q, k, v, q_seg, kv_seg, out, lse, dout, dlse, plan):
+  del q_seg, kv_seg
   return _backward(q, k, v, out, lse, dout, dlse, plan)
-
-
-_attn_lse.defvjp(_attn_lse_fwd, _attn_lse_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _attn(q, k, v, plan):
-  return _forward(q, k, v, plan)[0]
-
-
-def _attn_fwd(q, k, v, plan):
-  # Named residuals (attn_out / attn_lse): a remat policy saving them skips this forward.
-  out, lse = tag_residuals(*_forward(q, k, v, plan))
-  return out, (q, k, v, out, lse)
-
-
-def _attn_bwd(plan, res, dout):
-  q, k, v, out, lse = res
-  return _backward(q, k, v, out, lse, dout, None, plan)
-
-
-_attn.defvjp(_attn_fwd, _attn_bwd)
 
 
 # ----------------------------------------------------------------------------- public entry
@@ -290,9 +261,7 @@ def cudnn_attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_o
     return _segmented(q, k, v, segment_ids, kv_segment_ids, spec, plan, return_lse, m)
   if kv_segment_ids is not None:
     raise CudnnError("cudnn backend: kv_segment_ids given without segment_ids")
-  if return_lse:
-    return _attn_lse(q, k, v, plan)
-  return _attn(q, k, v, plan)
+  return _frame.differentiable(_frame_fwd, _frame_bwd, return_lse)(q, k, v, None, None, plan)
 
 
 attention = cudnn_attention

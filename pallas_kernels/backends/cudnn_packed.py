@@ -39,7 +39,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels._common import tag_residuals
+from pallas_kernels.backends import _frame
 from pallas_kernels.backends.cudnn_common import (_BWD_RAW, _FWD_RAW, _LAYOUT, _MASK_CAUSAL,
                                                   _MASK_NONE, _bwd_with_dlse, _cudnn_version,
                                                   _dense_bwd, _dense_fwd, _fa, _merge_sinks,
@@ -247,46 +247,13 @@ def _packed_backward(q, k, v, seg, pk, out, lse, dout, dlse, plan):
   if n_sink:
     dq, dk, dv = _sinks_bwd(q, k, v, out, lse, dout, dlse, dq, dk, dv, scale=scale,
                             window=window, n_sink=n_sink, seg=seg)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-# Residuals keep the compact lse [B, H, T] (tagged like every backend's), never cuDNN's packed
-# stats [B*M, H, T] (M times larger); the backward scatters it back.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _packed_attn_lse(q, k, v, seg, pk, plan):
-  return _packed_forward(q, k, v, seg, pk, plan)
-
-
-def _packed_attn_lse_fwd(q, k, v, seg, pk, plan):
-  out, lse = tag_residuals(*_packed_forward(q, k, v, seg, pk, plan))
-  return (out, lse), (q, k, v, seg, pk, out, lse)
-
-
-def _packed_attn_lse_bwd(plan, res, g):
-  q, k, v, seg, pk, out, lse = res
-  dout, dlse = g
-  return _packed_backward(q, k, v, seg, pk, out, lse, dout, dlse, plan)
-
-
-_packed_attn_lse.defvjp(_packed_attn_lse_fwd, _packed_attn_lse_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _packed_attn(q, k, v, seg, pk, plan):
-  return _packed_forward(q, k, v, seg, pk, plan)[0]
-
-
-def _packed_attn_fwd(q, k, v, seg, pk, plan):
-  out, lse = tag_residuals(*_packed_forward(q, k, v, seg, pk, plan))
-  return out, (q, k, v, seg, pk, out, lse)
-
-
-def _packed_attn_bwd(plan, res, dout):
-  q, k, v, seg, pk, out, lse = res
-  return _packed_backward(q, k, v, seg, pk, out, lse, dout, None, plan)
-
-
-_packed_attn.defvjp(_packed_attn_fwd, _packed_attn_bwd)
+# Residuals (``_frame``) keep the compact lse [B, H, T] (tagged like every backend's), never
+# cuDNN's packed stats [B*M, H, T] (M times larger); the backward scatters it back.
+_packed_attn_lse = _frame.differentiable(_packed_forward, _packed_backward, True)
+_packed_attn = _frame.differentiable(_packed_forward, _packed_backward, False)
 
 
 def _fallback(impl, spec, scale, return_lse, q, k, v, seg, kv_seg):

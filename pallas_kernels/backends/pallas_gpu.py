@@ -31,9 +31,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from pallas_kernels.backends import gpu_smem
+from pallas_kernels.backends import _frame, gpu_smem
 from pallas_kernels.backends import pallas_gpu_kernels as K
-from pallas_kernels._common import tag_residuals
 from pallas_kernels.backends.gpu_tables import kernel_tables
 from pallas_kernels.spec import AttentionSpec, as_spec
 
@@ -114,27 +113,15 @@ class _KernelStatic:
   group: int
 
 
-@dataclasses.dataclass(frozen=True)
-class _CallStatic:
-  """Everything static about one attention call (the custom_vjp's non-differentiable argument)."""
+def _kernel_static(prob: _frame.Problem, block_q, block_k, n_q_blocks, kv_pad, has_seg, group):
+  return _KernelStatic(prob.spec, prob.scale, prob.scale * math.log2(math.e), block_q, block_k,
+                       n_q_blocks, prob.q_offset, prob.kv_offset, prob.kv_offset + prob.kv_len,
+                       kv_pad > prob.kv_len, has_seg, group)
 
-  spec: AttentionSpec
-  q_len: int
-  kv_len: int
-  q_offset: int
-  kv_offset: int
-  scale: float
-  config: TritonConfig
-  interpret: bool
 
-  def kernel_static(self, block_q, block_k, n_q_blocks, kv_pad, has_seg, group):
-    return _KernelStatic(self.spec, self.scale, self.scale * math.log2(math.e), block_q, block_k,
-                         n_q_blocks, self.q_offset, self.kv_offset, self.kv_offset + self.kv_len,
-                         kv_pad > self.kv_len, has_seg, group)
-
-  def tables(self, block_q, block_k):
-    return kernel_tables(self.spec, self.q_len, self.kv_len, block_q, block_k, self.q_offset,
-                         self.kv_offset)
+def _tables(prob: _frame.Problem, block_q, block_k):
+  return kernel_tables(prob.spec, prob.q_len, prob.kv_len, block_q, block_k, prob.q_offset,
+                       prob.kv_offset)
 
 
 def _params(num_warps, num_stages):
@@ -142,15 +129,15 @@ def _params(num_warps, num_stages):
 
 
 # ---------------------------------------------------------------------------------- launches
-def _fwd_call(cs: _CallStatic, q, k, v, qseg, kseg):
+def _fwd_call(cs: _frame.Problem, q, k, v, qseg, kseg):
   B, tq_pad, hq, d = q.shape
   tk_pad, hkv = k.shape[1], k.shape[2]
   g = hq // hkv
-  cfg = cs.config
+  cfg = cs.option("config")
   bq, bk = cfg.block_q, cfg.block_k
-  t = cs.tables(bq, bk)
+  t = _tables(cs, bq, bk)
   nq = t.n_q_blocks
-  st = cs.kernel_static(bq, bk, nq, tk_pad, qseg is not None, g)
+  st = _kernel_static(cs, bq, bk, nq, tk_pad, qseg is not None, g)
   rev = lambda i: nq - 1 - i  # noqa: E731
   in_specs = [
       pl.BlockSpec((None, t.fwd.shape[1]), lambda i, b, h: (rev(i), 0)),
@@ -172,20 +159,20 @@ def _fwd_call(cs: _CallStatic, q, k, v, qseg, kseg):
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct((B, hq, tq_pad), jnp.float32)],
       compiler_params=_params(cfg.num_warps, cfg.num_stages),
-      interpret=cs.interpret,
+      interpret=cs.option("interpret"),
       name="longgen_sparse_fwd",
   )(*args)
 
 
-def _dq_call(cs: _CallStatic, q, k, v, qseg, kseg, do, lse2, delta):
+def _dq_call(cs: _frame.Problem, q, k, v, qseg, kseg, do, lse2, delta):
   B, tq_pad, hq, d = q.shape
   tk_pad, hkv = k.shape[1], k.shape[2]
   g = hq // hkv
-  cfg = cs.config
+  cfg = cs.option("config")
   bq, bk = cfg.block_q_dq, cfg.block_k_dq
-  t = cs.tables(bq, bk)
+  t = _tables(cs, bq, bk)
   nq = t.n_q_blocks
-  st = cs.kernel_static(bq, bk, nq, tk_pad, qseg is not None, g)
+  st = _kernel_static(cs, bq, bk, nq, tk_pad, qseg is not None, g)
   rev = lambda i: nq - 1 - i  # noqa: E731
   q_spec = pl.BlockSpec((None, bq, None, d), lambda i, b, h: (b, rev(i), h, 0))
   kv_spec = pl.BlockSpec((None, tk_pad, None, d), lambda i, b, h: (b, 0, h // g, 0))
@@ -204,20 +191,20 @@ def _dq_call(cs: _CallStatic, q, k, v, qseg, kseg, do, lse2, delta):
       out_specs=q_spec,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
       compiler_params=_params(cfg.num_warps_dq, cfg.num_stages_dq),
-      interpret=cs.interpret,
+      interpret=cs.option("interpret"),
       name="longgen_sparse_dq",
   )(*args)
 
 
-def _dkv_call(cs: _CallStatic, q, k, v, qseg, kseg, do, lse2, delta):
+def _dkv_call(cs: _frame.Problem, q, k, v, qseg, kseg, do, lse2, delta):
   B, tq_pad, hq, d = q.shape
   tk_pad, hkv = k.shape[1], k.shape[2]
   g = hq // hkv
-  cfg = cs.config
+  cfg = cs.option("config")
   bq, bk = cfg.block_q_dkv, cfg.block_k_dkv
-  t = cs.tables(bq, bk)
+  t = _tables(cs, bq, bk)
   nk = t.n_kv_blocks
-  st = cs.kernel_static(bq, bk, t.n_q_blocks, tk_pad, qseg is not None, g)
+  st = _kernel_static(cs, bq, bk, t.n_q_blocks, tk_pad, qseg is not None, g)
   q_spec = pl.BlockSpec((None, tq_pad, g, d), lambda j, b, h: (b, 0, h, 0))
   kv_spec = pl.BlockSpec((None, bk, None, d), lambda j, b, h: (b, j, h, 0))
   row_spec = pl.BlockSpec((None, g, tq_pad), lambda j, b, h: (b, h, 0))
@@ -235,7 +222,7 @@ def _dkv_call(cs: _CallStatic, q, k, v, qseg, kseg, do, lse2, delta):
       out_specs=[kv_spec, kv_spec],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       compiler_params=_params(cfg.num_warps_dkv, cfg.num_stages_dkv),
-      interpret=cs.interpret,
+      interpret=cs.option("interpret"),
       name="longgen_sparse_dkv",
   )(*args)
 
@@ -263,18 +250,19 @@ def mosaic_unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *,
   return None
 
 
-def _mosaic_unsupported(cs: _CallStatic, q, k, has_seg) -> str | None:
+def _mosaic_unsupported(cs: _frame.Problem, q, k, has_seg) -> str | None:
   """``mosaic_unsupported`` of a call (its padded head dim; padded lengths must agree too)."""
   why = mosaic_unsupported(cs.q_len, cs.kv_len, q.shape[-1], q.dtype, has_segment_ids=has_seg,
-                           q_offset=cs.q_offset, kv_offset=cs.kv_offset, interpret=cs.interpret)
+                           q_offset=cs.q_offset, kv_offset=cs.kv_offset,
+                           interpret=cs.option("interpret"))
   if why is None and q.shape[1] != k.shape[1]:
     return "offsets or Tq != Tk"
   return why
 
 
-def _forward(cs: _CallStatic, q, k, v, qseg, kseg):
+def _forward(cs: _frame.Problem, q, k, v, qseg, kseg):
   """(out, lse2) from the Mosaic or the Triton forward (``config.fwd_impl``)."""
-  impl = cs.config.fwd_impl
+  impl = cs.option("config").fwd_impl
   if impl != "triton":
     why = _mosaic_unsupported(cs, q, k, qseg is not None)
     if why is None:
@@ -285,37 +273,21 @@ def _forward(cs: _CallStatic, q, k, v, qseg, kseg):
   return _fwd_call(cs, q, k, v, qseg, kseg)
 
 
-# ---------------------------------------------------------------------------------- custom vjp
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _flash(q, k, v, qseg, kseg, cs: _CallStatic):
-  """Padded-array attention: returns (out [B, Tq_pad, Hq, D], lse [B, Hq, Tq_pad] natural)."""
+# ---------------------------------------------------------------------------------- frame hooks
+def _fwd(q, k, v, qseg, kseg, cs: _frame.Problem):
+  """Padded-array forward for ``_frame``: (out [B, Tq_pad, Hq, D], lse [B, Hq, Tq_pad] natural)."""
   out, lse2 = _forward(cs, q, k, v, qseg, kseg)
   return out, lse2 * _LN2
 
 
-def _flash_fwd(q, k, v, qseg, kseg, cs):
-  # Named residuals (attn_out / attn_lse; the primal outputs derive from them too): a remat
-  # policy saving them skips this kernel in the backward's recomputation.
-  out, lse2 = tag_residuals(*_forward(cs, q, k, v, qseg, kseg))
-  valid = jnp.arange(q.shape[1]) < cs.q_len
-  # Rows that see nothing, and padded rows, get lse = +inf in the backward: p == 0 exactly.
-  lse2_bwd = jnp.where(valid & jnp.isfinite(lse2), lse2, jnp.inf)
-  return (out, lse2 * _LN2), (q, k, v, qseg, kseg, out, lse2_bwd)
-
-
-def _flash_bwd(cs, res, cts):
-  q, k, v, qseg, kseg, out, lse2 = res
-  do, dlse = cts
-  valid = jnp.arange(q.shape[1]) < cs.q_len
-  delta = jnp.einsum("bthd,bthd->bht", out.astype(jnp.float32), do.astype(jnp.float32))
-  delta = jnp.where(valid, delta - dlse, 0.0)  # lse's cotangent folds into delta
+def _bwd(q, k, v, qseg, kseg, out, lse, do, dlse, cs: _frame.Problem):
+  """dQ and dK/dV kernels; lse in the kernels' log2 domain, ``+inf`` on rows that see nothing."""
+  lse_b, delta = _frame.bwd_row_stats(out, lse, do, dlse)  # lse's cotangent folds into delta
   do = do.astype(q.dtype)
+  lse2 = lse_b * (1.0 / _LN2)
   dq = _dq_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
   dk, dv = _dkv_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
-  return dq, dk, dv, None, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
+  return dq, dk, dv
 
 
 # ---------------------------------------------------------------------------------- public API
@@ -332,27 +304,13 @@ def _clamp(cfg: TritonConfig, q_len: int, kv_len: int) -> TritonConfig:
       block_q_dkv=min(cfg.block_q_dkv, cq), block_k_dkv=min(cfg.block_k_dkv, ck))
 
 
-def _pad_axis(x, axis, size, value=0):
-  if x.shape[axis] == size:
-    return x
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, pad, constant_values=value)
-
-
-def _check(q, k, v, segment_ids, kv_segment_ids, interpret):
-  if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
-    raise PallasGpuError(f"expected q [B,Tq,Hq,D] and k, v [B,Tk,Hkv,D]; got {q.shape}, {k.shape}, "
-                         f"{v.shape}")
-  if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
-    raise PallasGpuError(f"batch / head_dim mismatch: q {q.shape}, k {k.shape}")
-  if q.shape[2] % k.shape[2]:
-    raise PallasGpuError(f"query heads {q.shape[2]} not a multiple of kv heads {k.shape[2]}")
-  if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (jnp.bfloat16, jnp.float16, jnp.float32):
-    raise PallasGpuError(f"q, k, v must share one of bf16/f16/f32; got {q.dtype}, {k.dtype}, "
-                         f"{v.dtype}")
-  if kv_segment_ids is not None and segment_ids is None:
-    raise PallasGpuError("kv_segment_ids given without segment_ids")
+def _check(q, k, v, segment_ids, kv_segment_ids, q_offset, kv_offset, scale, interpret):
+  try:
+    _frame.check_inputs(q, k, v, segment_ids, kv_segment_ids, q_offset, kv_offset, scale)
+  except ValueError as e:
+    raise PallasGpuError(str(e)) from None
+  if q.dtype not in (jnp.bfloat16, jnp.float16, jnp.float32):
+    raise PallasGpuError(f"q, k, v must be bf16/f16/f32; got {q.dtype}")
   if not interpret and _backend() != "gpu":
     raise PallasGpuError(
         f"the pallas_gpu backend needs a CUDA GPU (jax.default_backend()={_backend()!r}); pass "
@@ -372,30 +330,22 @@ def attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_offset:
   """Block-sparse attention (see module docstring). ``config`` tunes tiles; ``interpret`` runs the
   kernels in Pallas interpret mode (CPU tests)."""
   spec = as_spec(spec)
-  _check(q, k, v, segment_ids, kv_segment_ids, interpret)
-  B, tq, hq, d = q.shape
-  tk = k.shape[1]
-  scale = float(d ** -0.5 if scale is None else scale)
+  _check(q, k, v, segment_ids, kv_segment_ids, q_offset, kv_offset, scale, interpret)
+  tq, d, tk = q.shape[1], q.shape[3], k.shape[1]
   cfg = _clamp(config or DEFAULT_CONFIG, tq, tk)
   cfg, why = gpu_smem.fit_config(cfg, max(16, _pow2_at_least(d)), q.dtype, gpu_smem.smem_limit())
   if cfg is None:
     raise PallasGpuError(why)
-  cs = _CallStatic(spec, tq, tk, int(q_offset), int(kv_offset), scale, cfg, bool(interpret))
   step_q = max(cfg.block_q, cfg.block_q_dq, cfg.block_q_dkv)
   step_k = max(cfg.block_k, cfg.block_k_dq, cfg.block_k_dkv)
-  tq_pad, tk_pad = -(-tq // step_q) * step_q, -(-tk // step_k) * step_k
-  d_pad = max(16, _pow2_at_least(d))
-  qp = _pad_axis(_pad_axis(q, 1, tq_pad), 3, d_pad)
-  kp = _pad_axis(_pad_axis(k, 1, tk_pad), 3, d_pad)
-  vp = _pad_axis(_pad_axis(v, 1, tk_pad), 3, d_pad)
-  qseg = kseg = None
-  if segment_ids is not None:
-    kv_seg = segment_ids if kv_segment_ids is None else kv_segment_ids
-    qseg = _pad_axis(jnp.asarray(segment_ids, jnp.int32), 1, tq_pad)
-    kseg = _pad_axis(jnp.asarray(kv_seg, jnp.int32), 1, tk_pad)
-  out, lse = _flash(qp, kp, vp, qseg, kseg, cs)
-  out = out[:, :tq, :, :d]
-  return (out, lse[:, :, :tq]) if return_lse else out
+  prob = _frame.make_problem(spec, q, k, q_offset=q_offset, kv_offset=kv_offset, scale=scale,
+                             block_q=step_q, block_k=step_k,
+                             options=(("config", cfg), ("interpret", bool(interpret))))
+  kv_seg = None if segment_ids is None else (
+      segment_ids if kv_segment_ids is None else kv_segment_ids)
+  return _frame.run_padded(_fwd, _bwd, prob, q, k, v, segment_ids, kv_seg, return_lse,
+                           tq_pad=prob.n_q * step_q, tk_pad=prob.n_kv * step_k,
+                           d_pad=max(16, _pow2_at_least(d)))
 
 
 def supports(platform, spec, shapes, dtype, smem_limit: int | None = None) -> str | None:

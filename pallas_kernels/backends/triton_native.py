@@ -4,7 +4,9 @@ A third GPU path next to ``pallas_gpu`` (Pallas lowered to Triton) and ``cudnn``
 kernels written directly in Triton and launched with ``jax_triton.triton_call``. It visits the
 same block lists (``gpu_tables.kernel_tables``, built from the analytic block tables of
 docs/architecture.md §3), so it skips exactly the blocks ``pallas_gpu`` skips and applies the
-token predicate of ``spec.AttentionSpec.allowed`` only on partial tiles.
+token predicate only on partial tiles. The predicate is the pattern's own ``visible``, compiled into
+the kernels by ``triton_native_kernels.kernels_for`` (any registered pattern runs). Padding and the
+custom VJP are ``_frame``'s.
 
 * forward: grid (query block, batch x query head); an unmasked loop over the row's full tiles,
   then a masked loop over its partial ones; online softmax in fp32 with exp2; writes out and lse
@@ -29,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels._common import tag_residuals
+from pallas_kernels.backends import _frame
 from pallas_kernels.backends.gpu_tables import kernel_tables
-from pallas_kernels.spec import AttentionSpec, as_spec
+from pallas_kernels.spec import as_spec
 
 # The kernels themselves (Triton source, defined when triton imports).
 from pallas_kernels.backends import triton_native_kernels as _kernels
@@ -50,17 +52,6 @@ _LOG2E = 1.4426950408889634
 # measurements"): below pallas_gpu (50, measured faster on the H100) and cudnn (70), above xla:
 # the GPU fallback should Pallas' Triton lowering (deprecated in jax 0.11) go away.
 REGISTRY_PRIORITY = 40
-# The kinds whose predicate ``_visible`` below spells in Triton (constexpr KIND codes); any other
-# registered pattern is refused by ``supports`` (the dispatcher falls back to pallas_gpu / xla).
-_KIND = {"full": 0, "sink_window": 1, "strided": 2}
-
-
-def _pattern_reason(spec) -> str | None:
-  if spec.pattern.name not in _KIND:
-    return f"triton_native has no Triton predicate for the {spec.kind!r} pattern"
-  return None
-
-
 class TritonNativeError(ValueError):
   """The triton_native backend cannot run this call (one clear line)."""
 
@@ -98,102 +89,68 @@ DEFAULT_CONFIG = NativeConfig()
 
 
 # ----------------------------------------------------------------------------- host side
-@dataclasses.dataclass(frozen=True)
-class _Static:
-  """Everything static about one call (hashable: the custom_vjp's non-diff argument)."""
-
-  spec: AttentionSpec
-  tq: int          # real lengths
-  tk: int
-  tq_pad: int
-  tk_pad: int
-  q_offset: int
-  kv_offset: int
-  scale: float
-  cfg: NativeConfig
-  has_seg: bool
+# The static argument is a ``_frame.Problem`` whose tiles are the padding steps and whose options
+# hold the ``NativeConfig`` (``"config"``).
+def _pattern_params(prob: _frame.Problem, hq: int, hkv: int, d: int, tab_w: int, bm: int, bn: int,
+                    has_seg: bool):
+  return dict(SCALE=prob.scale, TQ=prob.n_q * prob.block_q, TK=prob.n_kv * prob.block_k,
+              TK_REAL=prob.kv_len, HQ=hq, HKV=hkv, D=d, TAB_W=tab_w, BLOCK_M=bm, BLOCK_N=bn,
+              HAS_SEG=has_seg, Q_OFF=prob.q_offset, KV_OFF=prob.kv_offset)
 
 
-def _pattern_params(cs: _Static, hq: int, hkv: int, d: int, tab_w: int, bm: int, bn: int):
-  sp = cs.spec
-  return dict(SCALE=cs.scale, TQ=cs.tq_pad, TK=cs.tk_pad, TK_REAL=cs.tk, HQ=hq, HKV=hkv, D=d,
-              TAB_W=tab_w, BLOCK_M=bm, BLOCK_N=bn, HAS_SEG=cs.has_seg, Q_OFF=cs.q_offset,
-              KV_OFF=cs.kv_offset, KIND=_KIND[sp.kind], SINK=sp.sink, WINDOW=max(sp.window, 1),
-              PBLOCK=sp.block, LOCAL=max(sp.local_blocks, 1), STRIDE=max(sp.vert_stride, 1))
-
-
-def _table(cs: _Static, bq: int, bk: int, direction: str):
-  t = kernel_tables(cs.spec, cs.tq, cs.tk, bq, bk, cs.q_offset, cs.kv_offset)
+def _table(prob: _frame.Problem, bq: int, bk: int, direction: str):
+  t = kernel_tables(prob.spec, prob.q_len, prob.kv_len, bq, bk, prob.q_offset, prob.kv_offset)
   return np.ascontiguousarray(t.fwd if direction == "fwd" else t.bwd, np.int32)
 
 
-def _segs(cs, qseg, kseg):
-  if cs.has_seg:
+def _segs(qseg, kseg):
+  if qseg is not None:
     return qseg, kseg
   dummy = jnp.zeros((1,), jnp.int32)
   return dummy, dummy
 
 
-def _fwd_call(cs: _Static, q, k, v, qseg, kseg):
+def _fwd(q, k, v, qseg, kseg, prob: _frame.Problem):
+  """Padded-array forward for ``_frame``: (out, lse natural)."""
   B, tq, hq, d = q.shape
   hkv = k.shape[2]
-  c = cs.cfg
-  tab = _table(cs, c.block_q, c.block_k, "fwd")
-  qseg, kseg = _segs(cs, qseg, kseg)
+  c = prob.option("config")
+  fwd_kernel, _, _ = _kernels.kernels_for(prob.spec)
+  tab = _table(prob, c.block_q, c.block_k, "fwd")
+  has_seg = qseg is not None
+  qseg, kseg = _segs(qseg, kseg)
   out, lse = jt.triton_call(
-      q, k, v, qseg, kseg, jnp.asarray(tab), kernel=_kernels._fwd_kernel,
+      q, k, v, qseg, kseg, jnp.asarray(tab), kernel=fwd_kernel,
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                  jax.ShapeDtypeStruct((B, hq, tq), jnp.float32)],
       grid=(tab.shape[0], B * hq), num_warps=c.num_warps, num_stages=c.num_stages,
-      **_pattern_params(cs, hq, hkv, d, tab.shape[1], c.block_q, c.block_k))
+      **_pattern_params(prob, hq, hkv, d, tab.shape[1], c.block_q, c.block_k, has_seg))
   return out, lse
 
 
-def _bwd_call(cs: _Static, q, k, v, qseg, kseg, out, lse, dout, dlse):
+def _bwd(q, k, v, qseg, kseg, out, lse, dout, dlse, prob: _frame.Problem):
+  """dQ and dK/dV kernels (lse in the log2 domain, ``+inf`` on rows that see nothing)."""
   B, tq, hq, d = q.shape
   hkv = k.shape[2]
-  c = cs.cfg
-  delta = jnp.swapaxes(jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), -1), 1, 2)
-  if dlse is not None:
-    delta = delta - dlse.astype(jnp.float32)
-  # log2-domain lse; +inf for rows that see nothing, so that every p of such a row is 0.
-  lse2 = jnp.where(jnp.isneginf(lse), jnp.inf, lse * _LOG2E)
-  qseg, kseg = _segs(cs, qseg, kseg)
-  tab_q = _table(cs, c.block_q_dq, c.block_k_dq, "fwd")
+  c = prob.option("config")
+  _, dq_kernel, dkv_kernel = _kernels.kernels_for(prob.spec)
+  lse_b, delta = _frame.bwd_row_stats(out, lse, dout, dlse)
+  lse2 = lse_b * _LOG2E
+  has_seg = qseg is not None
+  qseg, kseg = _segs(qseg, kseg)
+  tab_q = _table(prob, c.block_q_dq, c.block_k_dq, "fwd")
   dq = jt.triton_call(
-      q, k, v, qseg, kseg, jnp.asarray(tab_q), dout, lse2, delta, kernel=_kernels._dq_kernel,
+      q, k, v, qseg, kseg, jnp.asarray(tab_q), dout, lse2, delta, kernel=dq_kernel,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype), grid=(tab_q.shape[0], B * hq),
       num_warps=c.num_warps_bwd, num_stages=c.num_stages_bwd,
-      **_pattern_params(cs, hq, hkv, d, tab_q.shape[1], c.block_q_dq, c.block_k_dq))
-  tab_k = _table(cs, c.block_q_dkv, c.block_k_dkv, "bwd")
+      **_pattern_params(prob, hq, hkv, d, tab_q.shape[1], c.block_q_dq, c.block_k_dq, has_seg))
+  tab_k = _table(prob, c.block_q_dkv, c.block_k_dkv, "bwd")
   dk, dv = jt.triton_call(
-      q, k, v, qseg, kseg, jnp.asarray(tab_k), dout, lse2, delta, kernel=_kernels._dkv_kernel,
+      q, k, v, qseg, kseg, jnp.asarray(tab_k), dout, lse2, delta, kernel=dkv_kernel,
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       grid=(tab_k.shape[0], B * hkv), num_warps=c.num_warps_bwd, num_stages=c.num_stages_bwd,
-      **_pattern_params(cs, hq, hkv, d, tab_k.shape[1], c.block_q_dkv, c.block_k_dkv))
+      **_pattern_params(prob, hq, hkv, d, tab_k.shape[1], c.block_q_dkv, c.block_k_dkv, has_seg))
   return dq, dk, dv
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _flash(q, k, v, qseg, kseg, cs):
-  return _fwd_call(cs, q, k, v, qseg, kseg)
-
-
-def _flash_fwd(q, k, v, qseg, kseg, cs):
-  # Named residuals (attn_out / attn_lse): a remat policy saving them skips this kernel.
-  out, lse = tag_residuals(*_fwd_call(cs, q, k, v, qseg, kseg))
-  return (out, lse), (q, k, v, qseg, kseg, out, lse)
-
-
-def _flash_bwd(cs, res, cts):
-  q, k, v, qseg, kseg, out, lse = res
-  dout, dlse = cts
-  dq, dk, dv = _bwd_call(cs, q, k, v, qseg, kseg, out, lse, dout, dlse)
-  zero = lambda s: None if s is None else np.zeros(s.shape, jax.dtypes.float0)
-  return dq, dk, dv, zero(qseg), zero(kseg)
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 # ----------------------------------------------------------------------------- public entry
@@ -221,10 +178,7 @@ def why_unsupported(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_o
                     kv_offset: int = 0, return_lse: bool = False, check_platform: bool = True
                     ) -> str | None:
   """``unsupported_reason`` from arrays (or ``jax.ShapeDtypeStruct``); usable inside jit."""
-  del segment_ids, kv_segment_ids, q_offset, kv_offset, return_lse
-  why = _pattern_reason(as_spec(spec))
-  if why:
-    return why
+  del spec, segment_ids, kv_segment_ids, q_offset, kv_offset, return_lse
   if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
     return f"expected q [B,T,Hq,D] and k = v [B,T,Hkv,D], got {q.shape}, {k.shape}, {v.shape}"
   if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
@@ -243,19 +197,9 @@ def registry_supports(platform: str, spec, shapes, dtype) -> str | None:
   """``supports`` for ``pallas_kernels.api.register_backend`` (shapes: ``api.AttentionShapes``)."""
   if platform != "gpu":
     return f"triton_native needs a CUDA GPU (platform is {platform})"
-  why = _pattern_reason(spec)
-  if why:
-    return why
+  del spec
   return unsupported_reason(q_heads=shapes.q_heads, kv_heads=shapes.kv_heads,
                             head_dim=shapes.head_dim, dtype=dtype)
-
-
-def _pad(x, axis, size):
-  if x.shape[axis] == size:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, widths)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "q_offset", "kv_offset", "scale",
@@ -273,27 +217,20 @@ def native_attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_
   problem = why_unsupported(q, k, v, spec)
   if problem:
     raise TritonNativeError(f"triton_native backend: {problem}")
+  try:
+    kv_segment_ids = _frame.check_inputs(q, k, v, segment_ids, kv_segment_ids, q_offset,
+                                         kv_offset, scale)
+  except ValueError as e:
+    raise TritonNativeError(f"triton_native backend: {e}") from None
   cfg = config or DEFAULT_CONFIG
-  B, tq, hq, d = q.shape
-  tk = k.shape[1]
   step_q = max(cfg.block_q, cfg.block_q_dq, cfg.block_q_dkv)
   step_k = max(cfg.block_k, cfg.block_k_dq, cfg.block_k_dkv)
-  tq_pad, tk_pad = -(-tq // step_q) * step_q, -(-tk // step_k) * step_k
-  d_pad = max(16, 1 << (d - 1).bit_length())
-  scale = float(d ** -0.5 if scale is None else scale)
-  cs = _Static(spec, tq, tk, tq_pad, tk_pad, int(q_offset), int(kv_offset), scale, cfg,
-               segment_ids is not None)
-  qp = _pad(_pad(q, 1, tq_pad), 3, d_pad)
-  kp = _pad(_pad(k, 1, tk_pad), 3, d_pad)
-  vp = _pad(_pad(v, 1, tk_pad), 3, d_pad)
-  qseg = kseg = None
-  if segment_ids is not None:
-    kvs = segment_ids if kv_segment_ids is None else kv_segment_ids
-    qseg = _pad(jnp.asarray(segment_ids, jnp.int32), 1, tq_pad)
-    kseg = _pad(jnp.asarray(kvs, jnp.int32), 1, tk_pad)
-  out, lse = _flash(qp, kp, vp, qseg, kseg, cs)
-  out = out[:, :tq, :, :d]
-  return (out, lse[:, :, :tq]) if return_lse else out
+  prob = _frame.make_problem(spec, q, k, q_offset=q_offset, kv_offset=kv_offset, scale=scale,
+                             block_q=step_q, block_k=step_k, options=(("config", cfg),))
+  d = q.shape[3]
+  return _frame.run_padded(_fwd, _bwd, prob, q, k, v, segment_ids, kv_segment_ids, return_lse,
+                           tq_pad=prob.n_q * step_q, tk_pad=prob.n_kv * step_k,
+                           d_pad=max(16, 1 << (d - 1).bit_length()))
 
 
 attention = native_attention

@@ -1,12 +1,24 @@
 """The Triton kernels of the ``triton_native`` backend (host side, checks and entry:
 ``triton_native.py``).
 
-Forward, dQ and dK/dV flash kernels over the ``gpu_tables.kernel_tables`` visit lists; ``_visible``
-spells ``spec.allowed`` for the KIND codes of ``triton_native._KIND``. Defined only when
-``triton`` imports (``triton`` is None otherwise, and ``triton_native.why_unsupported`` says so).
+Forward, dQ and dK/dV flash kernels over the ``gpu_tables.kernel_tables`` visit lists. The token
+predicate is not spelled here: ``kernels_for(spec)`` compiles this module's source once per
+pattern predicate, with ``_visible`` ending in the pattern's own ``visible`` (traced to source by
+``patterns.source.predicate_source``), so any registered pattern runs with no edit to this file.
+Defined only when ``triton`` imports (``triton`` is None otherwise, and
+``triton_native.why_unsupported`` says so).
 """
 
 from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import linecache
+import sys
+import types
+
+from pallas_kernels.patterns.source import predicate_source
 
 try:
   import triton
@@ -19,33 +31,23 @@ except Exception:  # pylint: disable=broad-except
 if triton is not None:
 
   @triton.jit
-  def _visible(qpos, kpos, krel, TK_REAL: tl.constexpr, KIND: tl.constexpr, SINK: tl.constexpr,
-               WINDOW: tl.constexpr, PBLOCK: tl.constexpr, LOCAL: tl.constexpr,
-               STRIDE: tl.constexpr):
-    """spec.allowed on broadcastable absolute positions, plus the ragged KV tail."""
+  def _visible(qpos, kpos, krel, TK_REAL: tl.constexpr):
+    """Causality and the ragged KV tail; ``kernels_for`` appends the pattern's predicate."""
     ok = (kpos <= qpos) & (krel < TK_REAL)
-    if KIND == 1:
-      ok = ok & ((kpos < SINK) | (qpos - kpos < WINDOW))
-    if KIND == 2:
-      qb = qpos // PBLOCK
-      kb = kpos // PBLOCK
-      ok = ok & (((qb - kb) < LOCAL) | ((kb % STRIDE) == 0))
-    return ok
+    return ok  # <pattern predicate>
 
   @triton.jit
   def _fwd_step(q, qs, kt_ptrs, v_ptrs, KSEG, row, it, b, offs_m, offs_n, m_i, l_i, acc, qk_scale,
                 MASKED: tl.constexpr, TK: tl.constexpr, TK_REAL: tl.constexpr,
                 HKV: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
-                HAS_SEG: tl.constexpr, Q_OFF: tl.constexpr, KV_OFF: tl.constexpr,
-                KIND: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr,
-                PBLOCK: tl.constexpr, LOCAL: tl.constexpr, STRIDE: tl.constexpr):
+                HAS_SEG: tl.constexpr, Q_OFF: tl.constexpr, KV_OFF: tl.constexpr):
     """One KV tile of the online softmax."""
     start = tl.load(row + 2 + it) * BLOCK_N
     kt = tl.load(kt_ptrs + start * (HKV * D))
     s = tl.dot(q, kt) * qk_scale
     if MASKED:
       ok = _visible(Q_OFF + offs_m[:, None], KV_OFF + start + offs_n[None, :],
-                    start + offs_n[None, :], TK_REAL, KIND, SINK, WINDOW, PBLOCK, LOCAL, STRIDE)
+                    start + offs_n[None, :], TK_REAL)
       s = tl.where(ok, s, float("-inf"))
     if HAS_SEG:
       ks = tl.load(KSEG + b * TK + start + offs_n)
@@ -67,9 +69,7 @@ if triton is not None:
                   TK: tl.constexpr, TK_REAL: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr,
                   D: tl.constexpr, TAB_W: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, HAS_SEG: tl.constexpr, Q_OFF: tl.constexpr,
-                  KV_OFF: tl.constexpr, KIND: tl.constexpr, SINK: tl.constexpr,
-                  WINDOW: tl.constexpr, PBLOCK: tl.constexpr, LOCAL: tl.constexpr,
-                  STRIDE: tl.constexpr):
+                  KV_OFF: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // HQ).to(tl.int64)
@@ -95,11 +95,11 @@ if triton is not None:
     for it in range(0, n_full):
       m_i, l_i, acc = _fwd_step(q, qs, kt_ptrs, v_ptrs, KSEG, row, it, b, offs_m, offs_n, m_i,
                                 l_i, acc, qk_scale, False, TK, TK_REAL, HKV, D, BLOCK_N, HAS_SEG,
-                                Q_OFF, KV_OFF, KIND, SINK, WINDOW, PBLOCK, LOCAL, STRIDE)
+                                Q_OFF, KV_OFF)
     for it in range(n_full, n_tot):
       m_i, l_i, acc = _fwd_step(q, qs, kt_ptrs, v_ptrs, KSEG, row, it, b, offs_m, offs_n, m_i,
                                 l_i, acc, qk_scale, True, TK, TK_REAL, HKV, D, BLOCK_N, HAS_SEG,
-                                Q_OFF, KV_OFF, KIND, SINK, WINDOW, PBLOCK, LOCAL, STRIDE)
+                                Q_OFF, KV_OFF)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     tl.store(O + b * TQ * HQ * D + h * D + offs_m[:, None] * (HQ * D) + offs_d[None, :],
@@ -111,9 +111,7 @@ if triton is not None:
   def _dq_step(q, do, qs, lse2, delta, kt_ptrs, vt_ptrs, KSEG, row, it, b, offs_m, offs_n, dq,
                qk_scale, MASKED: tl.constexpr, TK: tl.constexpr, TK_REAL: tl.constexpr,
                HKV: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
-               HAS_SEG: tl.constexpr, Q_OFF: tl.constexpr, KV_OFF: tl.constexpr,
-               KIND: tl.constexpr, SINK: tl.constexpr, WINDOW: tl.constexpr,
-               PBLOCK: tl.constexpr, LOCAL: tl.constexpr, STRIDE: tl.constexpr):
+               HAS_SEG: tl.constexpr, Q_OFF: tl.constexpr, KV_OFF: tl.constexpr):
     """One KV tile of dQ = sum_j dS_ij k_j (scale applied by the caller)."""
     start = tl.load(row + 2 + it) * BLOCK_N
     kt = tl.load(kt_ptrs + start * (HKV * D))
@@ -121,7 +119,7 @@ if triton is not None:
     p = tl.exp2(tl.dot(q, kt) * qk_scale - lse2[:, None])
     if MASKED:
       ok = _visible(Q_OFF + offs_m[:, None], KV_OFF + start + offs_n[None, :],
-                    start + offs_n[None, :], TK_REAL, KIND, SINK, WINDOW, PBLOCK, LOCAL, STRIDE)
+                    start + offs_n[None, :], TK_REAL)
       p = tl.where(ok, p, 0.0)
     if HAS_SEG:
       ks = tl.load(KSEG + b * TK + start + offs_n)
@@ -135,9 +133,7 @@ if triton is not None:
                  TQ: tl.constexpr, TK: tl.constexpr, TK_REAL: tl.constexpr, HQ: tl.constexpr,
                  HKV: tl.constexpr, D: tl.constexpr, TAB_W: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, HAS_SEG: tl.constexpr, Q_OFF: tl.constexpr,
-                 KV_OFF: tl.constexpr, KIND: tl.constexpr, SINK: tl.constexpr,
-                 WINDOW: tl.constexpr, PBLOCK: tl.constexpr, LOCAL: tl.constexpr,
-                 STRIDE: tl.constexpr):
+                 KV_OFF: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // HQ).to(tl.int64)
@@ -164,12 +160,10 @@ if triton is not None:
     dq = tl.zeros([BLOCK_M, D], tl.float32)
     for it in range(0, n_full):
       dq = _dq_step(q, do, qs, lse2, delta, kt_ptrs, vt_ptrs, KSEG, row, it, b, offs_m, offs_n,
-                    dq, qk_scale, False, TK, TK_REAL, HKV, D, BLOCK_N, HAS_SEG, Q_OFF, KV_OFF,
-                    KIND, SINK, WINDOW, PBLOCK, LOCAL, STRIDE)
+                    dq, qk_scale, False, TK, TK_REAL, HKV, D, BLOCK_N, HAS_SEG, Q_OFF, KV_OFF)
     for it in range(n_full, n_tot):
       dq = _dq_step(q, do, qs, lse2, delta, kt_ptrs, vt_ptrs, KSEG, row, it, b, offs_m, offs_n,
-                    dq, qk_scale, True, TK, TK_REAL, HKV, D, BLOCK_N, HAS_SEG, Q_OFF, KV_OFF,
-                    KIND, SINK, WINDOW, PBLOCK, LOCAL, STRIDE)
+                    dq, qk_scale, True, TK, TK_REAL, HKV, D, BLOCK_N, HAS_SEG, Q_OFF, KV_OFF)
     tl.store(DQ + q_off, (dq * SCALE).to(DQ.dtype.element_ty))
 
   @triton.jit
@@ -177,9 +171,7 @@ if triton is not None:
                 offs_n, offs_d, dk, dv, qk_scale, MASKED: tl.constexpr, TQ: tl.constexpr,
                 TK_REAL: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr,
                 BLOCK_M: tl.constexpr, HAS_SEG: tl.constexpr, Q_OFF: tl.constexpr,
-                KV_OFF: tl.constexpr, KIND: tl.constexpr, SINK: tl.constexpr,
-                WINDOW: tl.constexpr, PBLOCK: tl.constexpr, LOCAL: tl.constexpr,
-                STRIDE: tl.constexpr):
+                KV_OFF: tl.constexpr):
     """One query tile of dK, dV for this KV block (transposed scores [BLOCK_N, BLOCK_M])."""
     offs_m = tl.load(row + 2 + it) * BLOCK_M + offs_m0
     qt_off = q_base + offs_d[:, None] + offs_m[None, :] * (HQ * D)
@@ -189,8 +181,7 @@ if triton is not None:
     delta = tl.load(DELTA + st_base + offs_m)
     pt = tl.exp2(tl.dot(k, qt) * qk_scale - lse2[None, :])
     if MASKED:
-      ok = _visible(Q_OFF + offs_m[None, :], KV_OFF + offs_n[:, None], offs_n[:, None], TK_REAL,
-                    KIND, SINK, WINDOW, PBLOCK, LOCAL, STRIDE)
+      ok = _visible(Q_OFF + offs_m[None, :], KV_OFF + offs_n[:, None], offs_n[:, None], TK_REAL)
       pt = tl.where(ok, pt, 0.0)
     if HAS_SEG:
       qs = tl.load(QSEG + b * TQ + offs_m)
@@ -205,9 +196,7 @@ if triton is not None:
                   TQ: tl.constexpr, TK: tl.constexpr, TK_REAL: tl.constexpr, HQ: tl.constexpr,
                   HKV: tl.constexpr, D: tl.constexpr, TAB_W: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, HAS_SEG: tl.constexpr, Q_OFF: tl.constexpr,
-                  KV_OFF: tl.constexpr, KIND: tl.constexpr, SINK: tl.constexpr,
-                  WINDOW: tl.constexpr, PBLOCK: tl.constexpr, LOCAL: tl.constexpr,
-                  STRIDE: tl.constexpr):
+                  KV_OFF: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // HKV).to(tl.int64)
@@ -235,12 +224,42 @@ if triton is not None:
       for it in range(0, n_full):
         dk, dv = _dkv_step(Q, DO, LSE2, DELTA, QSEG, k, v, ks, row, it, b, q_base, st_base,
                            offs_m0, offs_n, offs_d, dk, dv, qk_scale, False, TQ, TK_REAL, HQ, D,
-                           BLOCK_M, HAS_SEG, Q_OFF, KV_OFF, KIND, SINK, WINDOW, PBLOCK, LOCAL,
-                           STRIDE)
+                           BLOCK_M, HAS_SEG, Q_OFF, KV_OFF)
       for it in range(n_full, n_tot):
         dk, dv = _dkv_step(Q, DO, LSE2, DELTA, QSEG, k, v, ks, row, it, b, q_base, st_base,
                            offs_m0, offs_n, offs_d, dk, dv, qk_scale, True, TQ, TK_REAL, HQ, D,
-                           BLOCK_M, HAS_SEG, Q_OFF, KV_OFF, KIND, SINK, WINDOW, PBLOCK, LOCAL,
-                           STRIDE)
+                           BLOCK_M, HAS_SEG, Q_OFF, KV_OFF)
     tl.store(DK + kv_off, (dk * SCALE).to(DK.dtype.element_ty))
     tl.store(DV + kv_off, dv.to(DV.dtype.element_ty))
+
+
+_MARK = "    return ok  # <pattern " + "predicate>"  # split: this line must not match itself
+
+
+def kernel_source(predicate: str) -> str:
+  """This module's source with ``_visible`` ending in ``ok & (predicate)``."""
+  src = inspect.getsource(sys.modules[__name__])
+  if src.count(_MARK) != 1:
+    raise RuntimeError("triton_native_kernels: the pattern predicate marker is missing")
+  return src if predicate == "True" else src.replace(_MARK, f"    return ok & ({predicate})")
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels_for_predicate(predicate: str):
+  src = kernel_source(predicate)
+  digest = hashlib.sha1(predicate.encode()).hexdigest()[:12]
+  filename = f"<triton_native kernels {digest}: {predicate}>"
+  # Triton reads a kernel's source through inspect / linecache: register the generated text.
+  linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+  module = types.ModuleType(f"{__name__}_{digest}")
+  module.__file__ = filename
+  sys.modules[module.__name__] = module
+  exec(compile(src, filename, "exec"), module.__dict__)  # pylint: disable=exec-used
+  return module._fwd_kernel, module._dq_kernel, module._dkv_kernel  # pylint: disable=protected-access
+
+
+def kernels_for(spec):
+  """(forward, dQ, dK/dV) Triton kernels masking partial tiles with ``spec``'s predicate."""
+  if triton is None:
+    raise RuntimeError("triton_native needs triton (pip install triton)")
+  return _kernels_for_predicate(predicate_source(spec, "qpos", "kpos"))

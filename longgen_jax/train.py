@@ -55,6 +55,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from longgen_jax import ckpt
 from longgen_jax import cli_errors
 from longgen_jax import data as data_lib
 from longgen_jax import parallel
@@ -132,32 +133,23 @@ def init_rest(model_cfg: ModelConfig, abstract_rest: Any):
 def load_init_from(path: str, model_cfg: ModelConfig, abstract: dict[str, Any]) -> Any:
   """Parameters from ``config.init_from`` (resume order, step 2), placed like ``abstract``.
 
-  An orbax checkpoint of this trainer is restored (params only, checksum-verified). A directory
-  with ``config.json`` (Hugging Face) or ``longgen_checkpoint.json`` goes through
+  ``longgen_jax.ckpt`` decides what ``path`` is. An orbax checkpoint of this trainer is restored
+  (params only, checksum-verified). A directory with ``config.json`` (Hugging Face) or
+  ``longgen_checkpoint.json`` goes through
   ``longgen_jax.hf.import_hf.load_for_training(path, model_cfg, sharding_fn=...)``: each tensor
   is read straight into its shards (the train state's sharding of that parameter, one layer of it
   for a scanned stack), so no device or host ever holds the whole model.
   """
   path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(path):
-    raise ConfigError(f"init_from={path!r} does not exist")
   try:
-    directory, step = ckpt_lib.latest_step_dir(path)
-  except ckpt_lib.CheckpointError:
-    directory = None
-  if directory is not None:
-    reader = ckpt_lib.Checkpointer(directory, read_only=True)
-    try:
-      state, _ = reader.restore(step, abstract, params_only=True)
-    finally:
-      reader.close()
-    note(f"init_from: parameters of step {step} in {directory}")
-    return state["params"]
-  if not any(os.path.isfile(os.path.join(path, f))
-             for f in ("config.json", "longgen_checkpoint.json")):
-    raise ConfigError(f"init_from={path!r} is neither a trainer checkpoint (WORKDIR, "
-                      "WORKDIR/checkpoints or a step dir) nor a Hugging Face directory "
-                      "(config.json) nor an imported checkpoint (longgen_checkpoint.json)")
+    kind = ckpt.kind_of(path, what="init_from")
+    if kind == ckpt.TRAINER:
+      run = ckpt.restore_run(path, abstract["params"], what="init_from")
+  except ckpt.CheckpointReadError as e:
+    raise ConfigError(str(e)) from None
+  if kind == ckpt.TRAINER:
+    note(f"init_from: parameters of step {run.step} in {run.directory}")
+    return run.params
   try:
     from longgen_jax.hf import import_hf  # pylint: disable=import-outside-toplevel
     from longgen_jax.hf import shardings as hf_shardings  # pylint: disable=import-outside-toplevel

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
+from longgen_jax import ckpt
 from longgen_jax.hf import checkpoint as ckpt_lib
 from longgen_jax.hf.errors import HFConversionError
 from longgen_jax.hf.names import TensorPlan, get_path, tensor_plan, to_hf
@@ -123,11 +124,12 @@ def export_checkpoint(checkpoint: str, out_dir: str, *, target: str = "auto",
   kwargs = dict(target=target, dtype=dtype, max_shard_bytes=max_shard_bytes, overwrite=overwrite)
   if os.path.realpath(out_dir) == os.path.realpath(checkpoint):
     raise HFConversionError(f"--out {out_dir} is the checkpoint itself; choose another directory")
-  if not ckpt_lib.is_checkpoint(checkpoint):
-    from longgen_jax.hf import run_checkpoint
-    if not run_checkpoint.is_run_checkpoint(checkpoint):
-      raise HFConversionError(f"{checkpoint} is neither an imported checkpoint "
-                              f"({ckpt_lib.META_FILE}) nor a trainer workdir / checkpoint step")
+  try:
+    kind = ckpt.require_kind(checkpoint, (ckpt.CONVERTED, ckpt.TRAINER), what="checkpoint")
+  except ckpt.CheckpointReadError as e:
+    raise HFConversionError(str(e)) from None
+  if kind == ckpt.TRAINER:
+    from longgen_jax.hf import run_checkpoint  # pylint: disable=import-outside-toplevel
     params, cfg, info = run_checkpoint.load_run(checkpoint)
     return export_params(params, cfg, out_dir, source_hf=info["hf_config"],
                          generation_config=info["generation_config"],

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from longgen_jax import ckpt
 from longgen_jax.hf import checkpoint as ckpt_lib
 from longgen_jax.hf.errors import HFConversionError
 from longgen_jax.hf.hf_config import (check_compatible, model_config_from_hf, read_hf_config)
@@ -244,19 +245,10 @@ def load_for_training(path: str, model_cfg: ModelConfig, *, sharding_fn: Shardin
   array in ``model_cfg.param_dtype`` placed by ``sharding_fn`` (default one device); turn it into
   a model with ``longgen_jax.model.from_canonical`` / ``load_canonical``.
   """
-  if ckpt_lib.is_checkpoint(path):
-    params, stored = ckpt_lib.restore_params(path, sharding_fn=sharding_fn,
-                                             dtype=model_cfg.param_dtype)
-    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                 "ffn_dim", "tie_embeddings"):
-      if getattr(stored, name) != getattr(model_cfg, name):
-        raise HFConversionError(f"model config {name}={getattr(model_cfg, name)} does not match "
-                                f"the checkpoint {path} ({name}={getattr(stored, name)})")
-    return params
-  if not os.path.exists(os.path.join(path, "config.json")):
-    raise HFConversionError(f"init_from {path} is neither an HF model directory (config.json) nor "
-                            f"a longgen checkpoint ({ckpt_lib.META_FILE})")
-  params, _ = import_params(path, model_cfg, sharding_fn=sharding_fn)
+  try:
+    params, _ = ckpt.read_converted(path, model_cfg, sharding_fn=sharding_fn, what="init_from")
+  except ckpt.CheckpointReadError as e:
+    raise HFConversionError(str(e)) from None
   return params
 
 

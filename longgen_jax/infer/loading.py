@@ -3,15 +3,15 @@
 Accepted ``--checkpoint`` values:
 
 * a trainer run: ``WORKDIR``, ``WORKDIR/checkpoints`` (newest step) or ``WORKDIR/checkpoints/<step>``
-  (restored with the trainer's own ``training.checkpoint.Checkpointer``, checksums verified; the
-  model config and tokenizer come from the config saved in the step);
+  (checksums verified; the model config and tokenizer come from the config saved in the step);
 * a converted checkpoint of ``longgen_jax.hf.import_hf`` (a directory with
   ``longgen_checkpoint.json``), or a Hugging Face model directory (``config.json``);
 * ``random:<preset>[:<seed>]`` (``tiny``, ``llama2_7b``, ...): random weights, for smoke tests and
   benchmarks (the vocabulary is widened to fit the tokenizer when the preset's is smaller).
 
-The trainer and HF modules are imported only on their branch (the trainer's needs grain and
-ml_collections, which a serving machine may not have).
+Which kind a path is, and reading it, is ``longgen_jax.ckpt``'s (one reader for train, infer and
+hf); it imports orbax and the HF modules only on their branch and needs neither grain nor
+ml_collections, which a serving machine may not have.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import dataclasses
 import os
 from typing import Any
 
+from longgen_jax import ckpt
 from longgen_jax.infer.errors import InferError
 from longgen_jax.model.config import ModelConfig
 
@@ -68,50 +69,25 @@ def load_random(text: str, tokenizer: str | None = None) -> LoadedModel:
 
 def load_trainer(path: str, tokenizer: str | None = None) -> LoadedModel:
   """A trainer workdir / checkpoints dir / step dir."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from longgen_jax.model.llama import Llama  # pylint: disable=import-outside-toplevel
-  from longgen_jax.model.params import to_canonical  # pylint: disable=import-outside-toplevel
-  from longgen_jax.training import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   try:
-    directory, step = ckpt_lib.latest_step_dir(path)
-  except ckpt_lib.CheckpointError as e:
-    raise InferError(str(e).replace("init_from=", "--checkpoint=")) from None
-  reader = ckpt_lib.Checkpointer(directory, read_only=True)
-  try:
-    config = reader.manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))["config"]
-    try:
-      cfg = ModelConfig.from_dict(config["model"])
-    except (KeyError, TypeError, ValueError) as e:
-      raise InferError(f"{directory}/{step}: saved config has no usable model section ({e})"
-                       ) from None
-    graphdef, abstract, rest = nnx.split(nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0))),
-                                         nnx.Param, ...)
-    try:
-      state, _ = reader.restore(step, {"params": ckpt_lib.abstract_like(abstract)},
-                                params_only=True)
-    except Exception as e:  # noqa: BLE001 -- any restore failure is one line for the user
-      msg = str(e).splitlines()[0] if str(e) else ""
-      raise InferError(f"cannot restore the parameters of {directory}/{step}: "
-                       f"{type(e).__name__}: {msg}"[:400]) from None
-  finally:
-    reader.close()
-  params = to_canonical(nnx.merge(graphdef, state["params"], rest))
-  data = config.get("data") or {}
+    run = ckpt.restore_run(path, what="--checkpoint")
+    cfg = run.cfg
+  except ckpt.CheckpointReadError as e:
+    raise InferError(str(e)) from None
+  data = run.config.get("data") or {}
   tok = _tokenizer(tokenizer or data.get("tokenizer") or "byte")
   add_bos = bool(data.get("add_bos", True)) and tok.bos_id is not None
-  return LoadedModel(cfg, params, tok, add_bos, f"trainer checkpoint step {step} in {directory}")
+  return LoadedModel(cfg, run.params, tok, add_bos,
+                     f"trainer checkpoint step {run.step} in {run.directory}")
 
 
 def load_converted(path: str, tokenizer: str | None = None) -> LoadedModel:
   """A ``longgen_checkpoint.json`` directory or a Hugging Face model directory."""
-  from longgen_jax.hf import checkpoint as hf_ckpt  # pylint: disable=import-outside-toplevel
   from longgen_jax.hf import import_hf  # pylint: disable=import-outside-toplevel
-  if hf_ckpt.is_checkpoint(path):
-    params, cfg = hf_ckpt.restore_params(path)
-  else:
-    params, cfg = import_hf.import_params(path)
+  try:
+    params, cfg = ckpt.read_converted(path, what="--checkpoint")
+  except ckpt.CheckpointReadError as e:
+    raise InferError(str(e)) from None
   tok_dir = tokenizer or import_hf.tokenizer_dir(path)
   tok = _tokenizer(tok_dir or "byte")
   used = (f"tokenizer {tok_dir}" if tok_dir else "no tokenizer files there: using the byte "
@@ -127,21 +103,9 @@ def load_model(checkpoint: str, *, tokenizer: str | None = None) -> LoadedModel:
                      "random:<preset>)")
   if checkpoint.startswith("random:"):
     return load_random(checkpoint, tokenizer)
+  try:
+    kind = ckpt.kind_of(checkpoint, what="--checkpoint")
+  except ckpt.CheckpointReadError as e:
+    raise InferError(str(e)) from None
   path = os.path.abspath(os.path.expanduser(checkpoint))
-  if not os.path.exists(path):
-    raise InferError(f"--checkpoint={checkpoint!r} does not exist")
-  if os.path.isfile(os.path.join(path, "longgen_checkpoint.json")):
-    return load_converted(path, tokenizer)
-  if _is_trainer_dir(path) or not os.path.isfile(os.path.join(path, "config.json")):
-    return load_trainer(path, tokenizer)
-  return load_converted(path, tokenizer)
-
-
-def _is_trainer_dir(path: str) -> bool:
-  """A trainer WORKDIR (has checkpoints/), checkpoints dir or step dir (numeric subdirs/name)."""
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return True
-  if os.path.basename(path).isdigit():
-    return True
-  return any(n.isdigit() for n in os.listdir(path))
-
+  return (load_trainer if kind == ckpt.TRAINER else load_converted)(path, tokenizer)

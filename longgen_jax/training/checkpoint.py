@@ -27,6 +27,9 @@ newest step fails to restore or to verify, says so, moves it to ``WORKDIR/checkp
 and tries the previous step. A step that is intact but saved for a different model, optimizer or
 data pipeline (shapes in ``meta`` differ, or the iterator rejects its state) is NOT corruption:
 restoring stops with ``CheckpointMismatchError`` and nothing is moved.
+
+grain is imported by ``save`` only (its orbax handler writes ``data/``; restoring reads that JSON
+directly), so reading a run's parameters (``longgen_jax.ckpt``) works without grain.
 """
 
 from __future__ import annotations
@@ -39,8 +42,6 @@ import shutil
 import time
 from typing import Any
 
-import grain
-import grain.checkpoint  # noqa: F401  (registers grain's orbax handler for CheckpointSave/Restore)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -201,6 +202,8 @@ class Checkpointer:
       raise self._save_error(step, e) from e
 
   def _save(self, step, state, data_iter, config_json, meta) -> None:
+    # grain's orbax handler for data/ (registered on import); restoring does not need it.
+    import grain.checkpoint  # pylint: disable=import-outside-toplevel
     items = ("params", "opt_state")
     meta = dict(meta, step=int(step), saved_at=time.time(),
                 shapes={k: tree_shapes(state[k]) for k in items},
@@ -361,22 +364,6 @@ class Checkpointer:
       shutil.move(src, dst)
       _log.warning("moved unusable checkpoint %s to %s", src, dst)
     self.manager.reload()
-
-
-def latest_step_dir(path: str) -> tuple[str, int]:
-  """For ``init_from``: resolves a checkpoints dir, a workdir or a step dir to (checkpoints, step)."""
-  path = os.path.abspath(path)
-  for candidate in (path, os.path.join(path, "checkpoints")):
-    if os.path.isdir(candidate):
-      steps = sorted(int(n) for n in os.listdir(candidate) if n.isdigit()
-                     and os.path.isdir(os.path.join(candidate, n)))
-      if steps:
-        return candidate, steps[-1]
-  base = os.path.basename(path)
-  if base.isdigit() and os.path.isdir(path):
-    return os.path.dirname(path), int(base)
-  raise CheckpointError(f"init_from={path!r} holds no orbax checkpoint step "
-                        "(expected WORKDIR, WORKDIR/checkpoints or WORKDIR/checkpoints/<step>)")
 
 
 def abstract_like(tree: Any, shardings: Any = None) -> Any:

@@ -42,6 +42,9 @@ CASES = [
     dict(spec=AttentionSpec.sink_window(100, 128, 64), T=1000, D=64),      # ragged, small head
     dict(spec=AttentionSpec.full(), T=512, Tk=384, q_offset=384, kv_offset=128),
     dict(spec=AttentionSpec.sink_window(64, 256), seg=True),
+    # The fourth pattern: its Triton predicate is generated from patterns/chunked.py alone.
+    dict(spec=AttentionSpec.chunked(256), T=1000),
+    dict(spec=AttentionSpec.chunked(256), seg=True),
 ]
 
 

@@ -1,37 +1,52 @@
-"""Attention kernels on one GPU: LongGen's sparse patterns against cuDNN and FlexAttention.
+"""Attention kernels on one GPU: LongGen's sparse patterns against cuDNN, FlexAttention and FA4.
 
-Run from the repository root on the device machine (one H100, about 8 minutes):
+Run from the repository root on the device machine (one H200; see docs/benchmarks.md for the
+FlashAttention-4 packages, which ``../shared/tools/fa4_carry.sh`` brings there):
 
-  python3 benchmarks/attention.py --out $OUT/attention.json          # full table
-  python3 benchmarks/attention.py --quick --out $OUT/quick.json      # 16K only, fewer repetitions
-  python3 benchmarks/attention.py --no-jax --out $OUT/flex.json      # torch FlexAttention rows only
+  python3 benchmarks/attention.py --lengths 65536 --out $OUT/attention_64k.json
+  python3 benchmarks/attention.py --lengths 131072 --out $OUT/attention_128k.json
+  python3 benchmarks/attention.py --quick --out $OUT/quick.json      # 16K only, MHA only
+  python3 benchmarks/attention.py --no-jax --out $OUT/flex.json      # torch rows only
 
-Rows (B=1, H=32, D=128, bf16; GQA 32/8 at ``--gqa-lengths``):
-  sink_window  sink 64 + window 4096: pallas_gpu, xla, cudnn (cuDNN window + dense sinks merged
-               by lse), triton_native (jax-triton), auto (api dispatch), flex (torch).
+Each length takes a few minutes (``--budget-s`` caps a run; later cells are skipped with a note).
+
+Rows (B=1, H=32 query heads, D=128, bf16; every length at MHA 32/32 and GQA 32/8, ``--kv-heads``):
+  sink_window  sink 64 + window 4096: ours (auto, pallas_gpu, split_gpu, cudnn, triton_native,
+               xla), flex (Triton), flex_fa4 (FLASH backend = FlashAttention-4).
   strided      block 128, local 16 blocks, every 64th block: kv_budget(128K) = (16 + 16) * 128 =
-               4096 tokens, the sink_window budget (4160) within 2%: pallas_gpu, xla,
-               triton_native, auto, flex.
-  full         causal: cudnn (ours, fp32 lse), cudnn_jax (jax.nn.dot_product_attention), auto,
-               flex.
+               4096 tokens, the sink_window budget (4160) within 2%: ours (auto, pallas_gpu,
+               triton_native, xla), flex, flex_fa4.
+  full         causal: ours (auto, cudnn, pallas_gpu, triton_native), cudnn_jax
+               (jax.nn.dot_product_attention), flex, flex_fa4.
   window       window 4096 without sinks: cudnn_jax (public API, local_window_size=(4095, 0),
-               is_causal=True) - the lower bound for the cudnn sink_window row.
+               is_causal=True): the "sinks for free" bound for the sink_window rows.
+
+Timing, the same on both sides (``benchmarks/bench_timing.py``): a compile / warm-up call, then 5
+loops of back-to-back calls with one synchronisation per loop; the cell is the median over loops
+of the per-call time. Cross-check columns: ``ms_sync_each`` (median of individually synchronised
+calls, the old harness's method) on both sides and ``ms_do_bench`` (``triton.testing.do_bench``
+median) on the torch side. Before the first cell of a (length, heads) block the GPU runs that
+block's first call back to back for ~1 s (clocks up; not recorded).
 
 Convention: useful FLOPs count only visible (q, k) pairs, ``spec.visible_pairs(L)``: forward
 = 4 * pairs * D * H * B, forward+backward = 3.5 x forward (backward = 2.5 x forward, the usual
 flash-attention convention), the same for every kernel. TFLOP/s = useful FLOPs / median time.
-JAX cells: one compile per (row, shape, mode), a warm-up call, then the median over repetitions of
-individually synchronised calls (host clock around ``block_until_ready``; kernels here take
-milliseconds, dispatch is ~0.1 ms). fwd+bwd = ``jax.vjp`` forward plus the cotangent pass in one
-jit. Torch cells: ``triton.testing.do_bench`` median, ``torch.compile(flex_attention,
-dynamic=True)`` (one compile per mode for all lengths; ``--flex-static`` recompiles per length),
-one parametrised mask_mod (no recompile per pattern), the ``BlockMask`` built from our analytic
-block tables with ``BlockMask.from_kv_blocks`` (``benchmarks/flex_masks.py``; ``--flex-mask create``
-uses ``create_block_mask(_compile=True)``), 128 blocks. JAX and torch each run in their own subprocess, JAX first (each gets the whole GPU;
-the parent kills a worker that outlives its deadline). Every cell is isolated: an error, OOM or
-unsupported combination becomes a row with ``status`` and ``note``. Cells past the time budget
-are skipped with a note. ``err`` = relative L2 error of the forward output against
-the first successful row of the same pattern, shape and mode (fwd+bwd: the worst of dq, dk, dv).
+fwd+bwd = forward plus the cotangent pass (``jax.vjp`` in one jit; ``torch.autograd.grad``).
+
+FlexAttention is run the way its users run it (``benchmarks/attention_flex.py``): one
+``mask_mod`` per pattern with the spec's numbers as Python ints (``flex_masks.mask_mod_for``),
+``torch.compile(flex_attention, dynamic=False)``, and the ``BlockMask`` from our analytic tables
+(``BlockMask.from_kv_blocks``, checked equal to ``create_block_mask`` in
+``tests/test_flex_block_mask.py``; ``--flex-mask create`` uses ``create_block_mask``), 128-token
+blocks. ``flex_fa4`` adds ``kernel_options={"BACKEND": "FLASH"}`` when ``flash_attn.cute``
+imports (else the rows say why); its outputs (fwd: out; fwd+bwd: dq, dk, dv) are checked against
+the Triton flex outputs of the same cell (``err``).
+
+JAX and torch each run in their own subprocess, JAX first (each gets the whole GPU; the parent
+kills a worker that outlives its deadline). Every cell is isolated: an error, OOM or unsupported
+combination becomes a row with ``status`` and ``note``. ``err`` on JAX rows = relative L2 error of
+the output against the first successful row of the same pattern, heads and mode (fwd+bwd: the
+worst of dq, dk, dv).
 """
 
 from __future__ import annotations
@@ -40,7 +55,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -49,6 +63,7 @@ import traceback
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import bench_timing as timing  # pylint: disable=wrong-import-position
 from pallas_kernels.spec import AttentionSpec  # pylint: disable=wrong-import-position
 
 SPECS = {
@@ -57,17 +72,15 @@ SPECS = {
     "full": AttentionSpec.full(),
     "window": AttentionSpec.sink_window(0, 4096),
 }
-# (pattern, implementation) in the order they run at each length.
+# (pattern, implementation) in the order they run at each (length, heads).
 JAX_ROWS = [
-    ("sink_window", "pallas_gpu"), ("sink_window", "cudnn"), ("sink_window", "triton_native"),
-    ("strided", "pallas_gpu"), ("strided", "triton_native"),
-    ("full", "cudnn"), ("full", "cudnn_jax"), ("window", "cudnn_jax"),
-    ("sink_window", "auto"), ("strided", "auto"), ("full", "auto"),
+    ("sink_window", "auto"), ("sink_window", "pallas_gpu"), ("sink_window", "split_gpu"),
+    ("sink_window", "cudnn"), ("sink_window", "triton_native"),
+    ("strided", "auto"), ("strided", "pallas_gpu"), ("strided", "triton_native"),
+    ("full", "auto"), ("full", "cudnn"), ("full", "cudnn_jax"), ("full", "pallas_gpu"),
+    ("full", "triton_native"), ("window", "cudnn_jax"),
     ("sink_window", "xla"), ("strided", "xla"),
 ]
-GQA_ROWS = [("sink_window", "pallas_gpu"), ("sink_window", "cudnn"),
-            ("sink_window", "triton_native"), ("strided", "pallas_gpu"),
-            ("strided", "triton_native"), ("full", "cudnn"), ("full", "cudnn_jax")]
 FLEX_PATTERNS = ("sink_window", "strided", "full")
 H, D, B = 32, 128, 1
 
@@ -155,23 +168,6 @@ def _rel_err(a, b) -> float:
   return float(jnp.linalg.norm((a - b).ravel()) / jnp.linalg.norm(b.ravel()))
 
 
-def _time_jax(fn, args, reps: int, max_s: float):
-  import jax  # pylint: disable=g-import-not-at-top
-  t0 = time.perf_counter()
-  out = jax.block_until_ready(fn(*args))
-  compile_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  first = time.perf_counter() - t0
-  n = max(3, min(reps, int(max_s / max(first, 1e-4))))
-  times = []
-  for _ in range(n):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return out, statistics.median(times) * 1e3, compile_s, n
-
-
 def run_jax(args, rows_out: list, deadline: float):
   """JAX rows, in order, until ``deadline`` (epoch seconds); prints ROW lines."""
   import logging  # pylint: disable=g-import-not-at-top
@@ -198,14 +194,12 @@ def run_jax(args, rows_out: list, deadline: float):
     _print_row(r)
 
   for L in sorted(set(args.lengths) | set(args.sweep_lengths)):
-    configs = [(H, H, JAX_ROWS)] if L in args.lengths else []
+    configs = [(H, hkv, JAX_ROWS) for hkv in args.kv_heads] if L in args.lengths else []
     if L in args.sweep_lengths:
-      base = [] if configs else [("sink_window", "pallas_gpu"), ("sink_window", "triton_native"),
-                                 ("strided", "pallas_gpu"), ("strided", "triton_native")]
-      configs = [(H, H, base + [(pat, "triton_native@" + v) for pat in ("sink_window", "strided")
-                                for v in args.sweep])] + configs
-    if L in args.gqa_lengths:
-      configs.append((H, 8, GQA_ROWS))
+      configs.append((H, H, [("sink_window", "pallas_gpu"), ("sink_window", "triton_native"),
+                             ("strided", "pallas_gpu"), ("strided", "triton_native")]
+                      + [(pat, "triton_native@" + v) for pat in ("sink_window", "strided")
+                         for v in args.sweep]))
     for hq, hkv, table in configs:
       print(f"== JAX L={L} heads {hq}/{hkv}", flush=True)
       keys = jax.random.split(jax.random.PRNGKey(L + hkv), 4)
@@ -213,9 +207,10 @@ def run_jax(args, rows_out: list, deadline: float):
       k = jax.random.normal(keys[1], (B, L, hkv, D), jnp.bfloat16)
       v = jax.random.normal(keys[2], (B, L, hkv, D), jnp.bfloat16)
       do = jax.random.normal(keys[3], (B, L, hq, D), jnp.bfloat16)
-      first_out: dict[str, object] = {}
+      first_out: dict[tuple, object] = {}
+      warmed = False
       for pattern, impl in table:
-        if impl in args.skip:
+        if impl in args.skip or impl.split("@")[0] in args.skip:
           continue
         try:
           fn, how = _jax_impl(pattern, impl, log_records)
@@ -226,7 +221,7 @@ def run_jax(args, rows_out: list, deadline: float):
         fwd = jax.jit(fn)
 
         def fb(q, k, v, do, fn=fn):
-          out, vjp = jax.vjp(fn, q, k, v)
+          _, vjp = jax.vjp(fn, q, k, v)
           return vjp(do)
 
         for mode, f, fargs in (("fwd", fwd, (q, k, v)), ("fwdbwd", jax.jit(fb), (q, k, v, do))):
@@ -234,12 +229,20 @@ def run_jax(args, rows_out: list, deadline: float):
             emit(_row(pattern, impl, hq, hkv, L, mode, status="skipped", note="time budget"))
             continue
           n_logs = len(log_records)
+          call = lambda f=f, fargs=fargs: f(*fargs)  # noqa: E731
           try:
-            out, ms, cs, n = _time_jax(f, fargs, args.reps, args.max_cell_s)
-            note = "; ".join(x for x in [how, f"n={n}"] + log_records[n_logs:] if x)
+            warm = None
+            if not warmed:   # clocks up before the first recorded cell of the block
+              warm = timing.time_cell(call, jax.block_until_ready, loops=1, target_s=1.0)
+              warmed = True
+            t = timing.time_cell(call, jax.block_until_ready, loops=args.loops,
+                                 target_s=args.loop_s)
+            t.compile_s = (warm or t).compile_s
+            sync_each = timing.time_sync_each(call, jax.block_until_ready, args.reps)
+            note = "; ".join(x for x in [how, f"n={t.n}"] + log_records[n_logs:] if x)
             if impl == "auto":
               note = f"auto -> {_auto_choice(pattern, q, k)}; " + note
-            outs = (out,) if mode == "fwd" else tuple(out)
+            outs = (t.output,) if mode == "fwd" else tuple(t.output)
             key = (pattern, mode)
             err = None
             if key in first_out:
@@ -247,9 +250,10 @@ def run_jax(args, rows_out: list, deadline: float):
             else:
               first_out[key] = outs
               note += f"; err reference for {pattern} {mode}"
-            emit(_row(pattern, impl, hq, hkv, L, mode, ms=ms, compile_s=round(cs, 2), err=err,
-                      note=note.strip("; ")))
-            del out
+            emit(_row(pattern, impl, hq, hkv, L, mode, ms=t.ms, compile_s=round(t.compile_s, 2),
+                      err=err, loop_ms=[round(x, 4) for x in t.loop_ms],
+                      ms_sync_each=round(sync_each, 4), note=note.strip("; ")))
+            del t, outs
           except Exception as e:  # pylint: disable=broad-except
             emit(_row(pattern, impl, hq, hkv, L, mode, status="error", note=_short(e)))
             if args.verbose:
@@ -258,68 +262,7 @@ def run_jax(args, rows_out: list, deadline: float):
 
 
 # ----------------------------------------------------------------------------- torch side
-def flex_worker(args):
-  """Runs in a subprocess: FlexAttention rows as JSON lines on stdout (prefix 'ROW ')."""
-  import torch  # pylint: disable=g-import-not-at-top
-  import triton  # pylint: disable=g-import-not-at-top
-  from torch.nn.attention import flex_attention as fa  # pylint: disable=g-import-not-at-top
-  from benchmarks import flex_masks  # pylint: disable=g-import-not-at-top
-  torch._dynamo.config.cache_size_limit = 64  # pylint: disable=protected-access
-  if hasattr(torch._dynamo.config, "automatic_dynamic_shapes"):  # pylint: disable=protected-access
-    torch._dynamo.config.automatic_dynamic_shapes = False  # pylint: disable=protected-access
-  # dynamic=True: one compile per mode for every length (static shapes recompile per length,
-  # tens of seconds each).
-  flex = torch.compile(fa.flex_attention, dynamic=args.flex_dynamic)
-  dev = "cuda"
-  # One mask_mod for every pattern; its parameters are a captured tensor (no recompiles).
-  mod, set_spec = flex_masks.mask_mod(torch, dev)
-
-  deadline = args.deadline
-  log = lambda m: print(f"[flex {time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)
-  for L in args.lengths:
-    configs = [(H, H, FLEX_PATTERNS)]
-    if L in args.gqa_lengths:
-      configs.append((H, 8, ("sink_window",)))
-    for hq, hkv, patterns in configs:
-      g = torch.Generator(device=dev).manual_seed(L)
-      mk = lambda h: torch.randn(B, h, L, D, device=dev, dtype=torch.bfloat16, generator=g)
-      q, k, v, do = mk(hq), mk(hkv), mk(hkv), mk(hq)
-      for x in (q, k, v):
-        x.requires_grad_(True)
-      for pattern in patterns:
-        s = SPECS[pattern]
-        set_spec(s)
-        for mode in ("fwd", "fwdbwd"):
-          if time.time() > deadline:
-            r = _row(pattern, "flex", hq, hkv, L, mode, status="skipped", note="flex time budget")
-          else:
-            try:
-              t0 = time.perf_counter()
-              if args.flex_mask == "tables":  # our analytic tables -> BlockMask.from_kv_blocks
-                bm = flex_masks.block_mask_from_tables(s, L, torch, dev, mod)
-              else:
-                bm = fa.create_block_mask(mod, None, None, L, L, device=dev, BLOCK_SIZE=128,
-                                          _compile=True)
-              kw = dict(block_mask=bm, enable_gqa=hq != hkv)
-              if mode == "fwd":
-                step = lambda: flex(q, k, v, **kw)
-              else:
-                step = lambda: torch.autograd.grad(flex(q, k, v, **kw), (q, k, v), do)
-              log(f"{pattern} L={L} {hq}/{hkv} {mode}: block mask {time.perf_counter() - t0:.1f}s")
-              step()
-              torch.cuda.synchronize()
-              cs = time.perf_counter() - t0
-              log(f"  first call done at {cs:.1f}s")
-              ms = triton.testing.do_bench(step, warmup=25, rep=args.flex_rep_ms,
-                                           return_mode="median")
-              r = _row(pattern, "flex", hq, hkv, L, mode, ms=ms, compile_s=round(cs, 2),
-                       note=f"torch {torch.__version__}, dynamic={args.flex_dynamic}")
-            except Exception as e:  # pylint: disable=broad-except
-              r = _row(pattern, "flex", hq, hkv, L, mode, status="error", note=_short(e))
-            torch.cuda.empty_cache()
-          _print_row(r)
-      del q, k, v, do
-      torch.cuda.empty_cache()
+# benchmarks/attention_flex.py (run as ``--worker flex``).
 
 
 def _print_row(r):
@@ -392,7 +335,10 @@ def _meta(args, t_start):
               B=B, H=H, D=D, dtype="bfloat16", specs={k: str(v) for k, v in SPECS.items()},
               flop_convention="fwd = 4*visible_pairs*D*H*B; fwd+bwd = 3.5*fwd",
               kv_budget_128k={k: v.kv_budget(131072) for k, v in SPECS.items()},
-              flex_dynamic=args.flex_dynamic, wall_s=round(time.time() - t_start, 1))
+              timing=(f"median over {args.loops} loops of back-to-back calls (one sync per loop, "
+                      f"~{args.loop_s} s per loop); cross-checks ms_sync_each, ms_do_bench"),
+              flex="one mask_mod per pattern, torch.compile(dynamic=False), BlockMask from "
+                   f"{args.flex_mask}", wall_s=round(time.time() - t_start, 1))
   try:
     meta["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                                         capture_output=True, text=True, check=False).stdout.strip()
@@ -416,17 +362,19 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--lengths", type=int, nargs="+", default=[16384, 65536, 131072])
-  p.add_argument("--gqa-lengths", type=int, nargs="*", default=[65536])
-  p.add_argument("--quick", action="store_true", help="16K only, fewer repetitions")
-  p.add_argument("--reps", type=int, default=10, help="max timed calls per JAX cell")
-  p.add_argument("--max-cell-s", type=float, default=1.5, help="time spent timing one cell")
-  p.add_argument("--budget-s", type=float, default=480, help="wall budget; later cells skip")
-  p.add_argument("--flex-reserve-s", type=float, default=150,
+  p.add_argument("--kv-heads", type=int, nargs="+", default=[32, 8],
+                 help="KV head counts to run at every length (32 query heads): 32 = MHA, 8 = GQA")
+  p.add_argument("--quick", action="store_true", help="16K only, MHA only, short loops")
+  p.add_argument("--loops", type=int, default=5, help="timed loops per cell (median taken)")
+  p.add_argument("--loop-s", type=float, default=0.2, help="target seconds per timed loop")
+  p.add_argument("--reps", type=int, default=10,
+                 help="individually synchronised calls of the ms_sync_each cross-check")
+  p.add_argument("--budget-s", type=float, default=540, help="wall budget; later cells skip")
+  p.add_argument("--flex-reserve-s", type=float, default=240,
                  help="part of the budget kept for the torch worker (it runs second)")
-  p.add_argument("--flex-rep-ms", type=float, default=200)
-  p.add_argument("--flex-static", dest="flex_dynamic", action="store_false",
-                 help="compile FlexAttention per length (default: dynamic shapes)")
-  p.add_argument("--skip", nargs="*", default=[], help="implementations to leave out")
+  p.add_argument("--flex-rep-ms", type=float, default=200, help="do_bench cross-check rep (ms)")
+  p.add_argument("--skip", nargs="*", default=[],
+                 help="implementations to leave out (e.g. xla flex_fa4)")
   p.add_argument("--sweep-lengths", type=int, nargs="*", default=[],
                  help="lengths at which to also time the --sweep triton_native variants")
   p.add_argument("--sweep", nargs="*", default=["block_k=64", "num_stages=2", "num_warps=4",
@@ -441,12 +389,14 @@ def main(argv=None):
   p.add_argument("--verbose", action="store_true")
   p.add_argument("--worker", choices=("jax", "flex"), help=argparse.SUPPRESS)
   p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
+  p.add_argument("--flex-device", default="cuda", help=argparse.SUPPRESS)  # cpu: smoke tests
   args = p.parse_args(argv)
   if args.quick:
-    args.lengths, args.gqa_lengths, args.reps = [16384], [16384], 3
-    args.max_cell_s, args.flex_rep_ms = 0.5, 50
+    args.lengths, args.kv_heads, args.loops, args.loop_s = [16384], [32], 3, 0.05
+    args.flex_rep_ms = 50
   if args.worker == "flex":
-    flex_worker(args)
+    from benchmarks import attention_flex  # pylint: disable=g-import-not-at-top
+    attention_flex.flex_worker(args)
     return
   if args.worker == "jax":
     run_jax(args, [], deadline=args.deadline)

@@ -1,8 +1,11 @@
-"""FlexAttention masks for our patterns, for the torch side of ``benchmarks/attention.py``.
+"""FlexAttention masks for our patterns, written as a FlexAttention user writes them, for the torch
+side of ``benchmarks/attention.py``.
 
-* ``mask_mod(spec, torch, device)``: one token-level ``mask_mod`` for every pattern, parametrised by
-  a captured int tensor (so switching patterns does not recompile the flex kernel); returns
-  ``(mask_mod, set_spec)`` where ``set_spec(spec)`` loads a pattern's parameters.
+* ``mask_mod_for(spec)``: one ``mask_mod`` per pattern: causality and the pattern's own predicate
+  (``spec.pattern.visible``: operators only, so it runs on torch tensors unchanged), with the
+  spec's parameters as Python ints. ``torch.compile(flex_attention, dynamic=False)`` then
+  compiles each pattern statically, and FlexAttention's FLASH (FlashAttention-4) backend accepts
+  it (it refuses mask_mods that capture tensors or symbolic scalars). Any registered pattern works.
 * ``block_mask_from_tables(spec, L, ...)``: the ``BlockMask`` built from our analytic block tables
   (``pallas_kernels.block_tables``) with ``BlockMask.from_kv_blocks``: partial blocks get the
   mask_mod, full blocks run unmasked — the same split ``create_block_mask`` computes, without
@@ -17,29 +20,17 @@ import numpy as np
 from pallas_kernels.block_tables import block_tables
 from pallas_kernels.spec import AttentionSpec
 
-_KINDS = {"full": 0, "sink_window": 1, "strided": 2}
 
+def mask_mod_for(spec: AttentionSpec):
+  """``mask_mod(b, h, q_idx, kv_idx)``: ``spec.allowed`` (causal included) for this pattern."""
+  pattern = spec.pattern
 
-def mask_mod(torch, device):
-  """``(mask_mod, set_spec)``: token mask ``spec.allowed`` (causal included) for any pattern."""
-  params = torch.zeros(6, dtype=torch.int32, device=device)
-
-  def mod(b, h, qi, ki):
+  def mask_mod(b, h, q_idx, kv_idx):
     del b, h
-    causal = qi >= ki
-    sw = (ki < params[1]) | (qi - ki < params[2])
-    qb, kb = qi // params[3], ki // params[3]
-    st = ((qb - kb) < params[4]) | ((kb % params[5]) == 0)
-    return causal & ((params[0] == 0) | ((params[0] == 1) & sw) | ((params[0] == 2) & st))
+    return (kv_idx <= q_idx) & pattern.visible(q_idx, kv_idx, spec)
 
-  def set_spec(spec: AttentionSpec):
-    if spec.kind not in _KINDS:
-      raise ValueError(f"flex mask_mod has no {spec.kind!r} pattern (kinds: {tuple(_KINDS)})")
-    params.copy_(torch.tensor(
-        [_KINDS[spec.kind], spec.sink, max(spec.window, 1), spec.block, max(spec.local_blocks, 1),
-         max(spec.vert_stride, 1)], dtype=torch.int32, device=device))
-
-  return mod, set_spec
+  mask_mod.__name__ = f"mask_{spec.kind}"
+  return mask_mod
 
 
 def kv_block_arrays(spec: AttentionSpec, L: int, block: int = 128):

@@ -22,8 +22,7 @@ def _rows(num, idx):
 @pytest.mark.parametrize("spec", SPECS)
 def test_tables_match_create_block_mask(spec, L):
   spec = AttentionSpec.parse(spec)
-  mod, set_spec = flex_masks.mask_mod(torch, "cpu")
-  set_spec(spec)
+  mod = flex_masks.mask_mod_for(spec)
   ref = fa.create_block_mask(mod, None, None, L, L, device="cpu", BLOCK_SIZE=128)
   ours = flex_masks.block_mask_from_tables(spec, L, torch, "cpu", mod)
   assert _rows(ours.kv_num_blocks, ours.kv_indices) == _rows(ref.kv_num_blocks, ref.kv_indices)
@@ -36,9 +35,8 @@ def test_tables_match_create_block_mask(spec, L):
 def test_mask_mod_is_spec_allowed():
   L = 640
   qi, ki = np.meshgrid(np.arange(L), np.arange(L), indexing="ij")
-  mod, set_spec = flex_masks.mask_mod(torch, "cpu")
-  for s in SPECS:
+  for s in SPECS + ["chunked:256@64"]:   # any registered pattern
     spec = AttentionSpec.parse(s)
-    set_spec(spec)
+    mod = flex_masks.mask_mod_for(spec)
     got = mod(0, 0, torch.as_tensor(qi), torch.as_tensor(ki)).numpy()
     np.testing.assert_array_equal(got, spec.allowed(qi, ki), err_msg=s)

@@ -1,7 +1,12 @@
-"""Shared pytest setup: the ``gpu`` marker, skipped unless JAX runs on a GPU."""
+"""Shared pytest setup: the ``gpu`` marker, skipped unless JAX runs on a GPU; the trainer tests'
+subprocess environment (``env``)."""
+
+import os
 
 import jax
 import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_configure(config):
@@ -16,3 +21,18 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "gpu" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  """Environment of a trainer subprocess: CPU only, single process, the repository importable,
+  a persistent compilation cache shared by the module's runs (only speed), no test hooks."""
+  e = dict(os.environ)
+  e.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + e.get("PYTHONPATH", ""),
+           JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  for k in ("LONGGEN_TEST_SIGKILL_AT_CHECKPOINT", "XLA_FLAGS", "LONGGEN_COORDINATOR",
+            "JAX_COORDINATOR_ADDRESS"):
+    e.pop(k, None)
+  return e

@@ -29,18 +29,6 @@ SMALL = ["--config.model.d_model=64", "--config.model.ffn_dim=128", "--config.tr
          "--config.checkpoint.every=2", "--config.checkpoint.keep=10"]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  """Subprocess environment: CPU only, a shared persistent compilation cache (only speed)."""
-  e = dict(os.environ)
-  e.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + e.get("PYTHONPATH", ""),
-           JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  e.pop("LONGGEN_TEST_SIGKILL_AT_CHECKPOINT", None)
-  return e
-
-
 def start(env, workdir, *overrides, kill=None, config=TINY):
   cmd = [sys.executable, "-m", "longgen_jax.train", f"--config={config}", f"--workdir={workdir}",
          *SMALL, *overrides]

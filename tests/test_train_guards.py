@@ -45,17 +45,6 @@ def one_error_line(err):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  e = dict(os.environ)
-  e.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + e.get("PYTHONPATH", ""),
-           JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  e.pop("LONGGEN_TEST_SIGKILL_AT_CHECKPOINT", None)
-  return e
-
-
-@pytest.fixture(scope="module")
 def run4(tmp_path_factory, env):
   """A finished 4-step run (checkpoints 2 and 4); tests copy it."""
   wd = str(tmp_path_factory.mktemp("run4") / "wd")

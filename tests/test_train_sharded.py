@@ -26,19 +26,6 @@ MESH = ["--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.sequence=
         "--config.mesh.tensor=1"]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  e = dict(os.environ)
-  e.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + e.get("PYTHONPATH", ""),
-           JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  for k in ("LONGGEN_TEST_SIGKILL_AT_CHECKPOINT", "XLA_FLAGS", "LONGGEN_COORDINATOR",
-            "JAX_COORDINATOR_ADDRESS"):
-    e.pop(k, None)
-  return e
-
-
 def start(env, workdir, *overrides, devices=1):
   cmd = [sys.executable, "-m", "longgen_jax.train", f"--config={TINY}", f"--workdir={workdir}",
          *(f"--config.{k}={v}" for k, v in SMALL.items()), *overrides]

@@ -13,16 +13,20 @@ ArrayRecord shards ``real/`` (code and docs of the Python installation), ``synth
 ``synth_long/`` (synthetic retrieval documents) and ``heldout/``.
 
 Arguments (comma separated): ``stage=pretrain|extend`` (default extend), ``arm=`` one of
-``full``, ``hybrid_sw`` (default), ``hybrid_strided``, ``all_sparse``, ``hybrid_window``;
-``full`` is short for ``arm=full``; ``size=small|tiny`` (tiny: the CPU smoke test);
-``data=DIR``; ``steps=N`` (0 = the token budget).
+``full``, ``hybrid_sw`` (default), ``hybrid_strided``, ``all_sparse``, ``hybrid_window`` (the
+default arms), or the placement ablation ``hybrid_sw_bottom``, ``hybrid_sw_top``,
+``hybrid_sw_interleaved`` (hybrid_sw's pattern and count of full layers, 3 of 9, at layers
+0-2, 6-8 and 1,4,7 instead of 3-5); ``full`` is short for ``arm=full``; ``size=small|tiny``
+(tiny: the CPU smoke test); ``data=DIR``; ``steps=N`` (0 = the token budget); ``synth=F`` the
+synthetic share of training tokens (default ``recipe.SYNTHETIC_FRACTION``, 0.10).
 
 Model (``small``): 9 layers, d 512, 8 query / 4 KV heads, SwiGLU 1408, byte vocabulary, 26.8M
 parameters, bf16 compute. Pretraining: full attention, 1024 tokens, RoPE theta 1e4, 128 rows per
 step, 300M tokens (2288 steps), LR 2e-3 cosine. Extension (every arm the same): 16384 tokens,
 theta 5e5, 8 rows per step, 30M tokens (228 steps), LR 5e-4 cosine, initialised from the
-pretrained base. Data: 93% real text, 7% synthetic retrieval documents (by tokens), first-fit
-packed, one segment per document. Arms and patterns: ``longgen_jax/replication/recipe.py``.
+pretrained base. Data: 90% real text, 10% synthetic retrieval documents (by tokens; ``synth=``),
+first-fit packed, one segment per document. Arms and patterns:
+``longgen_jax/replication/recipe.py``.
 
 Hardware: one H200. Pretraining about 5 minutes at ~1M tokens/s; each arm's extension 1-2
 minutes. ``size=tiny`` runs on 2 CPU cores in seconds.
@@ -50,28 +54,34 @@ def _mean_tokens(path):
   return index["num_tokens"] / max(1, index["num_documents"])
 
 
-def _sources(data, synth):
+def _sources(data, synth, f):
   """Real text plus synthetic documents, weighted so that the synthetic share of TOKENS is
-  ``recipe.SYNTHETIC_FRACTION`` (grain mixes by documents drawn)."""
+  ``f`` (grain mixes by documents drawn)."""
   real, syn = os.path.join(data, "real"), os.path.join(data, synth)
   m_real, m_syn = _mean_tokens(real), _mean_tokens(syn)
-  f = recipe.SYNTHETIC_FRACTION
   w_syn = f * m_real / ((1 - f) * m_syn) if m_real and m_syn else f
   return {"real": dict(type="arrayrecord", path=real, weight=1.0),
           "retrieval": dict(type="arrayrecord", path=syn, weight=w_syn)}
 
 
 def get_config(arg=None):
-  """Config; ``arg``: ``stage=``, ``arm=``, ``full``, ``size=``, ``data=``, ``steps=``."""
+  """Config; ``arg``: ``stage=``, ``arm=``, ``full``, ``size=``, ``data=``, ``steps=``,
+  ``synth=``."""
   arg = config_utils.parse_arg(arg, stage="extend", arm="hybrid_sw", full=False, size="small",
-                               data="runs/replication/data", steps=0)
+                               data="runs/replication/data", steps=0,
+                               synth=recipe.SYNTHETIC_FRACTION)
   if arg.stage not in ("pretrain", "extend"):
     raise config_utils.ConfigError(f"stage must be pretrain or extend, got {arg.stage!r}")
   if arg.size not in recipe.SIZES:
     raise config_utils.ConfigError(f"size must be one of {sorted(recipe.SIZES)}, got {arg.size!r}")
+  if not 0 < arg.synth < 1:
+    raise config_utils.ConfigError(f"synth must lie in (0, 1), got {arg.synth}")
   size = recipe.SIZES[arg.size]
   stage = size[arg.stage]
   arm = "full" if (arg.full or arg.stage == "pretrain") else arg.arm
+  if arm not in recipe.ALL_ARMS:
+    raise config_utils.ConfigError(f"arm must be one of {', '.join(recipe.ALL_ARMS)}, "
+                                   f"got {arm!r}")
 
   config = config_utils.base_config()
   config.seed = 0
@@ -87,7 +97,7 @@ def get_config(arg=None):
 
   data = os.path.abspath(arg.data)
   config.data.update(dict(DATA_DEFAULTS, sources=_sources(
-      data, "synth_short" if arg.stage == "pretrain" else "synth_long")))
+      data, "synth_short" if arg.stage == "pretrain" else "synth_long", arg.synth)))
   config.data.tokenizer = dict(type="byte", path="")
 
   t = config.train

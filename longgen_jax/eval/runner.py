@@ -13,7 +13,7 @@ from longgen_jax.eval.errors import EvalError
 from longgen_jax.eval.fit import TokenCounter
 from longgen_jax.eval.progress import Progress
 from longgen_jax.eval.registry import make_task
-from longgen_jax.eval.tasks import Sample
+from longgen_jax.eval.tasks import Sample, Task
 
 
 def encode(tok, text: str, add_bos: bool) -> list[int]:
@@ -26,9 +26,10 @@ def task_rng(seed: int, name: str, length: int) -> np.random.Generator:
 
 
 def build_samples(name: str, lengths: Sequence[int], *, samples: int, depths: Sequence[float],
-                  seed: int, tokenizer, add_bos: bool) -> list[Sample]:
-  """The task's samples: ``samples`` per length (per length and depth for depth tasks)."""
-  task = make_task(name)
+                  seed: int, tokenizer, add_bos: bool, task: Task | None = None) -> list[Sample]:
+  """The task's samples: ``samples`` per length (per length and depth for depth tasks).
+  ``task``: a task object to use instead of the registered task ``name``."""
+  task = task or make_task(name)
   counter = TokenCounter(tokenizer)
   reserve = 1 if add_bos and tokenizer.bos_id is not None else 0
   out = []
@@ -43,10 +44,12 @@ def build_samples(name: str, lengths: Sequence[int], *, samples: int, depths: Se
 
 def run_generation(engine, tokenizer, add_bos: bool, name: str, lengths: Sequence[int], *,
                    samples: int, depths: Sequence[float], seed: int = 0, batch: int = 1,
-                   stop_tokens: Sequence[int] = (), quiet: bool = False) -> dict:
+                   stop_tokens: Sequence[int] = (), quiet: bool = False,
+                   task: Task | None = None) -> dict:
   """Generates (greedy) for every sample and scores it. Returns per-sample records plus the
-  mean score by length (and by length x depth for depth tasks)."""
-  task = make_task(name)
+  mean score by length (and by length x depth for depth tasks). ``task``: a task object to run
+  under ``name`` instead of the registered task of that name (e.g. a study's own probe)."""
+  task = task or make_task(name)
   progress = Progress(name, len(lengths) * samples * (len(depths) if task.uses_depth and depths
                                                       else 1), quiet=quiet)
   records, skipped = [], {}
@@ -54,7 +57,7 @@ def run_generation(engine, tokenizer, add_bos: bool, name: str, lengths: Sequenc
   for L in lengths:
     try:
       todo = build_samples(name, [L], samples=samples, depths=depths, seed=seed,
-                           tokenizer=tokenizer, add_bos=add_bos)
+                           tokenizer=tokenizer, add_bos=add_bos, task=task)
     except EvalError as e:
       skipped[str(L)] = str(e)
       progress.update(per_length, note=f"length {L}: skipped ({e})")
@@ -74,7 +77,8 @@ def run_generation(engine, tokenizer, add_bos: bool, name: str, lengths: Sequenc
         sc = task.score(pred, s)
         scores.append(sc)
         records.append({"length": L, "depth": s.depth, "score": sc, "answers": s.answers,
-                        "prediction": pred[:300], "prompt_tokens": len(row)})
+                        "prediction": pred[:300], "prompt_tokens": len(row),
+                        **({"meta": s.meta} if s.meta else {})})
       progress.update(len(chunk), note=f"length {L}: mean {np.mean(scores):.1f}")
   out = summarize(name, records)
   if skipped:

@@ -52,6 +52,7 @@ class Sample:
   depth: float | None = None
   choices: list | None = None      # the pool the answers were drawn from (None: open-ended)
   n_units: int = 0
+  meta: dict | None = None          # task-specific labels, copied into the result records
 
 
 def _gen_tokens(counter: TokenCounter, default: int, answers) -> int:

@@ -19,8 +19,17 @@ Stages (``--stages``, comma list, default ``all``), each driving the project's o
             cache, ``kv_drop``): ``python -m longgen_jax.eval`` for passkey + NIAH over
             lengths x depths, the RULER subset (multi-key NIAH, variable tracking) and
             perplexity by position on the held-out split; then decode tokens/s
+  probe     per model (the same models): the in-distribution retrieval probe
+            (``replication/probe.py``): facts in the synthetic documents' own wordings, with
+            fresh values in held-out text, ``--probe_samples`` per length, in a training
+            wording (``probe``) and in each family's held-out wording (``probe_unseen``)
   export    per arm: ``python -m longgen_jax.hf.export`` (``stock_sliding`` for the window arm)
   report    ``WORKDIR/report/``: ``summary.json``, tables (``tables.md``) and plots
+
+Arms: ``--arms`` (default the five of ``recipe.ARMS``) may add the placement ablation
+``hybrid_sw_bottom``, ``hybrid_sw_top``, ``hybrid_sw_interleaved`` (``recipe.PLACEMENT_ARMS``).
+``--synthetic_fraction`` sets the synthetic share of training tokens (data and training stages;
+recorded in the stage marks and the report).
 
 A finished stage leaves ``WORKDIR/stages/<stage>.json``; a training stage resumes from its own
 checkpoints. ``--deadline_s`` stops cleanly between stages, and a training run that would pass
@@ -42,7 +51,7 @@ import time
 
 from longgen_jax.replication import recipe
 
-STAGES = ("data", "pretrain", "base", "extend", "eval", "export", "report")
+STAGES = ("data", "pretrain", "base", "extend", "eval", "probe", "export", "report")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "replication.py")
 
@@ -113,7 +122,7 @@ class Study:
       raise RuntimeError(f"{what} failed with exit code {rc}")
 
   def config_arg(self, **kv) -> str:
-    items = dict(kv, size=self.size, data=self.data)
+    items = dict(kv, size=self.size, data=self.data, synth=self.args.synthetic_fraction)
     return CONFIG + ":" + ",".join(f"{k}={v}" for k, v in items.items())
 
 
@@ -135,7 +144,7 @@ def stage_data(st: Study) -> dict:
   with open(os.path.join(raw, "manifest.json"), encoding="utf-8") as f:
     manifest = json.load(f)
   sizes = recipe.SIZES[st.size]
-  f = recipe.SYNTHETIC_FRACTION
+  f = a.synthetic_fraction
   synth = {}
   for name, stage, lo, hi, log_u, seed in (
       ("synth_short", "pretrain", sizes["pretrain"]["seq_len"] // 4, sizes["pretrain"]["seq_len"],
@@ -156,7 +165,7 @@ def stage_data(st: Study) -> dict:
               "--format=jsonl", "--tokenizer=byte", f"--out={out}", "--shard_size=2000",
               "--no_progress"], f"prepare {name}")
   speed = pipeline_speed.measure(st, CONFIG)
-  return {"manifest": manifest, "synthetic": synth, "pipeline": speed}
+  return {"manifest": manifest, "synthetic": synth, "synthetic_fraction": f, "pipeline": speed}
 
 
 def pretrain_steps(st: Study) -> int:
@@ -195,7 +204,7 @@ def stage_pretrain(st: Study) -> dict:
   cmd = [sys.executable, "-m", "longgen_jax.train",
          f"--config={st.config_arg(stage='pretrain', steps=steps)}", f"--workdir={run}"]
   st.run(cmd, "pretrain")
-  return {"run": run, "steps": steps}
+  return {"run": run, "steps": steps, "synthetic_fraction": st.args.synthetic_fraction}
 
 
 def stage_base(st: Study) -> dict:
@@ -222,7 +231,8 @@ def stage_extend(st: Study, arm: str) -> dict:
   st.run([sys.executable, "-m", "longgen_jax.train",
           f"--config={st.config_arg(arm=arm, steps=st.args.extend_steps)}", f"--workdir={run}",
           f"--config.init_from={st.path('base_hf')}"], f"extend {arm}")
-  return {"run": run}
+  return {"run": run, "synthetic_fraction": st.args.synthetic_fraction,
+          "layers": recipe.arm_layers(st.size, arm)}
 
 
 def eval_models(st: Study) -> dict[str, tuple[str, str | None]]:
@@ -237,6 +247,11 @@ def eval_models(st: Study) -> dict[str, tuple[str, str | None]]:
 def stage_eval(st: Study, name: str, checkpoint: str, kv_drop: str | None) -> dict:
   from longgen_jax.replication import evaluate  # pylint: disable=import-outside-toplevel
   return evaluate.run_model(st, name, checkpoint, kv_drop)
+
+
+def stage_probe(st: Study, name: str, checkpoint: str, kv_drop: str | None) -> dict:
+  from longgen_jax.replication import probe  # pylint: disable=import-outside-toplevel
+  return probe.run_model(st, name, checkpoint, kv_drop)
 
 
 def stage_export(st: Study, arm: str) -> dict:
@@ -262,13 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True, help="study directory (every stage's output)")
   p.add_argument("--stages", default="all", help=f"comma list of {', '.join(STAGES)}, or all")
   p.add_argument("--size", default="small", choices=sorted(recipe.SIZES))
-  p.add_argument("--arms", default="", help=f"comma list (default all: {', '.join(recipe.ARMS)})")
+  p.add_argument("--arms", default="", help=f"comma list (default: {', '.join(recipe.ARMS)}; "
+                 f"the placement ablation adds {', '.join(recipe.PLACEMENT_ARMS)})")
   p.add_argument("--data", default=None, help="prepared data directory (default WORKDIR/data)")
   p.add_argument("--roots", default=None, help="corpus roots, comma separated (default: the "
                  "stdlib, site-packages and this project)")
   p.add_argument("--corpus_mb", type=float, default=320.0, help="real-text corpus size cap")
   p.add_argument("--heldout_permille", type=int, default=15, help="directories held out, per "
                  "thousand")
+  p.add_argument("--synthetic_fraction", type=float, default=recipe.SYNTHETIC_FRACTION,
+                 help="share of training tokens that are synthetic retrieval documents (data, "
+                 "pretrain and extend stages; default %(default)s)")
   p.add_argument("--pretrain_steps", type=int, default=0, help="0 = the token budget")
   p.add_argument("--pretrain_budget_s", type=float, default=0.0, help="cap pretraining to what "
                  "a probe run says fits in this many seconds (0 = the token budget)")
@@ -278,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--depth_samples", type=int, default=5, help="samples per length and depth")
   p.add_argument("--samples", type=int, default=55, help="samples per length (RULER subset)")
   p.add_argument("--ppl_samples", type=int, default=8, help="held-out documents for ppl")
+  p.add_argument("--probe_samples", type=int, default=55, help="retrieval-probe samples per "
+                 "length, in each of its two tasks (probe, probe_unseen)")
+  p.add_argument("--probe_seed", type=int, default=1000, help="seed of the probe's samples "
+                 "(the training documents use 1 and 2)")
   p.add_argument("--speed_new_tokens", type=int, default=256, help="decode steps timed")
   p.add_argument("--deadline_s", type=float, default=0.0, help="stop cleanly after this many "
                  "seconds (0 = no limit)")
@@ -292,6 +315,9 @@ def plan(st: Study, stages: list[str]) -> list[tuple[str, callable]]:
       out += [(f"extend_{a}", lambda a=a: stage_extend(st, a)) for a in st.arms]
     elif s == "eval":
       out += [(f"eval_{n}", lambda n=n, c=c, k=k: stage_eval(st, n, c, k))
+              for n, (c, k) in eval_models(st).items()]
+    elif s == "probe":
+      out += [(f"probe_{n}", lambda n=n, c=c, k=k: stage_probe(st, n, c, k))
               for n, (c, k) in eval_models(st).items()]
     elif s == "export":
       out += [(f"export_{a}", lambda a=a: stage_export(st, a)) for a in st.arms]
@@ -310,13 +336,26 @@ def main(argv=None) -> int:
     print(f"replication: error: unknown stage(s) {bad}; stages: {', '.join(STAGES)}",
           file=sys.stderr)
     return 2
-  arms = [a for a in args.arms.split(",") if a and a not in recipe.ARMS]
+  arms = [a for a in args.arms.split(",") if a and a not in recipe.ALL_ARMS]
   if arms:
-    print(f"replication: error: unknown arm(s) {arms}; arms: {', '.join(recipe.ARMS)}",
+    print(f"replication: error: unknown arm(s) {arms}; arms: {', '.join(recipe.ALL_ARMS)}",
+          file=sys.stderr)
+    return 2
+  if not 0 < args.synthetic_fraction < 1:
+    print(f"replication: error: --synthetic_fraction={args.synthetic_fraction} must lie in "
+          "(0, 1)", file=sys.stderr)
+    return 2
+  if args.probe_samples < 1:
+    print(f"replication: error: --probe_samples={args.probe_samples} must be >= 1",
           file=sys.stderr)
     return 2
   st = Study(args)
   os.makedirs(st.workdir, exist_ok=True)
+  made = (st.done("data") or {}).get("synthetic_fraction", 0.07)   # the first pass: 0.07
+  if (st.done("data") and set(stages) & {"pretrain", "extend"}
+      and abs(made - args.synthetic_fraction) > 1e-9):
+    log(f"warning: the data stage made synthetic documents for a share of {made}; training now "
+        f"mixes {args.synthetic_fraction} (documents repeat or go unused)")
   force = {f for f in args.force.split(",") if f}
   for name, fn in plan(st, stages):
     if st.done(name) is not None and name not in force:
@@ -332,7 +371,7 @@ def main(argv=None) -> int:
       log(f"stopped: {e}")
       return 0
     except Exception as e:  # noqa: BLE001 -- one model's evaluation must not stop the others
-      if not name.startswith("eval_"):
+      if not name.startswith(("eval_", "probe_")):
         raise
       log(f"{name}: FAILED ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
   log("all requested stages done")

@@ -13,7 +13,10 @@ Deterministic for a given installation:
 - directories are taken in the order of a hash of their path until ``max_bytes`` is reached, so a
   cap keeps a spread of packages rather than the alphabetically first ones;
 - the held-out split is by source directory (hash of the path): no held-out file, and no file of
-  a held-out directory, is ever trained on.
+  a held-out directory, is ever trained on;
+- the evaluation's own material is left out: the files of ``longgen_jax/eval/texts`` (the NIAH
+  essays and needle word lists) and every file that quotes an eval prompt (``EVAL_MARKERS``, e.g.
+  ``eval/tasks.py`` and the docs that cite its templates), so that no eval wording is trained on.
 
 Writes ``OUT/train.jsonl`` and ``OUT/heldout.jsonl`` (``{"text", "source"}`` per document) and
 ``OUT/manifest.json`` (roots, counts, bytes, and a fingerprint of the exact file list).
@@ -32,6 +35,19 @@ from typing import Iterable, Sequence
 
 EXTENSIONS = (".py", ".md", ".rst", ".txt")
 SKIP_DIRS = {"__pycache__", ".git", "node_modules"}
+# Phrases of the eval prompts (longgen_jax/eval/tasks.py, corpus.py); lower case, bytes.
+EVAL_MARKERS = (b"the pass key is", b"special magic number", b"the best thing to do in",
+                b"memorize and track the chain", b"the grass is green. the sky is blue.")
+EVAL_TEXT_DIR = os.path.realpath(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "eval", "texts"))
+
+
+def is_eval_material(path: str, raw: bytes) -> bool:
+  """A file of the eval's texts, or one that quotes an eval prompt."""
+  if os.path.realpath(path).startswith(EVAL_TEXT_DIR + os.sep):
+    return True
+  low = raw.lower()
+  return any(m in low for m in EVAL_MARKERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +80,10 @@ def _hash(text: str) -> int:
   return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-def list_files(roots: Sequence[str], spec: CorpusSpec) -> dict[str, list[tuple[str, str]]]:
-  """``{directory label: [(label path, absolute path), ...]}`` in sorted order, de-duplicated.
+def list_files(roots: Sequence[str], spec: CorpusSpec,
+               skipped: list | None = None) -> dict[str, list[tuple[str, str]]]:
+  """``{directory label: [(label path, absolute path), ...]}`` in sorted order, de-duplicated,
+  without the eval's material (its paths are appended to ``skipped`` when given).
 
   Labels are ``<root index>:<path relative to the root>``, independent of where the roots are.
   A root nested inside another root (e.g. site-packages under the stdlib) is walked only as its
@@ -97,6 +115,10 @@ def list_files(roots: Sequence[str], spec: CorpusSpec) -> dict[str, list[tuple[s
           continue
         digest = hashlib.blake2b(raw, digest_size=16).digest()
         if digest in seen_content:
+          continue
+        if is_eval_material(path, raw):
+          if skipped is not None:
+            skipped.append(path)
           continue
         seen_content.add(digest)
         dirs.setdefault(f"{ri}:{rel_dir}", []).append((f"{ri}:{os.path.join(rel_dir, name)}",
@@ -137,7 +159,8 @@ def build(out: str, roots: Sequence[str], spec: CorpusSpec = CorpusSpec(),
           progress: bool = True) -> dict:
   """Writes the corpus to ``out`` (see the module docstring); returns the manifest."""
   os.makedirs(out, exist_ok=True)
-  dirs = list_files(roots, spec)
+  eval_files: list[str] = []
+  dirs = list_files(roots, spec, eval_files)
   order = sorted(dirs, key=lambda d: (_hash(d), d))
   fingerprint = hashlib.blake2b(digest_size=16)
   counts = {"train": [0, 0, 0], "heldout": [0, 0, 0]}   # documents, bytes, files
@@ -171,6 +194,7 @@ def build(out: str, roots: Sequence[str], spec: CorpusSpec = CorpusSpec(),
   manifest = {
       "roots": list(roots), "python": sys.version.split()[0], "spec": dataclasses.asdict(spec),
       "directories": len(order), "fingerprint": fingerprint.hexdigest(),
+      "eval_material_skipped": len(eval_files),
       **{k: {"documents": v[0], "bytes": v[1], "files": v[2]} for k, v in counts.items()},
   }
   with open(os.path.join(out, "manifest.json"), "w", encoding="utf-8") as f:

@@ -3,13 +3,17 @@ r"""Two checks of a study model that explain its eval scores (CPU is enough for 
   python -m longgen_jax.replication.diagnose --model=runs/replication/base_hf \
       --corpus=runs/replication/data/raw --length=1024
 
-1. ``retrieval``: greedy completion of the answer in held-out-valued documents of the TRAINING
-   templates (``synthetic.py``: memo, config, table), against the eval's passkey prompt at the
-   same length. Tells "the model cannot retrieve" apart from "it cannot transfer to new wording".
+1. ``retrieval``: the retrieval probe (``probe.py``) at ``--length``: exact answers in the
+   synthetic documents' training wordings (``probe``) and in each family's held-out wording
+   (``probe_unseen``), with fresh values in held-out text, by family; against the eval's passkey
+   prompt at the same length. Tells "the model cannot retrieve" apart from "it cannot transfer
+   to new wording". (The first pass's JSON, ``docs/replication/diagnose_base_2026-12-03.json``,
+   was made with the first pass's five fixed templates: memo, config, table.)
 2. ``placement``: perplexity at positions ``[length/2, length)`` of held-out documents with the
-   model's own weights served under different layouts, training-free: all full, three full
-   layers at the bottom / middle (LongGen) / top / interleaved, all sparse (``--sparse``). Says
-   which layers' attention carries long-range information in the model as it is.
+   model's own weights served under different layouts, training-free: all full, a third of the
+   layers full at the bottom / middle (LongGen) / top / interleaved (``recipe.full_layers``, the
+   placement arms' layouts), all sparse (``--sparse``). Says which layers' attention carries
+   long-range information in the model as it is.
 
 Prints one line per result and writes ``--out`` (JSON) when given.
 """
@@ -20,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import math
-import re
 import sys
 
 import numpy as np
@@ -32,26 +35,18 @@ def _generate(engine, tok, prompts: list[str], n: int) -> list[str]:
 
 
 def retrieval(model, engine, corpus: str, length: int, samples: int, seed: int) -> dict:
-  """Exact-answer accuracy on the training templates and on the eval passkey, at ``length``."""
+  """Exact-answer accuracy (0-1) of the retrieval probe and of the eval passkey at ``length``."""
   from longgen_jax.eval.fit import TokenCounter  # pylint: disable=import-outside-toplevel
   from longgen_jax.eval.registry import make_task  # pylint: disable=import-outside-toplevel
-  from longgen_jax.replication import synthetic  # pylint: disable=import-outside-toplevel
+  from longgen_jax.replication import probe, synthetic  # pylint: disable=import-outside-toplevel
   texts = synthetic.read_filler(f"{corpus}/heldout.jsonl", 8 * 2**20)
-  filler, words = synthetic.Filler(texts), synthetic.vocabulary(texts)
-  rng = np.random.default_rng(seed)
-  out = {}
-  for kind, sep in (("memo", " is "), ("config", " == "), ("table", " -> ")):
-    prompts, answers = [], []
-    for _ in range(samples):
-      facts, question = synthetic.TEMPLATES[kind](rng, words)
-      body = filler.take(rng, length - 200)
-      text = synthetic._insert(body, list(zip(rng.random(len(facts)).tolist(), facts)))  # pylint: disable=protected-access
-      first = question.split("\n")[0]
-      ask = text + "\n" + first[:first.rfind(sep) + len(sep)]
-      prompts.append(ask[-(length - 16):])
-      answers.append(re.split(r"[.\n ]", first[first.rfind(sep) + len(sep):])[0])
-    preds = _generate(engine, model.tokenizer, prompts, 12)
-    out[kind] = float(np.mean([p.startswith(a) for p, a in zip(preds, answers)]))
+  res = probe.run(engine, model.tokenizer, texts, [length], samples=samples, seed=seed)
+  for r in res.values():
+    if str(length) in r.get("skipped", {}):
+      raise ValueError(r["skipped"][str(length)])
+  out = {t: r["by_length"][str(length)] / 100 for t, r in res.items()}
+  out["by_family"] = {t: {f: v / 100 for f, v in probe.by_family(r)[str(length)].items()}
+                      for t, r in res.items()}
   task, counter = make_task("passkey"), TokenCounter(model.tokenizer)
   ss = [task.make(length, np.random.default_rng([seed, i]), counter, depth=0.5, reserve=1)
         for i in range(samples)]
@@ -66,13 +61,12 @@ def placement(model, corpus: str, length: int, sparse: str, docs: int) -> dict:
   from longgen_jax.infer.engine import Engine  # pylint: disable=import-outside-toplevel
   from pallas_kernels.spec import as_spec  # pylint: disable=import-outside-toplevel
   cfg, tok = model.cfg, model.tokenizer
+  from longgen_jax.replication.recipe import full_layers  # pylint: disable=import-outside-toplevel
   sp, fu = as_spec(sparse), as_spec(f"full@{as_spec(sparse).block}")
-  n, k = cfg.n_layers, max(1, round(cfg.n_layers / 3))
-  mid = (n - k) // 2
-  layouts = {"all full": range(n), "bottom": range(k), "middle (LongGen)": range(mid, mid + k),
-             "top": range(n - k, n),
-             "interleaved": {int(round((i + 0.5) * n / k - 0.5)) for i in range(k)},
-             "all sparse": ()}
+  n = cfg.n_layers
+  layouts = {"all full": range(n), "bottom": full_layers(n, "bottom"),
+             "middle (LongGen)": full_layers(n, "middle"), "top": full_layers(n, "top"),
+             "interleaved": full_layers(n, "interleaved"), "all sparse": ()}
   ids = []
   with open(f"{corpus}/heldout.jsonl", encoding="utf-8") as f:
     for line in f:
@@ -107,13 +101,19 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   from longgen_jax.infer.engine import Engine  # pylint: disable=import-outside-toplevel
   from longgen_jax.infer.loading import load_model  # pylint: disable=import-outside-toplevel
+  if args.length < 256:
+    p.error(f"--length {args.length}: the retrieval probe needs at least 256 tokens")
   model = load_model(args.model, tokenizer="byte")
   res = {"model": args.model, "length": args.length,
          "retrieval": retrieval(model, Engine(model.cfg, model.params), args.corpus, args.length,
                                 args.samples, args.seed),
          "placement": placement(model, args.corpus, args.length, args.sparse, args.docs)}
   for k, v in res["retrieval"].items():
-    print(f"retrieval {k}: {v if isinstance(v, list) else f'{v:.1%}'}")
+    if k == "by_family":
+      for t, fams in v.items():
+        print(f"retrieval {t} by family: " + ", ".join(f"{f} {x:.0%}" for f, x in fams.items()))
+    else:
+      print(f"retrieval {k}: {v if isinstance(v, list) else f'{v:.1%}'}")
   for k, v in res["placement"]["layouts"].items():
     print(f"placement {k:18s} full {v['full_layers']}: ppl {v['ppl']:.3f}")
   if args.out:

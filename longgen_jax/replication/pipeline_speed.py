@@ -41,7 +41,8 @@ def measure(st, config_path: str) -> dict:
   """Pipeline tokens/s of the pretraining and extension batches of a study."""
   out = {}
   for stage, batches in (("pretrain", 20), ("extend", 10)):
-    cfg = load_config(config_path, f"stage={stage},size={st.size},data={st.data}")
+    cfg = load_config(config_path, f"stage={stage},size={st.size},data={st.data},"
+                      f"synth={st.args.synthetic_fraction}")
     out[stage] = tokens_per_second(cfg, batches)
     print(f"[replication] input pipeline, {stage}: {out[stage]['tokens_per_s']:,.0f} tokens/s "
           f"in one process ({out[stage]['non_padding']:.1%} non-padding)", flush=True)

@@ -1,7 +1,8 @@
 """The replication study's settings in one place: model sizes, stages and arms.
 
 ``configs/replication_pretrain.py`` and ``configs/replication_extend.py`` read these tables, and
-the driver (``python -m longgen_jax.replication``) loops over ``ARMS``. Sizes:
+the driver (``python -m longgen_jax.replication``) loops over ``ARMS`` (the default arms) or
+the arms given with ``--arms`` (any of ``ALL_ARMS``, which adds the ``PLACEMENT_ARMS``). Sizes:
 
   small  the study: 9 layers, d 512, 8 query / 4 KV heads (head dim 64), SwiGLU 1408, byte
          vocabulary (264): 26.8M parameters. Pretraining at 1024 tokens, extension to 16384 (16x).
@@ -30,7 +31,8 @@ SIZES = {
 
 PRETRAIN_THETA = 1e4
 EXTEND_THETA = 5e5      # 1e4 -> 5e5: the "ABF" rule of thumb for ~16x, as Llama-3 / LongGen do
-SYNTHETIC_FRACTION = 0.07   # share of training tokens that are synthetic retrieval documents
+SYNTHETIC_FRACTION = 0.10   # default share of training tokens that are synthetic retrieval
+                            # documents (the driver's --synthetic_fraction; first pass: 0.07)
 
 # The arms. Sparse patterns use the size's block (64 for `small`): "{B}" is replaced by it.
 # hybrid_sw: sink 64 + window 512 -> 576-token KV per sparse layer; the 6 stacked sparse layers
@@ -45,6 +47,16 @@ ARMS = {
     "all_sparse": dict(layout="longgen", sparse="sink_window:{S}:{W}@{B}", n_full=0),
     "hybrid_window": dict(layout="longgen", sparse="sink_window:0:{W}@{B}"),
 }
+# The placement ablation (LongGen's ablation of where the full block sits), not run by default
+# (``--arms=...,hybrid_sw_bottom``): hybrid_sw's pattern and count of full layers
+# (round(n_layers / 3): 3 of 9 at `small`, 1 of 3 at `tiny`), placed by ``full_layers``.
+PLACEMENT_ARMS = {
+    "hybrid_sw_bottom": dict(sparse="sink_window:{S}:{W}@{B}", place="bottom"),
+    "hybrid_sw_top": dict(sparse="sink_window:{S}:{W}@{B}", place="top"),
+    "hybrid_sw_interleaved": dict(sparse="sink_window:{S}:{W}@{B}", place="interleaved"),
+}
+ALL_ARMS = {**ARMS, **PLACEMENT_ARMS}
+PLACEMENTS = ("bottom", "middle", "top", "interleaved")
 # Sink / window per size (tiny: 16 + 64 at 2048 tokens keeps the same "cannot cover" property).
 SINK_WINDOW = {"small": (64, 512), "tiny": (16, 64)}
 
@@ -52,14 +64,30 @@ SINK_WINDOW = {"small": (64, 512), "tiny": (16, 64)}
 KV_DROP_ARM = "full"             # the full arm served with the hybrid_sw arm's sink+window cache
 
 
+def full_layers(n_layers: int, where: str) -> tuple[int, ...]:
+  """The ``round(n_layers / 3)`` full layers placed at the ``bottom``, ``middle`` (LongGen's
+  centred block), ``top``, or ``interleaved`` (spread evenly: 1, 4, 7 of 9; with a single full
+  layer that is the middle one)."""
+  k = int(round(n_layers / 3))
+  mid = (n_layers - k) // 2
+  places = {"bottom": range(k), "middle": range(mid, mid + k), "top": range(n_layers - k, n_layers),
+            "interleaved": sorted({int(round((i + 0.5) * n_layers / k - 0.5)) for i in range(k)})}
+  if where not in places:
+    raise ValueError(f"unknown placement {where!r}; placements: {', '.join(PLACEMENTS)}")
+  return tuple(places[where])
+
+
 def arm_layers(size: str, arm: str) -> dict:
   """The ``config.model`` layout fields of an arm at a size."""
-  if arm not in ARMS:
-    raise ValueError(f"unknown arm {arm!r}; arms: {', '.join(ARMS)}")
+  if arm not in ALL_ARMS:
+    raise ValueError(f"unknown arm {arm!r}; arms: {', '.join(ALL_ARMS)}")
   sink, window = SINK_WINDOW[size]
-  out = dict(ARMS[arm])
+  out = dict(ALL_ARMS[arm])
   if "sparse" in out:
     out["sparse"] = out["sparse"].format(S=sink, W=window, B=SIZES[size]["block"])
+  if "place" in out:
+    out = dict(layout="indices", sparse=out["sparse"],
+               full_layers=full_layers(SIZES[size]["model"]["n_layers"], out["place"]))
   return out
 
 

@@ -2,7 +2,10 @@
 
 Scores are means over samples with the standard error of the mean (std / sqrt(n), n = samples);
 training tokens/s is the median over an extension run's steps after the first 5 (compilation and
-warm-up excluded), from its ``metrics.jsonl``.
+warm-up excluded), from its ``metrics.jsonl``. The retrieval probe (``probe.py``; ``probe``:
+training wordings, ``probe_unseen``: held-out wordings) gets its own tables and plot
+(``probe_vs_length.png``); with placement arms present, a table compares them with hybrid_sw.
+Models are listed full, hybrid_sw, the placement arms, the other arms, then the baselines.
 """
 
 from __future__ import annotations
@@ -14,6 +17,16 @@ import os
 import numpy as np
 
 TASKS = ("passkey", "niah", "niah_multikey", "vt")
+PROBE_TASKS = ("probe", "probe_unseen")
+ORDER = ("full", "hybrid_sw", "hybrid_sw_bottom", "hybrid_sw_top", "hybrid_sw_interleaved",
+         "hybrid_strided", "all_sparse", "hybrid_window", "base_theta", "kv_drop")
+
+
+def ordered(names) -> list[str]:
+  """``ORDER`` first (the placement arms beside hybrid_sw), any other name after, as given."""
+  names = list(names)
+  return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER),
+                                      names.index(n)))
 
 
 def _load(path: str) -> dict | None:
@@ -66,12 +79,13 @@ def scores(results: dict, task: str) -> dict:
 
 def collect(st) -> dict:
   from longgen_jax.replication.__main__ import eval_models  # pylint: disable=import-outside-toplevel
+  data = st.done("data") or {}
   summary = {"size": st.size, "arms": st.arms, "models": {}, "training": {},
-             "pipeline": (st.done("data") or {}).get("pipeline"),
-             "pretrain": training(st.path("pretrain"))}
-  for arm in st.arms:
+             "synthetic_fraction": data.get("synthetic_fraction", 0.07 if data else None),
+             "pipeline": data.get("pipeline"), "pretrain": training(st.path("pretrain"))}
+  for arm in ordered(st.arms):
     summary["training"][arm] = training(st.path(f"extend_{arm}"))
-  for name in eval_models(st):
+  for name in ordered(eval_models(st)):
     info = _load(st.path("eval", name, "summary.json"))
     if info is None:
       continue
@@ -86,22 +100,71 @@ def collect(st) -> dict:
             m["grid"][task] = res["tasks"][task]["grid"]
     if ruler and "ppl" in ruler["tasks"]:
       m["ppl"] = ruler["tasks"]["ppl"]
+    probe = _load(st.path("eval", name, "probe", "results.json"))
+    if probe:
+      m["probe"] = {t: scores(probe, t) for t in PROBE_TASKS if t in probe["tasks"]}
+      m["probe_by_family"] = probe.get("by_family", {})
     summary["models"][name] = m
   return summary
+
+
+def _score_table(title: str, rows: dict) -> list[str]:
+  """A model x length table of ``{name: scores(...)}``."""
+  lengths = sorted({L for sc in rows.values() for L in sc}, key=int)
+  lines = [f"\n### {title}\n",
+           "| model | " + " | ".join(f"{int(L) // 1024}K" for L in lengths) + " |",
+           "|---|" + "---|" * len(lengths)]
+  for name, sc in rows.items():
+    cells = [f"{sc[L]['mean']:.1f} ± {sc[L]['se']:.1f}" if L in sc else "–" for L in lengths]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return lines
+
+
+PROBE_TITLES = {"probe": "retrieval probe, training wordings",
+                "probe_unseen": "retrieval probe, held-out wordings"}
+
+
+def _last(sc: dict | None) -> str:
+  if not sc:
+    return "–"
+  L = max(sc, key=int)
+  return f"{sc[L]['mean']:.1f} ± {sc[L]['se']:.1f}"
+
+
+def placement_table(summary: dict) -> list[str]:
+  """hybrid_sw beside its placement arms, at the longest length (empty without them)."""
+  from longgen_jax.replication import recipe  # pylint: disable=import-outside-toplevel
+  models = summary["models"]
+  names = [n for n in ("hybrid_sw",) + tuple(recipe.PLACEMENT_ARMS) if n in models]
+  if not any(n in recipe.PLACEMENT_ARMS for n in names):
+    return []
+  lines = ["\n### placement of the full layers (hybrid_sw's pattern and count; longest length)\n",
+           "| model | full layers | probe | probe_unseen | NIAH | passkey | ppl, last bucket | "
+           "extension loss (last 10) |", "|---|---|---|---|---|---|---|---|"]
+  for n in names:
+    m, tr = models[n], summary["training"].get(n) or {}
+    full = [i for i, s in enumerate(m["served_layers"]) if s.startswith("full")]
+    ppl = f"{m['ppl']['buckets'][-1]['ppl']:.3f}" if "ppl" in m else "–"
+    probe = m.get("probe", {})
+    lines.append(f"| {n} | {','.join(map(str, full))} | {_last(probe.get('probe'))} | "
+                 f"{_last(probe.get('probe_unseen'))} | {_last(m['scores'].get('niah'))} | "
+                 f"{_last(m['scores'].get('passkey'))} | {ppl} | "
+                 f"{tr.get('loss_last10', float('nan')):.4f} |")
+  return lines
 
 
 def tables(summary: dict) -> str:
   lines = []
   models = summary["models"]
-  lengths = sorted({L for m in models.values() for t in m["scores"].values() for L in t}, key=int)
   for task in TASKS:
-    lines += [f"\n### {task} (mean ± s.e., 0-100)\n",
-              "| model | " + " | ".join(f"{int(L) // 1024}K" for L in lengths) + " |",
-              "|---|" + "---|" * len(lengths)]
-    for name, m in models.items():
-      sc = m["scores"].get(task, {})
-      cells = [f"{sc[L]['mean']:.1f} ± {sc[L]['se']:.1f}" if L in sc else "–" for L in lengths]
-      lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _score_table(f"{task} (mean ± s.e., 0-100)",
+                          {n: m["scores"].get(task, {}) for n, m in models.items()})
+  for task in PROBE_TASKS:
+    rows = {n: m["probe"][task] for n, m in models.items() if task in m.get("probe", {})}
+    if rows:
+      lines += _score_table(f"{task}: {PROBE_TITLES[task]} (exact answer, mean ± s.e., 0-100)",
+                            rows)
+  lines += placement_table(summary)
   lines += ["\n### perplexity on the held-out split (bytes), by position\n"]
   buckets = next((m["ppl"]["buckets"] for m in models.values() if "ppl" in m), [])
   lines += ["| model | " + " | ".join(f"{b['lo']}-{b['hi']}" for b in buckets) + " |",
@@ -127,6 +190,30 @@ def tables(summary: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _length_panels(plt, panels: dict, titles, path: str) -> str | None:
+  """One panel per ``{panel: {model: scores}}`` entry: score vs length with s.e. bars."""
+  from longgen_jax.eval import plots as eplots  # pylint: disable=import-outside-toplevel
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels) + 0.5, 3.6), sharey=True)
+  axes = np.atleast_1d(axes)
+  for ax, rows, title in zip(axes, panels.values(), titles):
+    xs = []
+    for name, sc in rows.items():
+      if not sc:
+        continue
+      xs = [int(L) for L in sc]
+      ax.errorbar(xs, [sc[L]["mean"] for L in sc], yerr=[sc[L]["se"] for L in sc], marker="o",
+                  capsize=2, label=name)
+    ax.set_xscale("log", base=2)
+    if xs:
+      ax.set_xticks(xs, [f"{x // 1024}K" for x in xs])
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylim(-3, 103)
+  axes[0].set_ylabel("score (0-100)")
+  axes[-1].legend(fontsize=7)
+  return eplots._save(plt, fig, path)  # pylint: disable=protected-access
+
+
 def plots(summary: dict, out: str) -> list[str]:
   from longgen_jax.eval import plots as eplots  # pylint: disable=import-outside-toplevel
   plt = eplots._pyplot()  # pylint: disable=protected-access
@@ -138,23 +225,14 @@ def plots(summary: dict, out: str) -> list[str]:
     if "niah" in m["grid"]:
       files.append(eplots.niah_heatmap(m["grid"]["niah"], os.path.join(out, f"niah_{name}.png"),
                                        f"NIAH: {name}"))
-  fig, axes = plt.subplots(1, len(TASKS), figsize=(4.0 * len(TASKS), 3.6), sharey=True)
-  for ax, task in zip(axes, TASKS):
-    for name, m in models.items():
-      sc = m["scores"].get(task)
-      if not sc:
-        continue
-      xs = [int(L) for L in sc]
-      ax.errorbar(xs, [sc[L]["mean"] for L in sc], yerr=[sc[L]["se"] for L in sc], marker="o",
-                  capsize=2, label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(xs, [f"{x // 1024}K" for x in xs])
-    ax.set_title(task)
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylim(-3, 103)
-  axes[0].set_ylabel("score (0-100)")
-  axes[-1].legend(fontsize=7)
-  files.append(eplots._save(plt, fig, os.path.join(out, "accuracy_vs_length.png")))  # pylint: disable=protected-access
+  scores_by_task = {t: {n: m["scores"].get(t) for n, m in models.items()} for t in TASKS}
+  files.append(_length_panels(plt, scores_by_task, TASKS,
+                              os.path.join(out, "accuracy_vs_length.png")))
+  probe = {t: {n: m["probe"].get(t) for n, m in models.items() if "probe" in m}
+           for t in PROBE_TASKS}
+  if any(v for rows in probe.values() for v in rows.values()):
+    files.append(_length_panels(plt, probe, [f"{t}: {PROBE_TITLES[t]}" for t in PROBE_TASKS],
+                                os.path.join(out, "probe_vs_length.png")))
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for name, m in models.items():
     if "ppl" in m:

@@ -1,26 +1,24 @@
 """Synthetic retrieval documents for the replication's training mixture.
 
-Each document hides one or more facts at random depths inside real text (slices of the training
-corpus) and ends by asking for them, with the answer written out, so that retrieval over a
-distance is learnable by next-token prediction. The wording is deliberately NOT the evaluation's
-(``longgen_jax/eval/tasks.py``: "pass key", "best thing to do in", "special magic number",
-``VAR X = ...``), so the evaluation measures whether retrieval generalises, not whether a prompt
-was memorised.
+Each document hides one or more facts at random depths inside filler text and ends by asking
+for them, with the answer written out, so that retrieval over a distance is learnable by
+next-token prediction. The facts and questions come in many wordings per family
+(``wordings.py``: memo, fact, config, table, chain; seven training wordings each, plus decoy
+facts about other keys), so that the model learns the retrieval skill rather than one phrasing.
+None of them shares a 4-word sequence with the evaluation's prompts (``longgen_jax/eval/
+tasks.py``), so the evaluation measures whether retrieval generalises, not whether a prompt was
+memorised.
 
-Templates (one is drawn per document):
+Filler, one style per document:
 
-  memo    "Memo: the locker code of <Name> is <digits>." ... "Q: the locker code of <Name>?
-          A: the locker code of <Name> is <digits>."
-  fact    "Note: the favourite <thing> of <Name> is <two to four words>." ... "Recall: the
-          favourite <thing> of <Name> is <words>."
-  config  "<KEY_NAME> = <digits>  # pinned" inside the text ... "assert <KEY_NAME> == <digits>"
-  table   2-6 records "record <key> -> <value>" at different depths; 1-3 of them asked:
-          "lookup <key> -> <value>"
-  chain   "<x> := <digits>", then 2-4 hops "<y> := <x>" in order at increasing depths ...
-          "names bound to <digits>: <x> <y> ..."
+  text    slices of the training corpus, cut at line breaks (code and documentation)
+  prose   runs of prose-looking lines of the corpus (sentences of documentation and comments)
+  repeat  one to three short corpus lines repeated (a repetitive haystack, like the eval's noise
+          haystack but never its sentences)
 
 Everything is drawn from ``numpy.random.default_rng(seed)``: the same seed and filler give the
-same documents.
+same documents. ``Filler``, ``hide`` and ``insert_lines`` are shared with the retrieval probe
+(``probe.py``), which builds its prompts the same way from held-out text.
 """
 
 from __future__ import annotations
@@ -28,40 +26,51 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-_SYLLABLES = ("ka", "lo", "mi", "ren", "dus", "vo", "tal", "qui", "ber", "nox", "sa", "pel",
-              "rim", "zo", "fa", "gun", "hel", "ix", "jor", "mun", "ost", "pra", "sil", "tu",
-              "ul", "vek", "wen", "yar", "zed", "bri", "cor", "dal")
-_THINGS = ("snack", "tool", "river", "song", "colour", "book", "city", "game", "plant", "metal")
-_CODES = ("locker code", "badge number", "room number", "ticket id", "bin number")
+from longgen_jax.replication import wordings
+
+STYLES = {"text": 0.6, "prose": 0.25, "repeat": 0.15}      # filler style -> probability
+_CODE_CHARS = frozenset("=<>{}[]|\\$_#`@*~^")
 
 
-def _word(rng: np.random.Generator, lo: int = 2, hi: int = 3) -> str:
-  return "".join(rng.choice(_SYLLABLES, size=int(rng.integers(lo, hi + 1))))
-
-
-def _name(rng) -> str:
-  return _word(rng).capitalize()
-
-
-def _digits(rng) -> str:
-  n = int(rng.integers(4, 8))
-  return str(int(rng.integers(10 ** (n - 1), 10 ** n)))
+def is_prose(line: str) -> bool:
+  """A sentence-like line: 40-200 characters, 6+ words, capitalised, ending in . ! or ?, no
+  code characters, and at least 85% letters and spaces."""
+  s = line.strip()
+  if not (40 <= len(s) <= 200 and s[0].isupper() and s[-1] in ".!?" and len(s.split()) >= 6):
+    return False
+  if any(c in _CODE_CHARS for c in s):
+    return False
+  return sum(c.isalpha() or c == " " for c in s) >= 0.85 * len(s)
 
 
 class Filler:
-  """Random slices of real text, cut at line breaks."""
+  """Filler lines of real text in the styles of ``STYLES``."""
 
   def __init__(self, texts: Sequence[str]):
     self.texts = [t for t in texts if len(t) > 256]
     if not self.texts:
       raise ValueError("no filler text of more than 256 characters")
+    self.prose = [ln.strip() for t in self.texts for ln in t.split("\n") if is_prose(ln)]
 
-  def take(self, rng, n_chars: int) -> list[str]:
-    """Lines of real text totalling about ``n_chars`` characters."""
+  def take(self, rng, n_chars: int, style: str = "text") -> list[str]:
+    """Lines of filler totalling about ``n_chars`` characters."""
+    if style == "prose" and len(self.prose) >= 64:
+      start = int(rng.integers(len(self.prose)))
+      out, size = [], 0
+      while size < n_chars:
+        out.append(self.prose[(start + len(out)) % len(self.prose)])
+        size += len(out[-1]) + 1
+      return out
+    if style == "repeat":
+      unit = [self._line(rng) for _ in range(int(rng.integers(1, 4)))]
+      reps = max(1, n_chars // (sum(len(x) + 1 for x in unit)))
+      return unit * reps
+    if style not in STYLES:
+      raise ValueError(f"unknown filler style {style!r}; styles: {', '.join(STYLES)}")
     out, size = [], 0
     while size < n_chars:
       t = self.texts[int(rng.integers(len(self.texts)))]
@@ -73,63 +82,55 @@ class Filler:
       size += sum(len(x) + 1 for x in lines)
     return out
 
+  def _line(self, rng) -> str:
+    """A non-empty stripped corpus line of 20-120 characters."""
+    for _ in range(100):
+      t = self.texts[int(rng.integers(len(self.texts)))]
+      start = t.find("\n", int(rng.integers(len(t)))) + 1
+      line = t[start:t.find("\n", start) if t.find("\n", start) >= 0 else len(t)].strip()
+      if 20 <= len(line) <= 120:
+        return line
+    return "..."
 
-def _insert(lines: list[str], inserts: list[tuple[float, str]]) -> str:
-  """Puts each ``(depth in [0, 1], line)`` at that fraction of the lines (order kept)."""
+
+def insert_lines(lines: list[str], inserts: list[tuple[float, str]]) -> str:
+  """Puts each ``(depth in [0, 1], line)`` at that fraction of the lines (depth order kept)."""
   out = list(lines)
   for depth, text in sorted(inserts, key=lambda x: -x[0]):
     out.insert(int(round(depth * len(lines))), text)
   return "\n".join(out)
 
 
-def _memo(rng, words):
-  name, what, val = _name(rng), str(rng.choice(_CODES)), _digits(rng)
-  fact = f"Memo: the {what} of {name} is {val}."
-  return [fact], f"Q: the {what} of {name}?\nA: the {what} of {name} is {val}."
+def hide(rng, item: wordings.Item) -> tuple[list[tuple[float, str]], float]:
+  """Random depths for the item's facts and decoys (a chain's lines in order): the
+  ``insert_lines`` list and the depth of the item's first fact."""
+  d_facts, d_decoys = rng.random(len(item.facts)), rng.random(len(item.decoys))
+  if item.ordered:
+    d_facts, d_decoys = np.sort(d_facts), np.sort(d_decoys)
+  inserts = list(zip(d_facts.tolist(), item.facts)) + list(zip(d_decoys.tolist(), item.decoys))
+  return inserts, float(d_facts[0])
 
 
-def _fact(rng, words):
-  name, thing = _name(rng), str(rng.choice(_THINGS))
-  val = " ".join(rng.choice(words, size=int(rng.integers(2, 5))))
-  return ([f"Note: the favourite {thing} of {name} is {val}."],
-          f"Recall: the favourite {thing} of {name} is {val}.")
+def place(rng, lines: list[str], item: wordings.Item) -> tuple[str, float]:
+  """``lines`` with the item's facts and decoys hidden at random depths; returns the text and
+  the depth of the item's first fact."""
+  inserts, depth = hide(rng, item)
+  return insert_lines(lines, inserts), depth
 
 
-def _config(rng, words):
-  key, val = "_".join(_word(rng).upper() for _ in range(2)), _digits(rng)
-  return [f"{key} = {val}  # pinned"], f"assert {key} == {val}"
-
-
-def _table(rng, words):
-  n = int(rng.integers(2, 7))
-  keys = list(dict.fromkeys(_word(rng, 2, 4) for _ in range(n)))
-  vals = [_digits(rng) if rng.random() < 0.5 else _word(rng) for _ in keys]
-  asked = rng.choice(len(keys), size=int(rng.integers(1, min(3, len(keys)) + 1)), replace=False)
-  recs = [f"record {k} -> {v}" for k, v in zip(keys, vals)]
-  return recs, "\n".join(f"lookup {keys[i]} -> {vals[i]}" for i in sorted(asked))
-
-
-def _chain(rng, words):
-  hops = int(rng.integers(2, 5))
-  names = list(dict.fromkeys(_word(rng) for _ in range(hops + 1)))
-  val = _digits(rng)
-  stmts = [f"{names[0]} := {val}"] + [f"{names[i + 1]} := {names[i]}"
-                                      for i in range(len(names) - 1)]
-  return stmts, f"names bound to {val}: {' '.join(names)}"
-
-
-TEMPLATES: dict[str, Callable] = {"memo": _memo, "fact": _fact, "config": _config,
-                                  "table": _table, "chain": _chain}
+def hidden_chars(item: wordings.Item) -> int:
+  return sum(len(x) + 1 for x in item.facts + item.decoys)
 
 
 def document(rng, filler: Filler, words: Sequence[str], n_chars: int) -> dict:
-  """One document of about ``n_chars`` characters."""
-  kind = str(rng.choice(list(TEMPLATES)))
-  facts, question = TEMPLATES[kind](rng, words)
-  body = filler.take(rng, max(64, n_chars - sum(len(f) for f in facts) - len(question)))
-  depths = np.sort(rng.random(len(facts))) if kind == "chain" else rng.random(len(facts))
-  text = _insert(body, list(zip(depths.tolist(), facts))) + "\n" + question + "\n"
-  return {"text": text, "source": f"synthetic:{kind}"}
+  """One document of about ``n_chars`` characters in a training wording."""
+  item = wordings.draw_item(rng, words, "train")
+  style = str(rng.choice(list(STYLES), p=list(STYLES.values())))
+  ending = item.ending()
+  body = filler.take(rng, max(64, n_chars - hidden_chars(item) - len(ending)), style)
+  text, _ = place(rng, body, item)
+  return {"text": text + "\n" + ending + "\n",
+          "source": f"synthetic:{item.family}:{item.wording}:{style}"}
 
 
 def vocabulary(texts: Sequence[str], limit: int = 5000) -> list[str]:
@@ -162,7 +163,7 @@ def write(out_path: str, *, filler_jsonl: str, n_docs: int, min_chars: int, max_
   texts = read_filler(filler_jsonl)
   filler, words = Filler(texts), vocabulary(texts)
   rng = np.random.default_rng(seed)
-  total, kinds = 0, {}
+  total, counts = 0, {"families": {}, "wordings": {}, "styles": {}}
   tmp = out_path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     for _ in range(n_docs):
@@ -171,8 +172,11 @@ def write(out_path: str, *, filler_jsonl: str, n_docs: int, min_chars: int, max_
       else:
         n = int(rng.integers(min_chars, max_chars + 1))
       doc = document(rng, filler, words, n)
-      kinds[doc["source"]] = kinds.get(doc["source"], 0) + 1
+      _, family, wording, style = doc["source"].split(":")
+      for key, name in (("families", family), ("wordings", f"{family}:{wording}"),
+                        ("styles", style)):
+        counts[key][name] = counts[key].get(name, 0) + 1
       total += len(doc["text"].encode())
       f.write(json.dumps(doc) + "\n")
   os.replace(tmp, out_path)
-  return {"documents": n_docs, "bytes": total, "templates": kinds, "seed": seed}
+  return {"documents": n_docs, "bytes": total, "seed": seed, **counts}

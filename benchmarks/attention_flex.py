@@ -54,7 +54,8 @@ def flex_worker(args):
     for hkv in args.kv_heads:
       hq = 32
       g = torch.Generator(device=dev).manual_seed(L + hkv)
-      mk = lambda h: torch.randn(B, h, L, D, device=dev, dtype=torch.bfloat16, generator=g)  # noqa: E731,B023
+      def mk(h, L=L, g=g):
+        return torch.randn(B, h, L, D, device=dev, dtype=torch.bfloat16, generator=g)
       q, k, v, do = mk(hq), mk(hkv), mk(hkv), mk(hq)
       for x in (q, k, v):
         x.requires_grad_(True)
@@ -89,7 +90,8 @@ def flex_worker(args):
               # a pure forward, like the JAX side's (no autograd graph recorded)
               call = lambda kw=kw: flex(q.detach(), k.detach(), v.detach(), **kw)  # noqa: E731
             else:
-              call = lambda kw=kw: torch.autograd.grad(flex(q, k, v, **kw), (q, k, v), do)  # noqa: E731
+              def call(kw=kw):
+                return torch.autograd.grad(flex(q, k, v, **kw), (q, k, v), do)
             try:
               warm = None
               if not warmed:   # clocks up before the first recorded cell of the block

@@ -122,7 +122,8 @@ def run_blocked(fwd: Callable, bwd: Callable, prob: Problem, q, k, v, q_seg, kv_
 def run_padded(fwd: Callable, bwd: Callable, static, q, k, v, q_seg, kv_seg, return_lse: bool, *,
                tq_pad: int, tk_pad: int, d_pad: int | None = None):
   """Zero-pads q to ``tq_pad`` rows, k / v to ``tk_pad`` (and head_dim to ``d_pad``), runs
-  ``differentiable(fwd, bwd)`` and slices the padding off: out [B, Tq, Hq, D] (+ lse [B, Hq, Tq])."""
+  ``differentiable(fwd, bwd)`` and slices the padding off: out [B, Tq, Hq, D] (+ lse
+  [B, Hq, Tq])."""
   tq, d = q.shape[1], q.shape[3]
   q = pad_axis(q, tq_pad, 1)
   k, v = pad_axis(k, tk_pad, 1), pad_axis(v, tk_pad, 1)
@@ -180,9 +181,10 @@ def _no_cotangent(x):
 def bwd_row_stats(out, lse, d_out, d_lse):
   """Per-row backward statistics, [B, Hq, T] fp32 each.
 
-  ``d_lse`` may be None (no lse cotangent). ``lse_b``: lse with ``-inf`` (rows that see nothing) replaced by ``+inf`` so
-  ``exp(s - lse_b) == 0`` there without a guard. ``delta = rowsum(dO * O) - d_lse`` (0 on empty
-  rows): ``dS = P * (dP - delta)`` then also carries the lse cotangent (``d lse / d s = P``).
+  ``d_lse`` may be None (no lse cotangent). ``lse_b``: lse with ``-inf`` (rows that see
+  nothing) replaced by ``+inf`` so ``exp(s - lse_b) == 0`` there without a guard.
+  ``delta = rowsum(dO * O) - d_lse`` (0 on empty rows): ``dS = P * (dP - delta)`` then also
+  carries the lse cotangent (``d lse / d s = P``).
   """
   delta = jnp.einsum("bthd,bthd->bht", d_out.astype(jnp.float32), out.astype(jnp.float32))
   seen = jnp.isfinite(lse)

@@ -255,7 +255,8 @@ def _kernels_for_predicate(predicate: str):
   module.__file__ = filename
   sys.modules[module.__name__] = module
   exec(compile(src, filename, "exec"), module.__dict__)  # pylint: disable=exec-used
-  return module._fwd_kernel, module._dq_kernel, module._dkv_kernel  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  return module._fwd_kernel, module._dq_kernel, module._dkv_kernel
 
 
 def kernels_for(spec):

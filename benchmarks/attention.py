@@ -231,13 +231,9 @@ def run_jax(args, rows_out: list, deadline: float):
           n_logs = len(log_records)
           call = lambda f=f, fargs=fargs: f(*fargs)  # noqa: E731
           try:
-            warm = None
-            if not warmed:   # clocks up before the first recorded cell of the block
-              warm = timing.time_cell(call, jax.block_until_ready, loops=1, target_s=1.0)
-              warmed = True
             t = timing.time_cell(call, jax.block_until_ready, loops=args.loops,
-                                 target_s=args.loop_s)
-            t.compile_s = (warm or t).compile_s
+                                 target_s=args.loop_s, warm_s=0.0 if warmed else 1.0)
+            warmed = True
             sync_each = timing.time_sync_each(call, jax.block_until_ready, args.reps)
             note = "; ".join(x for x in [how, f"n={t.n}"] + log_records[n_logs:] if x)
             if impl == "auto":

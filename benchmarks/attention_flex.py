@@ -93,12 +93,9 @@ def flex_worker(args):
               def call(kw=kw):
                 return torch.autograd.grad(flex(q, k, v, **kw), (q, k, v), do)
             try:
-              warm = None
-              if not warmed:   # clocks up before the first recorded cell of the block
-                warm = timing.time_cell(call, sync, loops=1, target_s=1.0)
-                warmed = True
-              t = timing.time_cell(call, sync, loops=args.loops, target_s=args.loop_s)
-              t.compile_s = (warm or t).compile_s
+              t = timing.time_cell(call, sync, loops=args.loops, target_s=args.loop_s,
+                                   warm_s=0.0 if warmed else 1.0)
+              warmed = True
               outs = (t.output,) if mode == "fwd" else tuple(t.output)
               err, note = None, f"torch {torch.__version__}, n={t.n}"
               if impl == "flex":

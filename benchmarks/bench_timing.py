@@ -30,12 +30,18 @@ class CellTime:
 
 
 def time_cell(call: Callable[[], Any], sync: Callable[[Any], Any], *, loops: int = 5,
-              target_s: float = 0.2, min_n: int = 3, max_n: int = 200) -> CellTime:
-  """Back-to-back timing (module docstring)."""
+              target_s: float = 0.2, min_n: int = 3, max_n: int = 200,
+              warm_s: float = 0.0) -> CellTime:
+  """Back-to-back timing (module docstring). ``warm_s`` > 0: after the first call, run the call
+  back to back for about that long, not recorded (clocks up before a block's first cell)."""
   t0 = time.perf_counter()
   out = call()
   sync(out)
   compile_s = time.perf_counter() - t0
+  t_end = time.perf_counter() + warm_s
+  while time.perf_counter() < t_end:
+    out = call()
+    sync(out)
   t0 = time.perf_counter()
   out = call()
   sync(out)

@@ -142,12 +142,11 @@ def load_init_from(path: str, model_cfg: ModelConfig, abstract: dict[str, Any]) 
   """
   path = os.path.abspath(os.path.expanduser(path))
   try:
-    kind = ckpt.kind_of(path, what="init_from")
-    if kind == ckpt.TRAINER:
-      run = ckpt.restore_run(path, abstract["params"], what="init_from")
+    run = (ckpt.restore_run(path, abstract["params"], what="init_from")
+           if ckpt.kind_of(path, what="init_from") == ckpt.TRAINER else None)
   except ckpt.CheckpointReadError as e:
     raise ConfigError(str(e)) from None
-  if kind == ckpt.TRAINER:
+  if run is not None:
     note(f"init_from: parameters of step {run.step} in {run.directory}")
     return run.params
   try:

@@ -46,3 +46,11 @@ def test_sync_each_syncs_every_call():
   r = _Recorder()
   bench_timing.time_sync_each(r.call, r.sync, reps=4)
   assert r.syncs == [1, 2, 3, 4]
+
+
+def test_warm_up_runs_unrecorded_calls_after_the_first():
+  r = _Recorder(dt=0.002)
+  t = bench_timing.time_cell(r.call, r.sync, loops=1, target_s=0.0, min_n=1, max_n=1,
+                             warm_s=0.05)
+  assert r.calls > 3 and len(t.loop_ms) == 1          # compile + warm-up calls + sizing + 1 loop
+  assert r.syncs == list(range(1, r.calls + 1))      # warm-up calls are synchronised one by one

@@ -33,6 +33,7 @@ from jax.experimental.pallas import triton as plgpu
 
 from pallas_kernels.backends import _frame, gpu_smem
 from pallas_kernels.backends import pallas_gpu_kernels as K
+from pallas_kernels._common import next_pow2
 from pallas_kernels.backends.gpu_tables import kernel_tables
 from pallas_kernels.spec import AttentionSpec, as_spec
 
@@ -291,13 +292,9 @@ def _bwd(q, k, v, qseg, kseg, out, lse, do, dlse, cs: _frame.Problem):
 
 
 # ---------------------------------------------------------------------------------- public API
-def _pow2_at_least(n: int) -> int:
-  return 1 << max(0, int(n) - 1).bit_length()
-
-
 def _clamp(cfg: TritonConfig, q_len: int, kv_len: int) -> TritonConfig:
   """Shrinks blocks that exceed the (power-of-two rounded) lengths (tiny inputs)."""
-  cq, ck = max(16, _pow2_at_least(q_len)), max(16, _pow2_at_least(kv_len))
+  cq, ck = max(16, next_pow2(q_len)), max(16, next_pow2(kv_len))
   return dataclasses.replace(
       cfg, block_q=min(cfg.block_q, cq), block_k=min(cfg.block_k, ck),
       block_q_dq=min(cfg.block_q_dq, cq), block_k_dq=min(cfg.block_k_dq, ck),
@@ -305,8 +302,10 @@ def _clamp(cfg: TritonConfig, q_len: int, kv_len: int) -> TritonConfig:
 
 
 def _check(q, k, v, segment_ids, kv_segment_ids, q_offset, kv_offset, scale, interpret):
+  """``_frame.check_inputs`` (its kv segment ids returned) plus this backend's dtypes / device."""
   try:
-    _frame.check_inputs(q, k, v, segment_ids, kv_segment_ids, q_offset, kv_offset, scale)
+    kv_segment_ids = _frame.check_inputs(q, k, v, segment_ids, kv_segment_ids, q_offset,
+                                         kv_offset, scale)
   except ValueError as e:
     raise PallasGpuError(str(e)) from None
   if q.dtype not in (jnp.bfloat16, jnp.float16, jnp.float32):
@@ -315,6 +314,7 @@ def _check(q, k, v, segment_ids, kv_segment_ids, q_offset, kv_offset, scale, int
     raise PallasGpuError(
         f"the pallas_gpu backend needs a CUDA GPU (jax.default_backend()={_backend()!r}); pass "
         "interpret=True to run its kernels in Pallas interpret mode")
+  return kv_segment_ids
 
 
 def _backend() -> str:
@@ -330,10 +330,11 @@ def attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_offset:
   """Block-sparse attention (see module docstring). ``config`` tunes tiles; ``interpret`` runs the
   kernels in Pallas interpret mode (CPU tests)."""
   spec = as_spec(spec)
-  _check(q, k, v, segment_ids, kv_segment_ids, q_offset, kv_offset, scale, interpret)
+  kv_segment_ids = _check(q, k, v, segment_ids, kv_segment_ids, q_offset, kv_offset, scale,
+                          interpret)
   tq, d, tk = q.shape[1], q.shape[3], k.shape[1]
   cfg = _clamp(config or DEFAULT_CONFIG, tq, tk)
-  cfg, why = gpu_smem.fit_config(cfg, max(16, _pow2_at_least(d)), q.dtype, gpu_smem.smem_limit())
+  cfg, why = gpu_smem.fit_config(cfg, max(16, next_pow2(d)), q.dtype, gpu_smem.smem_limit())
   if cfg is None:
     raise PallasGpuError(why)
   step_q = max(cfg.block_q, cfg.block_q_dq, cfg.block_q_dkv)
@@ -341,11 +342,9 @@ def attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_offset:
   prob = _frame.make_problem(spec, q, k, q_offset=q_offset, kv_offset=kv_offset, scale=scale,
                              block_q=step_q, block_k=step_k,
                              options=(("config", cfg), ("interpret", bool(interpret))))
-  kv_seg = None if segment_ids is None else (
-      segment_ids if kv_segment_ids is None else kv_segment_ids)
-  return _frame.run_padded(_fwd, _bwd, prob, q, k, v, segment_ids, kv_seg, return_lse,
+  return _frame.run_padded(_fwd, _bwd, prob, q, k, v, segment_ids, kv_segment_ids, return_lse,
                            tq_pad=prob.n_q * step_q, tk_pad=prob.n_kv * step_k,
-                           d_pad=max(16, _pow2_at_least(d)))
+                           d_pad=max(16, next_pow2(d)))
 
 
 def supports(platform, spec, shapes, dtype, smem_limit: int | None = None) -> str | None:
@@ -361,7 +360,7 @@ def supports(platform, spec, shapes, dtype, smem_limit: int | None = None) -> st
                               jnp.dtype(jnp.float32)):
     return f"dtype {dtype} (bf16/f16/f32 only)"
   limit = gpu_smem.smem_limit() if smem_limit is None else smem_limit
-  _, why = gpu_smem.fit_config(DEFAULT_CONFIG, max(16, _pow2_at_least(shapes.head_dim)), dtype,
+  _, why = gpu_smem.fit_config(DEFAULT_CONFIG, max(16, next_pow2(shapes.head_dim)), dtype,
                                limit)
   return why
 

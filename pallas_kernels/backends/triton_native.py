@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pallas_kernels._common import next_pow2
 from pallas_kernels.backends import _frame
 from pallas_kernels.backends.gpu_tables import kernel_tables
 from pallas_kernels.spec import as_spec
@@ -230,7 +231,7 @@ def native_attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_
   d = q.shape[3]
   return _frame.run_padded(_fwd, _bwd, prob, q, k, v, segment_ids, kv_segment_ids, return_lse,
                            tq_pad=prob.n_q * step_q, tk_pad=prob.n_kv * step_k,
-                           d_pad=max(16, 1 << (d - 1).bit_length()))
+                           d_pad=max(16, next_pow2(d)))
 
 
 attention = native_attention

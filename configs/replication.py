@@ -91,7 +91,8 @@ def get_config(arg=None):
       tie_embeddings=False, param_dtype="float32",
       dtype="float32" if arg.size == "tiny" else "bfloat16",
       remat="none", scan_layers=True,
-      attention_backend="pallas_gpu" if (arg.size == "small" and arm != "full") else "auto",
+      attention_backend=("pallas_gpu" if arg.size == "small"
+                         and (arm != "full" or arg.stage == "pretrain") else "auto"),
       full=f"full@{size['block']}", **recipe.arm_layers(arg.size, arm)))
   config_utils.link_seq_len(config)
 

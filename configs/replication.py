@@ -28,8 +28,14 @@ pretrained base. Data: 90% real text, 10% synthetic retrieval documents (by toke
 first-fit packed, one segment per document. Arms and patterns:
 ``longgen_jax/replication/recipe.py``.
 
-Hardware: one H200. Pretraining about 5 minutes at ~1M tokens/s; each arm's extension 1-2
-minutes. ``size=tiny`` runs on 2 CPU cores in seconds.
+Kernels (``small``): pretraining and the sparse arms run ``attention_backend=pallas_gpu``; the
+full arm's extension runs ``auto``. At 1K tokens with segment ids, ``auto`` picks cuDNN's packed
+layout, and a whole training step is 1.4-1.6x slower with it than with ``pallas_gpu``
+(docs/replication.md, "Pretraining throughput").
+
+Hardware: one H200. Pretraining about 8 minutes at the ~620K tokens/s measured in the second
+pass (300M tokens); each arm's extension 1-2 minutes. ``size=tiny`` runs on 2 CPU cores in
+seconds.
 
 Expected result: pretraining loss (nats per byte) falls below ~1.0; at the start of extension the
 loss at 16K is higher than at 1K and recovers within ~100 steps for every arm. The study's

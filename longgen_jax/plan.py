@@ -201,7 +201,7 @@ def standard_table(mfu: float, as_json: bool, margin: float) -> None:
         for label, c in variants:
           best, est, ok = search(c, hw, n, margin)
           r = report(best, est, hw, n, mfu)
-          r.update(system=system, precision=label)
+          r.update(system=system, precision=label, fits=ok)   # ok: with the margin
           rows.append(r)
   if as_json:
     print(json.dumps(rows, indent=1))

@@ -81,3 +81,22 @@ def test_estimate_within_20_percent_of_xla(mesh, remat, seq_len, batch, accum):
                                               devices=jax.devices()[:n])
   err = (est.total - actual) / actual
   assert abs(err) <= 0.20, f"estimate {est.total / 2**20:.1f} MiB vs XLA {actual / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("row", memory.GPU_CALIBRATION, ids=lambda r: f"{r[0]}-{r[1]}")
+def test_gpu_correction_matches_its_calibration(row):
+  """The GPU model reproduces each measured peak it was fitted on (docs/parallel.md table), within
+  5% of the larger layout's figure, and the table's model columns are what the code computes."""
+  seq_len, remat, measured, _, cpu_gib, gpu_gib = row
+  cfg = llama2_7b(layout="full", full="full@128", n_layers=6, max_seq_len=seq_len,
+                  dtype="bfloat16", param_dtype="float32", remat=remat, scan_layers=True,
+                  rope={"theta": 5e6})
+  sizes = {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1}
+
+  def est(platform):
+    return memory.estimate(cfg, sizes, seq_len=seq_len, global_batch=1, loss_chunk=4096,
+                           platform=platform).total / memory.GiB
+
+  assert est("cpu") == pytest.approx(cpu_gib, abs=0.06)
+  assert est("gpu") == pytest.approx(gpu_gib, abs=0.06)
+  assert abs(gpu_gib / max(measured) - 1) < 0.05

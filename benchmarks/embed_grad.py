@@ -66,7 +66,7 @@ def token_sets(rows, seq, vocab, seed=0):
   skew[rng.random(n) < 0.3] = 32
   sets["30pct_one_id"] = skew
   text = b""
-  for p in sorted(glob.glob(os.path.join(os.path.dirname(json.__file__), "**", "*.py"),
+  for p in sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "**", "*.py"),
                         recursive=True)):
     text += open(p, "rb").read()
     if len(text) >= n:

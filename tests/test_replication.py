@@ -1,10 +1,11 @@
 """The replication pipeline end to end at `size=tiny` on CPU: every stage feeds the next.
 
 Corpus from this repository's own files -> synthetic retrieval documents (at a non-default
-synthetic share, which must reach the data and training stages) -> prepare -> a few pretraining
-steps -> base export -> a 1-step extension per arm, the default five plus one placement arm
-(new RoPE theta and layout, from the base) -> a 1-sample eval and a 1-sample retrieval probe per
-model (every arm, the theta-only base, KV dropping) -> export -> report with every arm.
+synthetic share, which must reach the data and training stages, and two questions per short
+document) -> prepare -> a few pretraining steps -> base export -> a 1-step extension per arm, the
+default five plus one placement arm (new RoPE theta and layout, from the base) -> a 1-sample eval
+and a 1-sample retrieval probe per model (every arm, the theta-only base, KV dropping) -> export
+-> report with every arm.
 """
 
 import json
@@ -19,7 +20,7 @@ from longgen_jax.replication import recipe, wordings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 ARMS = list(recipe.ARMS) + ["hybrid_sw_top"]      # the default arms and one placement arm
-FLAGS = (f"--arms={','.join(ARMS)}", "--synthetic_fraction=0.08")
+FLAGS = (f"--arms={','.join(ARMS)}", "--synthetic_fraction=0.08", "--synthetic_questions=2")
 
 
 def _driver(workdir, *args):
@@ -59,6 +60,10 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   weight = _json(w, "pretrain", "train_config.json")["data"]["sources"]["retrieval"]["weight"]
   assert weight == pytest.approx(0.08 * mean["real"] / (0.92 * mean["synth_short"]))
   assert _json(w, "stages", "extend_hybrid_sw.json")["synthetic_fraction"] == 0.08
+  # the questions per document reached the short synthetic documents only.
+  assert data["synthetic_questions"] == 2
+  assert data["synthetic"]["synth_short"]["questions"] == 2
+  assert data["synthetic"]["synth_long"]["questions"] == 1
 
   # base: pretrained at theta 1e4, exported; the theta-only baseline differs only in theta.
   pre = _json(w, "pretrain", "train_config.json")
@@ -151,6 +156,20 @@ def test_bad_arm_and_fraction_are_one_line(tmp_path):
   r = _driver(str(tmp_path), "--synthetic_fraction=1.5")
   assert r.returncode == 2 and r.stderr.strip().splitlines() == [
       "replication: error: --synthetic_fraction=1.5 must lie in (0, 1)"]
+
+
+def test_data_mark_with_other_synthetic_settings_is_one_line(tmp_path):
+  os.makedirs(tmp_path / "stages")
+  with open(tmp_path / "stages" / "data.json", "w", encoding="utf-8") as f:
+    json.dump({"synthetic_fraction": 0.1, "synthetic_questions": 1}, f)
+  r = _driver(str(tmp_path), "--stages=data", "--synthetic_fraction=0.1",
+              "--synthetic_questions=4")
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "replication: error: stages/data.json was made with --synthetic_questions=1, this run "
+      "asks for --synthetic_questions=4; pass --force=data to remake the synthetic documents"]
+  r = _driver(str(tmp_path), "--synthetic_questions=0")
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "replication: error: --synthetic_questions=0 must be >= 1"]
 
 
 @pytest.mark.parametrize("arm,full", [("hybrid_sw", (3, 4, 5)), ("hybrid_sw_bottom", (0, 1, 2)),

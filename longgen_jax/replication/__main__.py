@@ -29,7 +29,10 @@ Stages (``--stages``, comma list, default ``all``), each driving the project's o
 Arms: ``--arms`` (default the five of ``recipe.ARMS``) may add the placement ablation
 ``hybrid_sw_bottom``, ``hybrid_sw_top``, ``hybrid_sw_interleaved`` (``recipe.PLACEMENT_ARMS``).
 ``--synthetic_fraction`` sets the synthetic share of training tokens (data and training stages;
-recorded in the stage marks and the report).
+recorded in the stage marks and the report). ``--synthetic_questions`` sets how many questions
+each short (pretraining) synthetic document asks (recorded in ``stages/data.json``). A data stage
+that finds ``stages/data.json`` made with another value of either stops with one line: pass
+``--force=data`` to remake the documents.
 
 A finished stage leaves ``WORKDIR/stages/<stage>.json``; a training stage resumes from its own
 checkpoints. ``--deadline_s`` stops cleanly between stages, and a training run that would pass
@@ -128,7 +131,7 @@ class Study:
 
 # ---------------------------------------------------------------------- stages
 def stage_data(st: Study) -> dict:
-  from longgen_jax.replication import corpus, synthetic  # pylint: disable=import-outside-toplevel
+  from longgen_jax.replication import corpus  # pylint: disable=import-outside-toplevel
   from longgen_jax.replication import pipeline_speed  # pylint: disable=import-outside-toplevel
   a = st.args
   roots = a.roots.split(",") if a.roots else corpus.default_roots(ROOT)
@@ -144,19 +147,17 @@ def stage_data(st: Study) -> dict:
   with open(os.path.join(raw, "manifest.json"), encoding="utf-8") as f:
     manifest = json.load(f)
   sizes = recipe.SIZES[st.size]
-  f = a.synthetic_fraction
+  f, q = a.synthetic_fraction, a.synthetic_questions
   synth = {}
-  for name, stage, lo, hi, log_u, seed in (
+  for name, stage, lo, hi, log_u, seed, questions in (
       ("synth_short", "pretrain", sizes["pretrain"]["seq_len"] // 4, sizes["pretrain"]["seq_len"],
-       False, 1),
-      ("synth_long", "extend", sizes["pretrain"]["seq_len"], sizes["extend"]["seq_len"], True, 2)):
-    path = os.path.join(raw, f"{name}.jsonl")
+       False, 1, q),
+      ("synth_long", "extend", sizes["pretrain"]["seq_len"], sizes["extend"]["seq_len"], True, 2,
+       1)):
     mean = (hi - lo) / math.log(hi / lo) if log_u else (lo + hi) / 2
-    n_docs = max(64, int(1.2 * f * sizes[stage]["tokens"] / mean))
-    if not os.path.exists(path):
-      synth[name] = synthetic.write(path, filler_jsonl=os.path.join(raw, "train.jsonl"),
-                                    n_docs=n_docs, min_chars=lo, max_chars=hi - 8, seed=seed,
-                                    log_uniform=log_u)
+    spec = dict(n_docs=max(64, int(1.2 * f * sizes[stage]["tokens"] / mean)), min_chars=lo,
+                max_chars=hi - 8, seed=seed, log_uniform=log_u, questions=questions)
+    synth[name] = synthetic_docs(st, name, spec)
   for name, src in (("real", "train.jsonl"), ("heldout", "heldout.jsonl"),
                     ("synth_short", "synth_short.jsonl"), ("synth_long", "synth_long.jsonl")):
     out = os.path.join(st.data, name)
@@ -165,7 +166,45 @@ def stage_data(st: Study) -> dict:
               "--format=jsonl", "--tokenizer=byte", f"--out={out}", "--shard_size=2000",
               "--no_progress"], f"prepare {name}")
   speed = pipeline_speed.measure(st, CONFIG)
-  return {"manifest": manifest, "synthetic": synth, "synthetic_fraction": f, "pipeline": speed}
+  return {"manifest": manifest, "synthetic": synth, "synthetic_fraction": f,
+          "synthetic_questions": q, "pipeline": speed}
+
+
+def synthetic_docs(st: Study, name: str, spec: dict) -> dict:
+  """``raw/<name>.jsonl`` written with ``spec`` (``synthetic.write``'s arguments), kept from an
+  earlier run only if that run wrote it with the same spec (``raw/<name>.spec.json``); a rewrite
+  also drops its prepared shards. Returns the documents' stats."""
+  from longgen_jax.replication import synthetic  # pylint: disable=import-outside-toplevel
+  raw = os.path.join(st.data, "raw")
+  path, spec_path = os.path.join(raw, f"{name}.jsonl"), os.path.join(raw, f"{name}.spec.json")
+  try:
+    with open(spec_path, encoding="utf-8") as f:
+      made = json.load(f)
+  except OSError:
+    made = {}
+  if os.path.exists(path) and made.get("spec") == spec:
+    return made["stats"]
+  shutil.rmtree(os.path.join(st.data, name), ignore_errors=True)
+  stats = synthetic.write(path, filler_jsonl=os.path.join(raw, "train.jsonl"), **spec)
+  with open(spec_path, "w", encoding="utf-8") as f:
+    json.dump({"spec": spec, "stats": stats}, f, indent=1)
+  return stats
+
+
+def data_mismatch(mark: dict, a: argparse.Namespace) -> str | None:
+  """One line if the data mark ``stages/data.json`` was made with another
+  ``--synthetic_fraction`` or ``--synthetic_questions`` than ``a`` asks for, else None."""
+  made = {"synthetic_fraction": mark.get("synthetic_fraction", 0.07),     # the first pass: 0.07
+          "synthetic_questions": mark.get("synthetic_questions", 1)}      # before the flag: 1
+  asked = {"synthetic_fraction": a.synthetic_fraction,
+           "synthetic_questions": a.synthetic_questions}
+  bad = [k for k in made if abs(made[k] - asked[k]) > 1e-9]
+  if not bad:
+    return None
+  was = ", ".join(f"--{k}={made[k]}" for k in bad)
+  now = ", ".join(f"--{k}={asked[k]}" for k in bad)
+  return (f"stages/data.json was made with {was}, this run asks for {now}; pass --force=data to "
+          "remake the synthetic documents")
 
 
 def pretrain_steps(st: Study) -> int:
@@ -271,6 +310,26 @@ def stage_report(st: Study) -> dict:
 
 
 # ---------------------------------------------------------------------- the driver
+def check_data(st: Study, stages: list[str], force: set[str]) -> str | None:
+  """The data mark against this run's synthetic settings: the one-line error of a data stage
+  that would keep documents made with other settings (``data_mismatch``); warnings when only
+  the training stages run."""
+  mark, args = st.done("data"), st.args
+  if mark is None:
+    return None
+  if "data" in stages:
+    return None if "data" in force else data_mismatch(mark, args)
+  made = mark.get("synthetic_fraction", 0.07)   # the first pass: 0.07
+  if set(stages) & {"pretrain", "extend"} and abs(made - args.synthetic_fraction) > 1e-9:
+    log(f"warning: the data stage made synthetic documents for a share of {made}; training now "
+        f"mixes {args.synthetic_fraction} (documents repeat or go unused)")
+  made_q = mark.get("synthetic_questions", 1)
+  if "pretrain" in stages and made_q != args.synthetic_questions:
+    log(f"warning: the data stage made documents asking {made_q} question(s); "
+        f"--synthetic_questions={args.synthetic_questions} needs --stages=data --force=data")
+  return None
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m longgen_jax.replication",
                               description="The LongGen replication study (docs/replication.md).")
@@ -288,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--synthetic_fraction", type=float, default=recipe.SYNTHETIC_FRACTION,
                  help="share of training tokens that are synthetic retrieval documents (data, "
                  "pretrain and extend stages; default %(default)s)")
+  p.add_argument("--synthetic_questions", type=int, default=1, help="questions each short "
+                 "(pretraining) synthetic document asks, about items with distinct keys (fewer "
+                 "where they do not fit); raise it for more retrieval answers per training token "
+                 "(the second pass's 1 taught no retrieval). The long ones ask 1 (default "
+                 "%(default)s)")
   p.add_argument("--pretrain_steps", type=int, default=0, help="0 = the token budget")
   p.add_argument("--pretrain_budget_s", type=float, default=0.0, help="cap pretraining to what "
                  "a probe run says fits in this many seconds (0 = the token budget)")
@@ -345,18 +409,21 @@ def main(argv=None) -> int:
     print(f"replication: error: --synthetic_fraction={args.synthetic_fraction} must lie in "
           "(0, 1)", file=sys.stderr)
     return 2
+  if args.synthetic_questions < 1:
+    print(f"replication: error: --synthetic_questions={args.synthetic_questions} must be >= 1",
+          file=sys.stderr)
+    return 2
   if args.probe_samples < 1:
     print(f"replication: error: --probe_samples={args.probe_samples} must be >= 1",
           file=sys.stderr)
     return 2
   st = Study(args)
   os.makedirs(st.workdir, exist_ok=True)
-  made = (st.done("data") or {}).get("synthetic_fraction", 0.07)   # the first pass: 0.07
-  if (st.done("data") and set(stages) & {"pretrain", "extend"}
-      and abs(made - args.synthetic_fraction) > 1e-9):
-    log(f"warning: the data stage made synthetic documents for a share of {made}; training now "
-        f"mixes {args.synthetic_fraction} (documents repeat or go unused)")
   force = {f for f in args.force.split(",") if f}
+  mismatch = check_data(st, stages, force)
+  if mismatch:
+    print(f"replication: error: {mismatch}", file=sys.stderr)
+    return 2
   for name, fn in plan(st, stages):
     if st.done(name) is not None and name not in force:
       log(f"{name}: done earlier (stages/{name}.json)")

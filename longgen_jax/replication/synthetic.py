@@ -5,6 +5,8 @@ for them, with the answer written out, so that retrieval over a distance is lear
 next-token prediction. The facts and questions come in many wordings per family
 (``wordings.py``: memo, fact, config, table, chain; seven training wordings each, plus decoy
 facts about other keys), so that the model learns the retrieval skill rather than one phrasing.
+A document may ask several questions (``questions``): items with distinct keys, all hidden in
+the one filler, their endings last in random order; that is more answers per training token.
 None of them shares a 4-word sequence with the evaluation's prompts (``longgen_jax/eval/
 tasks.py``), so the evaluation measures whether retrieval generalises, not whether a prompt was
 memorised.
@@ -122,15 +124,62 @@ def hidden_chars(item: wordings.Item) -> int:
   return sum(len(x) + 1 for x in item.facts + item.decoys)
 
 
-def document(rng, filler: Filler, words: Sequence[str], n_chars: int) -> dict:
-  """One document of about ``n_chars`` characters in a training wording."""
-  item = wordings.draw_item(rng, words, "train")
+MIN_FILLER = 64            # characters of filler a document keeps, however much it hides
+MAX_REDRAWS = 100
+
+
+def _norm(key: str) -> str:
+  return key.lower().replace(".", "_")     # a config key's upper-case form, a name's lower case
+
+
+def _distinct(rng, words: Sequence[str], taken: set[str]) -> wordings.Item:
+  """A training-wording item none of whose keys (names, config keys, ...) is in ``taken``."""
+  for _ in range(MAX_REDRAWS):
+    item = wordings.draw_item(rng, words, "train")
+    if not {_norm(k) for k in item.keys} & taken:
+      return item
+  raise ValueError(f"no item with keys distinct from {len(taken)} others in {MAX_REDRAWS} draws")
+
+
+def draw_items(rng, words: Sequence[str], n_chars: int, questions: int = 1) -> list[wordings.Item]:
+  """``questions`` items in training wordings (families drawn independently) with pairwise
+  distinct keys, so that no fact or decoy gives another item's key a value. Items after the
+  first are dropped where their lines and endings would leave less than ``MIN_FILLER``
+  characters of filler in ``n_chars``; the first is always kept."""
+  if questions < 1:
+    raise ValueError(f"questions must be >= 1, got {questions}")
+  items = [wordings.draw_item(rng, words, "train")]
+  for _ in range(questions - 1):
+    item = _distinct(rng, words, {_norm(k) for i in items for k in i.keys})
+    if n_chars - overhead(items + [item]) >= MIN_FILLER:
+      items.append(item)
+  return items
+
+
+def overhead(items: Sequence[wordings.Item]) -> int:
+  """Characters the items add to a document: hidden lines and endings."""
+  return sum(hidden_chars(i) for i in items) + len("\n".join(i.ending() for i in items))
+
+
+def compose(rng, filler: Filler, items: Sequence[wordings.Item], n_chars: int) -> dict:
+  """A document of about ``n_chars`` characters: every item's facts and decoys hidden in one
+  filler, then the items' endings, one per line (in random order when there are several)."""
   style = str(rng.choice(list(STYLES), p=list(STYLES.values())))
-  ending = item.ending()
-  body = filler.take(rng, max(64, n_chars - hidden_chars(item) - len(ending)), style)
-  text, _ = place(rng, body, item)
-  return {"text": text + "\n" + ending + "\n",
-          "source": f"synthetic:{item.family}:{item.wording}:{style}"}
+  body = filler.take(rng, max(MIN_FILLER, n_chars - overhead(items)), style)
+  inserts = [x for item in items for x in hide(rng, item)[0]]
+  order = rng.permutation(len(items)).tolist() if len(items) > 1 else [0]
+  ending = "\n".join(items[i].ending() for i in order)
+  families = "+".join(i.family for i in items)
+  numbers = "+".join(str(i.wording) for i in items)
+  return {"text": insert_lines(body, inserts) + "\n" + ending + "\n",
+          "source": f"synthetic:{families}:{numbers}:{style}"}
+
+
+def document(rng, filler: Filler, words: Sequence[str], n_chars: int, questions: int = 1) -> dict:
+  """One document of about ``n_chars`` characters asking ``questions`` questions (fewer where
+  they do not fit, see ``draw_items``) in training wordings. The source is
+  ``synthetic:FAMILIES:WORDINGS:STYLE``, the items' families and wordings joined by ``+``."""
+  return compose(rng, filler, draw_items(rng, words, n_chars, questions), n_chars)
 
 
 def vocabulary(texts: Sequence[str], limit: int = 5000) -> list[str]:
@@ -158,8 +207,12 @@ def read_filler(jsonl_path: str, max_chars: int = 64 * 2**20) -> list[str]:
 
 
 def write(out_path: str, *, filler_jsonl: str, n_docs: int, min_chars: int, max_chars: int,
-          seed: int, log_uniform: bool = False) -> dict:
-  """Writes ``n_docs`` documents with lengths in ``[min_chars, max_chars]`` to a JSONL file."""
+          seed: int, log_uniform: bool = False, questions: int = 1) -> dict:
+  """Writes ``n_docs`` documents with lengths in ``[min_chars, max_chars]``, each asking up to
+  ``questions`` questions, to a JSONL file; returns its stats (``families`` and ``wordings``
+  count items, ``styles`` documents)."""
+  if questions < 1:
+    raise ValueError(f"questions must be >= 1, got {questions}")
   texts = read_filler(filler_jsonl)
   filler, words = Filler(texts), vocabulary(texts)
   rng = np.random.default_rng(seed)
@@ -171,12 +224,20 @@ def write(out_path: str, *, filler_jsonl: str, n_docs: int, min_chars: int, max_
         n = int(np.exp(rng.uniform(np.log(min_chars), np.log(max_chars))))
       else:
         n = int(rng.integers(min_chars, max_chars + 1))
-      doc = document(rng, filler, words, n)
-      _, family, wording, style = doc["source"].split(":")
-      for key, name in (("families", family), ("wordings", f"{family}:{wording}"),
-                        ("styles", style)):
-        counts[key][name] = counts[key].get(name, 0) + 1
+      doc = document(rng, filler, words, n, questions)
+      _count(counts, doc["source"])
       total += len(doc["text"].encode())
       f.write(json.dumps(doc) + "\n")
   os.replace(tmp, out_path)
-  return {"documents": n_docs, "bytes": total, "seed": seed, **counts}
+  items = sum(counts["families"].values())
+  return {"documents": n_docs, "bytes": total, "seed": seed, "questions": questions,
+          "items": items, **counts}
+
+
+def _count(counts: dict, source: str) -> None:
+  _, families, numbers, style = source.split(":")
+  names = [("styles", style)]
+  for family, number in zip(families.split("+"), numbers.split("+")):
+    names += [("families", family), ("wordings", f"{family}:{number}")]
+  for key, name in names:
+    counts[key][name] = counts[key].get(name, 0) + 1

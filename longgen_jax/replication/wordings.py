@@ -132,6 +132,8 @@ class Item:
   query: str                   # the ending up to the first answer (no trailing space)
   answer: str                  # the first answer, exact
   rest: str                    # what follows " <answer>" in a training document
+  keys: tuple[str, ...]        # every name or key its lines give a value (decoys' too), and a
+                               # chain's values: what must differ between items of one document
 
   def ending(self) -> str:
     return f"{self.query} {self.answer}{self.rest}"
@@ -183,11 +185,18 @@ def _single(rng, family: str, wording: int, words: Sequence[str]) -> Item:
     return d
 
   asked = draw(c=str(rng.choice(CODES)), t=str(rng.choice(THINGS)))
-  decoys = tuple(fact.format(**draw(c=asked["c"], t=asked["t"], m=asked["m"]))
-                 for _ in range(int(rng.integers(0, 4))))
+  others = [draw(c=asked["c"], t=asked["t"], m=asked["m"]) for _ in range(int(rng.integers(0, 4)))]
   answer = asked["w"] if family == "fact" else asked["v"]
-  return Item(family, wording, (fact.format(**asked),), decoys, False,
-              question.format(**asked), answer, after.format(**asked))
+  return Item(family, wording, (fact.format(**asked),), tuple(fact.format(**d) for d in others),
+              False, question.format(**asked), answer, after.format(**asked),
+              _subjects(family, [asked] + others))
+
+
+def _subjects(family: str, draws: list[dict]) -> tuple[str, ...]:
+  """The keys of a config item's lines, else the names (``n`` and ``m``) of a memo / fact item."""
+  if family == "config":
+    return tuple(d["k"] for d in draws)
+  return tuple(dict.fromkeys(x for d in draws for x in (d["n"], d["m"])))
 
 
 def _table(rng, wording: int) -> Item:
@@ -203,7 +212,7 @@ def _table(rng, wording: int) -> Item:
   first = asked[0]
   more = "".join(f"\n{question.format(k=keys[i])} {vals[i]}{after}" for i in asked[1:])
   return Item("table", wording, tuple(facts), tuple(others), False,
-              question.format(k=keys[first]), vals[first], after + more)
+              question.format(k=keys[first]), vals[first], after + more, tuple(keys))
 
 
 def _chain_lines(first: str, hop: str, names: list[str], value: str) -> list[str]:
@@ -217,12 +226,15 @@ def _chain(rng, wording: int) -> Item:
   names = [slots.word() for _ in range(int(rng.integers(3, 6)))]
   value = slots.value()
   decoys: list[str] = []
+  keys = names + [value]
   if rng.random() < 0.5:
     other = [slots.word() for _ in range(int(rng.integers(3, 6)))]
-    decoys = _chain_lines(first, hop, other, slots.value())
+    other_value = slots.value()
+    decoys = _chain_lines(first, hop, other, other_value)
+    keys += other + [other_value]
   answer = sep.join(names) if kind == "names" else value
   return Item("chain", wording, tuple(_chain_lines(first, hop, names, value)), tuple(decoys),
-              True, question.format(v=value, last=names[-1]), answer, after)
+              True, question.format(v=value, last=names[-1]), answer, after, tuple(keys))
 
 
 def make_item(rng: np.random.Generator, words: Sequence[str], family: str,

@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pallas_kernels._common import next_pow2
 from pallas_kernels.spec import AttentionSpec, as_spec
 
 _F32 = jnp.float32
@@ -203,10 +204,6 @@ def pallas_unsupported(q_shape, dtype, interpret: bool = False) -> str | None:
   return None
 
 
-def _pow2_at_least(x: int, lo: int) -> int:
-  return max(lo, 1 << max(0, int(x) - 1).bit_length())
-
-
 def _pallas_kernel(qpos_ref, q_ref, k_ref, v_ref, pos_ref, o_ref, lse_ref, *, spec, scale,
                    block_k, n_tiles):
   """One (row, KV head, split): online softmax over the split's tiles, query rows = the group."""
@@ -250,8 +247,8 @@ def _decode_pallas(q, k, v, spec, q_pos, kv_pos, scale, n, return_lse, interpret
   B, _, Hq, D = q.shape
   Hkv, S = k.shape[1], k.shape[2]
   G = Hq // Hkv
-  mp, dp = _pow2_at_least(G, 16), _pow2_at_least(D, 16)
-  bk = min(block_k, _pow2_at_least(-(-S // n), 16))
+  mp, dp = max(16, next_pow2(G)), max(16, next_pow2(D))
+  bk = min(block_k, max(16, next_pow2(-(-S // n))))
   ss = -(-(-(-S // n)) // bk) * bk                     # split length: whole tiles
   sp = ss * n
   qg = q.reshape(B, Hkv, G, D)

@@ -48,3 +48,13 @@ def test_unavailable_backend_says_why_and_refuses():
   assert why and "\n" not in why
   with pytest.raises(triton_native.TritonNativeError):
     triton_native.native_attention(q, q, q, spec)
+
+
+def test_why_unsupported_reports_bad_arguments_in_one_line():
+  q = jax.ShapeDtypeStruct((1, 128, 6, 64), jnp.bfloat16)
+  k = jax.ShapeDtypeStruct((1, 128, 4, 64), jnp.bfloat16)    # 6 query heads over 4 kv heads
+  why = triton_native.why_unsupported(q, k, k, SPECS["full"])
+  assert why == "query heads 6 are not a multiple of kv heads 4"
+  seg = jax.ShapeDtypeStruct((1, 64), jnp.int32)             # wrong length
+  why = triton_native.why_unsupported(k, k, k, SPECS["full"], segment_ids=seg)
+  assert why.startswith("segment_ids must have shape (1, 128)")

@@ -178,14 +178,14 @@ def unsupported_reason(*, q_heads: int, kv_heads: int, head_dim: int, dtype,
 def why_unsupported(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_offset: int = 0,
                     kv_offset: int = 0, return_lse: bool = False, check_platform: bool = True
                     ) -> str | None:
-  """``unsupported_reason`` from arrays (or ``jax.ShapeDtypeStruct``); usable inside jit."""
-  del spec, segment_ids, kv_segment_ids, q_offset, kv_offset, return_lse
-  if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
-    return f"expected q [B,T,Hq,D] and k = v [B,T,Hkv,D], got {q.shape}, {k.shape}, {v.shape}"
-  if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
-    return f"incompatible q {q.shape} and k {k.shape} (batch, head_dim)"
-  if not q.dtype == k.dtype == v.dtype:
-    return f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+  """Why the call cannot run here, or None: the ``attention(...)`` argument checks
+  (``_frame.check_inputs``), then ``unsupported_reason``. Takes arrays or
+  ``jax.ShapeDtypeStruct``; usable inside jit."""
+  del spec, return_lse
+  try:
+    _frame.check_inputs(q, k, v, segment_ids, kv_segment_ids, q_offset, kv_offset)
+  except ValueError as e:
+    return str(e)
   return unsupported_reason(q_heads=q.shape[2], kv_heads=k.shape[2], head_dim=q.shape[3],
                             dtype=q.dtype, check_platform=check_platform)
 
@@ -215,14 +215,15 @@ def native_attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_
   Raises: TritonNativeError when the call cannot run here (see ``why_unsupported``).
   """
   spec = as_spec(spec)
-  problem = why_unsupported(q, k, v, spec)
-  if problem:
-    raise TritonNativeError(f"triton_native backend: {problem}")
   try:
     kv_segment_ids = _frame.check_inputs(q, k, v, segment_ids, kv_segment_ids, q_offset,
                                          kv_offset, scale)
   except ValueError as e:
     raise TritonNativeError(f"triton_native backend: {e}") from None
+  problem = unsupported_reason(q_heads=q.shape[2], kv_heads=k.shape[2], head_dim=q.shape[3],
+                               dtype=q.dtype)
+  if problem:
+    raise TritonNativeError(f"triton_native backend: {problem}")
   cfg = config or DEFAULT_CONFIG
   step_q = max(cfg.block_q, cfg.block_q_dq, cfg.block_q_dkv)
   step_k = max(cfg.block_k, cfg.block_k_dq, cfg.block_k_dkv)

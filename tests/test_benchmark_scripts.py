@@ -1,0 +1,42 @@
+"""Smoke runs of the small benchmark scripts on CPU (their numbers are not checked: timings never
+go into unit tests; only that each script runs, prints its rows and writes its JSON)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, env, tmp_path):
+  out = tmp_path / "out.json"
+  p = subprocess.run([sys.executable, *args[:1], "--out", str(out), *args[1:]], env=env,
+                     cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert p.returncode == 0, p.stderr[-2000:]
+  return p.stdout, json.loads(out.read_text())
+
+
+def test_embed_grad_runs_every_formulation(env, tmp_path):
+  stdout, res = _run(["benchmarks/embed_grad.py", "--rows", "2", "--seq", "64", "--dim", "16",
+                      "--loop-s", "0.001"], env, tmp_path)
+  forms = {(r["tokens"], r["form"]) for r in res["rows"]}
+  assert len(forms) == 12 and "python_bytes" in stdout
+  # every formulation computes the same gradient as the fp32 sum, up to bf16 rounding
+  assert all(r["rel_err_vs_take_f32"] < 0.05 for r in res["rows"] if r["form"] != "take_bf16")
+
+
+def test_trainer_throughput_windows_and_variants(env, tmp_path):
+  stdout, res = _run(["benchmarks/trainer_throughput.py", "--variants", "xla+prefetch0",
+                      "--steps", "4", "--window", "2", "--", "--config=configs/tiny_cpu.py:full",
+                      "--config.train.log_every=4"], env, tmp_path)
+  row, = res["rows"]
+  assert row["rc"] == 0 and [w["steps"] for w in row["windows"]] == ["1-2", "3-4"]
+  assert "xla+prefetch0: rc 0" in stdout
+
+
+def test_trainer_throughput_refuses_unknown_modifier(env):
+  p = subprocess.run([sys.executable, "benchmarks/trainer_throughput.py", "--variants", "xla+foo",
+                      "--", "--config=configs/tiny_cpu.py"], env=env, cwd=ROOT,
+                     capture_output=True, text=True, timeout=120, check=False)
+  assert p.returncode != 0 and "unknown variant modifier 'foo'" in p.stderr

@@ -204,3 +204,33 @@ def test_mosaic_forward_lowers_for_cuda():
       q, k, v, AttentionSpec.sink_window(64, 256)))
   text = fn.trace(q, k, k).lower(lowering_platforms=("cuda",)).as_text()
   assert "mosaic_gpu" in text
+
+
+@pytest.mark.parametrize("spec,hkv", [("sink_window:64:256", 2), ("strided:4:4", 4), ("full", 1)])
+def test_mosaic_dkv_lowers_for_cuda(spec, hkv):
+  """The Mosaic GPU dK/dV lowers to Mosaic GPU IR for each pattern, MHA and GQA (no GPU needed;
+  its numerics are checked on the GPU: tests/gpu/test_gpu_pallas_gpu.py -k mosaic_dkv)."""
+  from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # noqa: E402
+  q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
+  k = jax.ShapeDtypeStruct((1, 512, hkv, 128), jnp.bfloat16)
+  stat = jax.ShapeDtypeStruct((1, 4, 512), jnp.float32)
+  fn = jax.jit(lambda q, k, v, do, lse, dl: mb.sparse_attention_dkv(
+      q, k, v, do, lse, dl, AttentionSpec.parse(spec)))
+  text = fn.trace(q, k, k, q, stat, stat).lower(lowering_platforms=("cuda",)).as_text()
+  assert "mosaic_gpu" in text
+
+
+def test_mosaic_dkv_limits_and_config():
+  from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # noqa: E402
+  assert mb.unsupported(1024, 1024, 128, jnp.bfloat16) is None
+  assert "bf16/f16" in mb.unsupported(1024, 1024, 128, jnp.float32)
+  assert "head_dim" in mb.unsupported(1024, 1024, 96, jnp.bfloat16)
+  assert "segment ids" in mb.unsupported(1024, 1024, 128, jnp.bfloat16, has_segment_ids=True)
+  assert "T % 128" in mb.unsupported(1000, 1000, 128, jnp.bfloat16)
+  with pytest.raises(pallas_gpu.PallasGpuError, match="bwd_impl"):
+    pallas_gpu.TritonConfig(bwd_impl="cuda")
+  q, k, v, _ = _inputs(7, 128, 2, 2, 64, jnp.bfloat16)
+  cfg = pallas_gpu.TritonConfig(bwd_impl="mosaic")
+  with pytest.raises(pallas_gpu.PallasGpuError, match="bwd_impl='mosaic' cannot run"):
+    jax.grad(lambda q: jnp.sum(pallas_gpu.attention(
+        q, k, v, AttentionSpec.full(), config=cfg, interpret=True).astype(jnp.float32)))(q)

@@ -41,6 +41,7 @@ _LN2 = math.log(2.0)
 
 
 FWD_IMPLS = ("auto", "triton", "mosaic")
+BWD_IMPLS = ("triton", "mosaic")
 
 
 class PallasGpuError(ValueError):
@@ -58,8 +59,12 @@ class TritonConfig:
   ``fwd_impl``: ``"auto"`` (default) takes the Mosaic GPU forward of ``pallas_gpu_mosaic.py`` where
   it applies (sm_90, bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets, Tq == Tk,
   T % 128 == 0, not interpreting) and the Triton forward otherwise; ``"mosaic"`` raises where it
-  does not apply; ``"triton"`` always takes Triton. The backward is always the Triton kernels.
-  On an H100 the Mosaic forward is ~1.3-1.4x faster than Triton's (docs/kernels.md).
+  does not apply; ``"triton"`` always takes Triton. On an H100 the Mosaic forward is ~1.3-1.4x
+  faster than Triton's (docs/kernels.md).
+
+  ``bwd_impl``: ``"triton"`` (default) runs the Triton dQ and dK/dV kernels; ``"mosaic"`` takes
+  dK/dV from the Mosaic GPU kernel of ``pallas_gpu_mosaic_bwd.py`` (same limits as the Mosaic
+  forward; raises where it does not apply). Opt-in: it has not run on a GPU yet.
   """
 
   block_q: int = 128
@@ -75,14 +80,16 @@ class TritonConfig:
   num_warps_dkv: int = 4
   num_stages_dkv: int = 2
   fwd_impl: str = "auto"
+  bwd_impl: str = "triton"
 
   def __post_init__(self):
-    if self.fwd_impl not in FWD_IMPLS:
-      raise PallasGpuError(f"TritonConfig.fwd_impl must be one of {FWD_IMPLS}, got "
-                           f"{self.fwd_impl!r}")
+    for name, allowed in (("fwd_impl", FWD_IMPLS), ("bwd_impl", BWD_IMPLS)):
+      if getattr(self, name) not in allowed:
+        raise PallasGpuError(f"TritonConfig.{name} must be one of {allowed}, got "
+                             f"{getattr(self, name)!r}")
     for f in dataclasses.fields(self):
       v = getattr(self, f.name)
-      if f.name == "fwd_impl":
+      if f.name in ("fwd_impl", "bwd_impl"):
         continue
       if f.name.startswith("num_stages"):
         if not isinstance(v, int) or v < 1:
@@ -287,7 +294,16 @@ def _bwd(q, k, v, qseg, kseg, out, lse, do, dlse, cs: _frame.Problem):
   do = do.astype(q.dtype)
   lse2 = lse_b * (1.0 / _LN2)
   dq = _dq_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
-  dk, dv = _dkv_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
+  if cs.option("config").bwd_impl == "mosaic":
+    # pylint: disable-next=g-import-not-at-top
+    from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
+    why = (_mosaic_unsupported(cs, q, k, qseg is not None)
+           or mb.unsupported(q.shape[1], k.shape[1], q.shape[-1], q.dtype))
+    if why:
+      raise PallasGpuError(f"bwd_impl='mosaic' cannot run this call: {why}")
+    dk, dv = mb.sparse_attention_dkv(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)
+  else:
+    dk, dv = _dkv_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
   return dq, dk, dv
 
 

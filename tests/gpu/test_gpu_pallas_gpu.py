@@ -72,6 +72,24 @@ def test_bf16_vs_reference(spec, D, impl):
          config=pallas_gpu.TritonConfig(fwd_impl=impl))
 
 
+@pytest.mark.parametrize("spec", ["sink_window:64:512", "strided:4:4", "full"])
+@pytest.mark.parametrize("D,Hkv", [(64, 2), (128, 8), (128, 2)])
+def test_mosaic_dkv_bf16_vs_reference(spec, D, Hkv):
+  """The opt-in Mosaic GPU dK/dV (``bwd_impl="mosaic"``) with the Triton dQ: MHA and GQA."""
+  q, k, v, w = _inputs(4, 1, 2048, 8, Hkv, D, jnp.bfloat16)
+  _check(AttentionSpec.parse(spec), q, k, v, w, tol_out=1e-2, tol_grad=2e-2,
+         config=pallas_gpu.TritonConfig(bwd_impl="mosaic"))
+
+
+def test_mosaic_dkv_refuses_segment_ids():
+  q, k, v, w = _inputs(5, 1, 1024, 4, 4, 128, jnp.bfloat16)
+  seg = jnp.zeros((1, 1024), jnp.int32).at[:, 512:].set(1)
+  cfg = pallas_gpu.TritonConfig(bwd_impl="mosaic")
+  with pytest.raises(pallas_gpu.PallasGpuError, match="bwd_impl='mosaic' cannot run"):
+    jax.grad(lambda q: jnp.sum(pallas_gpu.attention(
+        q, k, v, "full", segment_ids=seg, config=cfg).astype(jnp.float32)))(q)
+
+
 def test_bf16_segments_ragged_offsets():
   q, k, v, w = _inputs(1, 2, 1500, 4, 4, 128, jnp.bfloat16, Tk=1700)
   seg = np.zeros((2, 1500), np.int32)

@@ -1,0 +1,223 @@
+"""Block-sparse attention dK/dV in Pallas Mosaic GPU (Hopper, FA3 style), driven by block tables.
+
+Opt-in (``TritonConfig(bwd_impl="mosaic")``): ``pallas_gpu``'s backward then takes dK/dV from
+here and dQ from its Triton kernel. Issue 14 §2: the Triton-lowered dK/dV has no TMA, no
+warpgroup MMA and no warp specialisation, and strided forward+backward is at 0.75x FA4.
+**Not yet run on a GPU**: CPU checks only that it lowers to Mosaic GPU
+(``tests/test_attention_pallas_gpu.py -k mosaic_dkv``). ``tests/gpu/test_gpu_pallas_gpu.py -k
+mosaic_dkv`` checks it against the dense reference on a GPU. It stays opt-in until that passes and
+``benchmarks/attention.py`` measures it.
+
+Structure, mirroring the forward (``pallas_gpu_mosaic.py``) with the roles of Q and K/V swapped:
+- A CTA owns ``2 * block_kv`` keys of one query head: two compute warpgroups hold ``block_kv``
+  keys each, K and V in shared memory for the whole kernel.
+- A memory warpgroup streams the query tiles of the CTA's visit list
+  (``gpu_tables.kernel_tables(...).bwd``: per KV block, the query blocks that see it, full ones
+  first) with TMA into a ring of ``max_concurrent_steps`` slots: Q, dO, the base-2 lse and delta.
+- Per query tile, each compute warpgroup runs four wgmma:
+  - sT = K Qᵀ, then pT = exp2(c·sT − lse);
+  - dV += pT dO;
+  - dPᵀ = V dOᵀ, then dSᵀ = pT (dPᵀ − delta);
+  - dK += dSᵀ Q.
+  The partial entries of the list run a second loop that applies ``spec.allowed``.
+- Each query head writes its own dK/dV (``[B, T, Hq, D]``); GQA groups are summed after the kernel
+  in fp32.
+
+Limits (``unsupported`` says which): bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets,
+Tq == Tk, T a multiple of ``2 * block_kv`` and ``block_q``. Rows that see no key carry lse
+``+inf``, so their p is 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from pallas_kernels.backends.gpu_tables import kernel_tables
+from pallas_kernels.spec import AttentionSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicBwdConfig:
+  block_q: int = 64          # query rows per streamed tile
+  block_kv: int = 64         # keys per compute warpgroup (a CTA covers 2 * block_kv keys)
+  max_concurrent_steps: int = 2
+
+
+def unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *, has_segment_ids: bool = False,
+                offsets: bool = False, config: MosaicBwdConfig = MosaicBwdConfig()) -> str | None:
+  """Why this dK/dV kernel cannot take a call, or None."""
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return f"the Mosaic dK/dV needs bf16/f16, got {jnp.dtype(dtype).name}"
+  if head_dim % 64:
+    return f"the Mosaic dK/dV needs head_dim % 64 == 0, got {head_dim}"
+  if has_segment_ids:
+    return "the Mosaic dK/dV does not take segment ids"
+  if offsets or q_len != kv_len:
+    return "the Mosaic dK/dV needs Tq == Tk and zero offsets"
+  step = math.lcm(2 * config.block_kv, config.block_q)
+  if q_len % step:
+    return f"the Mosaic dK/dV needs T % {step} == 0, got {q_len}"
+  return None
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
+def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
+                         config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None):
+  """(dk, dv), shaped and typed like k and v.
+
+  Args: q, do [B, T, Hq, D]; k, v [B, T, Hkv, D]; lse2 [B, Hq, T] fp32 base-2 log-sum-exp of
+  the scaled scores (``+inf`` where a row sees nothing); delta [B, Hq, T] fp32, rowsum(dO * O)
+  (minus the lse cotangent when there is one).
+  """
+  B, T, hq, d = q.shape
+  hkv = k.shape[2]
+  dtype = q.dtype
+  if k.shape != (B, T, hkv, d) or v.shape != k.shape or do.shape != q.shape or hq % hkv:
+    raise ValueError(f"bad shapes q {q.shape} k {k.shape} v {v.shape} do {do.shape}")
+  why = unsupported(T, T, d, dtype, config=config)
+  if why:
+    raise ValueError(why)
+  bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
+  g = hq // hkv
+  tab = jnp.asarray(kernel_tables(spec, T, T, bq, 2 * bkv).bwd)
+  sc = d ** -0.5 if scale is None else scale
+  c = sc * math.log2(math.e)
+
+  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dk_ref, dv_ref, scoped):
+    batch = lax.axis_index("batch")
+    q_head = lax.axis_index("heads")
+    row = lax.axis_index("kv_seq")
+    wg = lax.axis_index("wg")
+    ((k_smem2, v_smem2, q_smem, do_smem, lse_smem, dl_smem),
+     (k_bar, v_bar), (q_bar, do_bar, lse_bar, dl_bar), used) = scoped
+    n_full, n_tot = tab_ref[row, 0], tab_ref[row, 1]
+
+    @pl.when(wg < 2)
+    def _compute():
+      plgpu.set_max_registers(232, action="increase")
+      k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
+      kv_head = lax.div(q_head, jnp.array(g, q_head.dtype))
+      kv_base = row * (2 * bkv) + wg * bkv
+      src = (batch, pl.ds(kv_base, bkv), kv_head)
+      plgpu.copy_gmem_to_smem(k_ref.at[src], k_smem, k_bar.at[wg])
+      plgpu.copy_gmem_to_smem(v_ref.at[src], v_smem, v_bar.at[wg])
+      plgpu.barrier_wait(k_bar.at[wg])
+      plgpu.barrier_wait(v_bar.at[wg])
+      dk = plgpu.layout_cast(jnp.full((bkv, d), 0, jnp.float32), plgpu.Layout.WGMMA)
+      dv = plgpu.layout_cast(jnp.full((bkv, d), 0, jnp.float32), plgpu.Layout.WGMMA)
+
+      def step(e, carry, masked):
+        dk, dv = carry
+        slot = lax.rem(e, jnp.array(mcs, e.dtype))
+        plgpu.barrier_wait(q_bar.at[slot])
+        plgpu.barrier_wait(lse_bar.at[slot])
+
+        def st_fn(acc_ref):
+          plgpu.wgmma(acc_ref, k_smem, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
+          return acc_ref[...]
+        s_t = pl.run_scoped(st_fn, plgpu.ACC((bkv, bq), jnp.float32))
+        lse = plgpu.load(lse_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
+        p_t = jnp.exp2(s_t * c - lax.broadcast_in_dim(lse, (bkv, bq), [1]))
+        if masked:
+          qb = tab_ref[row, e + 2]
+          ki = plgpu.broadcasted_iota(jnp.int32, (bkv, bq), 0, layout=plgpu.Layout.WGMMA)
+          qi = plgpu.broadcasted_iota(jnp.int32, (bkv, bq), 1, layout=plgpu.Layout.WGMMA)
+          p_t = jnp.where(spec.allowed(qi + qb * bq, ki + kv_base, xp=jnp), p_t, 0.0)
+        plgpu.barrier_wait(do_bar.at[slot])
+
+        def dv_dp_fn(refs):   # two wgmma in one scope: one wait for both
+          dv_ref, dp_ref = refs
+          plgpu.wgmma(dv_ref, p_t.astype(dtype), do_smem.at[slot])
+          plgpu.wgmma(dp_ref, v_smem, plgpu.transpose_ref(do_smem.at[slot], (1, 0)))
+        zeros = plgpu.layout_cast(jnp.full((bkv, bq), 0, jnp.float32), plgpu.Layout.WGMMA)
+        dv, dp_t = pl.run_state(dv_dp_fn)((plgpu.ACC.init(dv), plgpu.ACC.init(zeros)))
+        plgpu.barrier_wait(dl_bar.at[slot])
+        dl = plgpu.load(dl_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
+        ds_t = p_t * (dp_t - lax.broadcast_in_dim(dl, (bkv, bq), [1]))
+
+        def dk_fn(acc_ref):
+          plgpu.wgmma(acc_ref, ds_t.astype(dtype), q_smem.at[slot])
+        dk = pl.run_state(dk_fn)(plgpu.ACC.init(dk))
+        plgpu.barrier_arrive(used.at[slot])
+        return dk, dv
+
+      carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), (dk, dv))
+      dk, dv = lax.fori_loop(n_full, n_tot, functools.partial(step, masked=True), carry)
+      k_smem[...] = (dk * sc).astype(dtype)
+      v_smem[...] = dv.astype(dtype)
+      plgpu.commit_smem()
+      dst = (batch, pl.ds(kv_base, bkv), q_head)
+      plgpu.copy_smem_to_gmem(k_smem, dk_ref.at[dst])
+      plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[dst])
+      plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == 2)
+    def _memory():
+      plgpu.set_max_registers(40, action="decrease")
+
+      def issue(e, slot):
+        qb = tab_ref[row, e + 2]
+        rows = pl.ds(qb * bq, bq)
+        plgpu.copy_gmem_to_smem(q_ref.at[batch, rows, q_head], q_smem.at[slot], q_bar.at[slot])
+        plgpu.copy_gmem_to_smem(lse_ref.at[batch, q_head, rows], lse_smem.at[slot],
+                                lse_bar.at[slot])
+        plgpu.copy_gmem_to_smem(do_ref.at[batch, rows, q_head], do_smem.at[slot],
+                                do_bar.at[slot])
+        plgpu.copy_gmem_to_smem(dl_ref.at[batch, q_head, rows], dl_smem.at[slot],
+                                dl_bar.at[slot])
+
+      for i in range(mcs):
+        pl.when(i < n_tot)(functools.partial(issue, i, i))
+
+      @pl.loop(0, jnp.maximum(n_tot - mcs, 0))
+      def _(e):
+        slot = lax.rem(e, jnp.array(mcs, e.dtype))
+        plgpu.barrier_wait(used.at[slot])
+        issue(e + mcs, slot)
+
+  def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dk_ref, dv_ref):
+    tiling = plgpu.TilingTransform((8, 64))
+    swizzle = plgpu.SwizzleTransform(128)
+    tiles = dict(transforms=(tiling, swizzle))
+    scratch = (
+        plgpu.SMEM((2, bkv, d), dtype, **tiles),
+        plgpu.SMEM((2, bkv, d), dtype, **tiles),
+        plgpu.SMEM((mcs, bq, d), dtype, **tiles),
+        plgpu.SMEM((mcs, bq, d), dtype, **tiles),
+        plgpu.SMEM((mcs, bq), jnp.float32),
+        plgpu.SMEM((mcs, bq), jnp.float32),
+    )
+    pl.run_scoped(
+        lambda *a: kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dk_ref, dv_ref,
+                          a),
+        scratch,
+        (plgpu.Barrier(num_barriers=2),) * 2,
+        (plgpu.Barrier(num_barriers=mcs),) * 4,
+        plgpu.Barrier(num_arrivals=2, num_barriers=mcs),
+        collective_axes="wg",
+    )
+
+  per_head = jax.ShapeDtypeStruct((B, T, hq, d), dtype)
+  dk_h, dv_h = plgpu.kernel(
+      entry,
+      out_type=[per_head, per_head],
+      grid=(hq, T // (2 * bkv), B),
+      grid_names=("heads", "kv_seq", "batch"),
+      num_threads=3,
+      thread_name="wg",
+      compiler_params=plgpu.CompilerParams(approx_math=True),
+  )(q, k, v, do, lse2, delta, tab)
+  if g == 1:
+    return dk_h, dv_h
+
+  def group_sum(x):
+    return x.reshape(B, T, hkv, g, d).astype(jnp.float32).sum(axis=3).astype(dtype)
+  return group_sum(dk_h), group_sum(dv_h)

@@ -206,21 +206,22 @@ def test_mosaic_forward_lowers_for_cuda():
   assert "mosaic_gpu" in text
 
 
+@pytest.mark.parametrize("kernel", ["sparse_attention_dq", "sparse_attention_dkv"])
 @pytest.mark.parametrize("spec,hkv", [("sink_window:64:256", 2), ("strided:4:4", 4), ("full", 1)])
-def test_mosaic_dkv_lowers_for_cuda(spec, hkv):
-  """The Mosaic GPU dK/dV lowers to Mosaic GPU IR for each pattern, MHA and GQA (no GPU needed;
-  its numerics are checked on the GPU: tests/gpu/test_gpu_pallas_gpu.py -k mosaic_dkv)."""
+def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel):
+  """The Mosaic GPU dQ and dK/dV lower to Mosaic GPU IR for each pattern, MHA and GQA (no GPU
+  needed; numerics are checked on the GPU: tests/gpu/test_gpu_pallas_gpu.py -k mosaic_bwd)."""
   from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # noqa: E402
   q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
   k = jax.ShapeDtypeStruct((1, 512, hkv, 128), jnp.bfloat16)
   stat = jax.ShapeDtypeStruct((1, 4, 512), jnp.float32)
-  fn = jax.jit(lambda q, k, v, do, lse, dl: mb.sparse_attention_dkv(
+  fn = jax.jit(lambda q, k, v, do, lse, dl: getattr(mb, kernel)(
       q, k, v, do, lse, dl, AttentionSpec.parse(spec)))
   text = fn.trace(q, k, k, q, stat, stat).lower(lowering_platforms=("cuda",)).as_text()
   assert "mosaic_gpu" in text
 
 
-def test_mosaic_dkv_limits_and_config():
+def test_mosaic_bwd_limits_and_config():
   from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # noqa: E402
   assert mb.unsupported(1024, 1024, 128, jnp.bfloat16) is None
   assert "bf16/f16" in mb.unsupported(1024, 1024, 128, jnp.float32)

@@ -62,9 +62,9 @@ class TritonConfig:
   does not apply; ``"triton"`` always takes Triton. On an H100 the Mosaic forward is ~1.3-1.4x
   faster than Triton's (docs/kernels.md).
 
-  ``bwd_impl``: ``"triton"`` (default) runs the Triton dQ and dK/dV kernels; ``"mosaic"`` takes
-  dK/dV from the Mosaic GPU kernel of ``pallas_gpu_mosaic_bwd.py`` (same limits as the Mosaic
-  forward; raises where it does not apply). Opt-in: it has not run on a GPU yet.
+  ``bwd_impl``: ``"triton"`` (default) runs the Triton dQ and dK/dV kernels; ``"mosaic"`` runs
+  the Mosaic GPU dQ and dK/dV kernels of ``pallas_gpu_mosaic_bwd.py`` (the Mosaic forward's
+  limits; raises where they do not apply). Opt-in: they have not run on a GPU yet.
   """
 
   block_q: int = 128
@@ -293,7 +293,6 @@ def _bwd(q, k, v, qseg, kseg, out, lse, do, dlse, cs: _frame.Problem):
   lse_b, delta = _frame.bwd_row_stats(out, lse, do, dlse)  # lse's cotangent folds into delta
   do = do.astype(q.dtype)
   lse2 = lse_b * (1.0 / _LN2)
-  dq = _dq_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
   if cs.option("config").bwd_impl == "mosaic":
     # pylint: disable-next=g-import-not-at-top
     from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
@@ -301,9 +300,11 @@ def _bwd(q, k, v, qseg, kseg, out, lse, do, dlse, cs: _frame.Problem):
            or mb.unsupported(q.shape[1], k.shape[1], q.shape[-1], q.dtype))
     if why:
       raise PallasGpuError(f"bwd_impl='mosaic' cannot run this call: {why}")
+    dq = mb.sparse_attention_dq(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)
     dk, dv = mb.sparse_attention_dkv(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)
-  else:
-    dk, dv = _dkv_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
+    return dq, dk, dv
+  dq = _dq_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
+  dk, dv = _dkv_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
   return dq, dk, dv
 
 

@@ -1,14 +1,17 @@
-"""Block-sparse attention dK/dV in Pallas Mosaic GPU (Hopper, FA3 style), driven by block tables.
+"""Block-sparse attention backward (dK/dV and dQ) in Pallas Mosaic GPU (Hopper, FA3 style),
+driven by block tables.
 
-Opt-in (``TritonConfig(bwd_impl="mosaic")``): ``pallas_gpu``'s backward then takes dK/dV from
-here and dQ from its Triton kernel. Issue 14 §2: the Triton-lowered dK/dV has no TMA, no
+Opt-in (``TritonConfig(bwd_impl="mosaic")``): ``pallas_gpu``'s backward then takes dQ, dK and dV
+from here instead of its Triton kernels. Issue 14 §2: the Triton-lowered backward has no TMA, no
 warpgroup MMA and no warp specialisation, and strided forward+backward is at 0.75x FA4.
-**Not yet run on a GPU**: CPU checks only that it lowers to Mosaic GPU
-(``tests/test_attention_pallas_gpu.py -k mosaic_dkv``). ``tests/gpu/test_gpu_pallas_gpu.py -k
-mosaic_dkv`` checks it against the dense reference on a GPU. It stays opt-in until that passes and
-``benchmarks/attention.py`` measures it.
+**Not yet run on a GPU**: CPU checks only that both kernels lower to Mosaic GPU
+(``tests/test_attention_pallas_gpu.py -k mosaic_bwd``). ``tests/gpu/test_gpu_pallas_gpu.py -k
+mosaic_bwd`` checks them against the dense reference on a GPU. They stay opt-in until that passes
+and ``benchmarks/attention.py`` measures them.
 
-Structure, mirroring the forward (``pallas_gpu_mosaic.py``) with the roles of Q and K/V swapped:
+dQ (``sparse_attention_dq``) is the forward's structure (see its docstring). dK/dV
+(``sparse_attention_dkv``) mirrors the forward (``pallas_gpu_mosaic.py``) with the roles of Q and
+K/V swapped:
 - A CTA owns ``2 * block_kv`` keys of one query head: two compute warpgroups hold ``block_kv``
   keys each, K and V in shared memory for the whole kernel.
 - A memory warpgroup streams the query tiles of the CTA's visit list
@@ -24,7 +27,7 @@ Structure, mirroring the forward (``pallas_gpu_mosaic.py``) with the roles of Q 
   in fp32.
 
 Limits (``unsupported`` says which): bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets,
-Tq == Tk, T a multiple of ``2 * block_kv`` and ``block_q``. Rows that see no key carry lse
+Tq == Tk, T a multiple of ``2 * block_kv`` and ``2 * block_q``. Rows that see no key carry lse
 ``+inf``, so their p is 0.
 """
 
@@ -53,18 +56,18 @@ class MosaicBwdConfig:
 
 def unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *, has_segment_ids: bool = False,
                 offsets: bool = False, config: MosaicBwdConfig = MosaicBwdConfig()) -> str | None:
-  """Why this dK/dV kernel cannot take a call, or None."""
+  """Why these backward kernels cannot take a call, or None."""
   if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-    return f"the Mosaic dK/dV needs bf16/f16, got {jnp.dtype(dtype).name}"
+    return f"the Mosaic backward needs bf16/f16, got {jnp.dtype(dtype).name}"
   if head_dim % 64:
-    return f"the Mosaic dK/dV needs head_dim % 64 == 0, got {head_dim}"
+    return f"the Mosaic backward needs head_dim % 64 == 0, got {head_dim}"
   if has_segment_ids:
-    return "the Mosaic dK/dV does not take segment ids"
+    return "the Mosaic backward does not take segment ids"
   if offsets or q_len != kv_len:
-    return "the Mosaic dK/dV needs Tq == Tk and zero offsets"
-  step = math.lcm(2 * config.block_kv, config.block_q)
+    return "the Mosaic backward needs Tq == Tk and zero offsets"
+  step = math.lcm(2 * config.block_kv, 2 * config.block_q)
   if q_len % step:
-    return f"the Mosaic dK/dV needs T % {step} == 0, got {q_len}"
+    return f"the Mosaic backward needs T % {step} == 0, got {q_len}"
   return None
 
 
@@ -221,3 +224,139 @@ def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
   def group_sum(x):
     return x.reshape(B, T, hkv, g, d).astype(jnp.float32).sum(axis=3).astype(dtype)
   return group_sum(dk_h), group_sum(dv_h)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
+def sparse_attention_dq(q, k, v, do, lse2, delta, spec: AttentionSpec,
+                        config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None):
+  """dq, shaped and typed like q (arguments as ``sparse_attention_dkv``).
+
+  The forward's structure: per CTA two compute warpgroups hold ``block_q`` query rows each (Q,
+  dO, lse and delta loaded once); the memory warpgroup streams the K/V tiles of the CTA's
+  full-first list (``kernel_tables(...).fwd`` for ``2 * block_q`` rows, ``block_kv`` keys per
+  tile). Per tile: s = Q Kᵀ, p = exp2(c·s − lse), dP = dO Vᵀ, dS = p (dP − delta), dQ += dS K.
+  """
+  B, T, hq, d = q.shape
+  hkv = k.shape[2]
+  dtype = q.dtype
+  if k.shape != (B, T, hkv, d) or v.shape != k.shape or do.shape != q.shape or hq % hkv:
+    raise ValueError(f"bad shapes q {q.shape} k {k.shape} v {v.shape} do {do.shape}")
+  why = unsupported(T, T, d, dtype, config=config)
+  if why:
+    raise ValueError(why)
+  bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
+  g = hq // hkv
+  tab = jnp.asarray(kernel_tables(spec, T, T, 2 * bq, bkv).fwd)
+  sc = d ** -0.5 if scale is None else scale
+  c = sc * math.log2(math.e)
+
+  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_ref, scoped):
+    batch = lax.axis_index("batch")
+    q_head = lax.axis_index("heads")
+    row = lax.axis_index("q_seq")
+    wg = lax.axis_index("wg")
+    ((q_smem2, do_smem2, lse_smem2, dl_smem2, k_smem, v_smem),
+     (q_bar, do_bar, lse_bar, dl_bar), (k_bar, v_bar), (k_used, v_used)) = scoped
+    n_full, n_tot = tab_ref[row, 0], tab_ref[row, 1]
+
+    @pl.when(wg < 2)
+    def _compute():
+      plgpu.set_max_registers(232, action="increase")
+      q_smem, do_smem = q_smem2.at[wg], do_smem2.at[wg]
+      q_base = row * (2 * bq) + wg * bq
+      rows = pl.ds(q_base, bq)
+      plgpu.copy_gmem_to_smem(q_ref.at[batch, rows, q_head], q_smem, q_bar.at[wg])
+      plgpu.copy_gmem_to_smem(do_ref.at[batch, rows, q_head], do_smem, do_bar.at[wg])
+      plgpu.copy_gmem_to_smem(lse_ref.at[batch, q_head, rows], lse_smem2.at[wg], lse_bar.at[wg])
+      plgpu.copy_gmem_to_smem(dl_ref.at[batch, q_head, rows], dl_smem2.at[wg], dl_bar.at[wg])
+      for bar in (q_bar, do_bar, lse_bar, dl_bar):
+        plgpu.barrier_wait(bar.at[wg])
+      lse = plgpu.load(lse_smem2.at[wg], (), layout=plgpu.Layout.WGMMA.reduce(1))
+      dl = plgpu.load(dl_smem2.at[wg], (), layout=plgpu.Layout.WGMMA.reduce(1))
+      dq = plgpu.layout_cast(jnp.full((bq, d), 0, jnp.float32), plgpu.Layout.WGMMA)
+
+      def step(e, dq, masked):
+        slot = lax.rem(e, jnp.array(mcs, e.dtype))
+        plgpu.barrier_wait(k_bar.at[slot])
+
+        def s_fn(acc_ref):
+          plgpu.wgmma(acc_ref, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
+          return acc_ref[...]
+        s = pl.run_scoped(s_fn, plgpu.ACC((bq, bkv), jnp.float32))
+        p = jnp.exp2(s * c - lax.broadcast_in_dim(lse, (bq, bkv), [0]))
+        if masked:
+          kb = tab_ref[row, e + 2]
+          qi = plgpu.broadcasted_iota(jnp.int32, (bq, bkv), 0, layout=plgpu.Layout.WGMMA)
+          ki = plgpu.broadcasted_iota(jnp.int32, (bq, bkv), 1, layout=plgpu.Layout.WGMMA)
+          p = jnp.where(spec.allowed(qi + q_base, ki + kb * bkv, xp=jnp), p, 0.0)
+        plgpu.barrier_wait(v_bar.at[slot])
+
+        def dp_fn(acc_ref):
+          plgpu.wgmma(acc_ref, do_smem, plgpu.transpose_ref(v_smem.at[slot], (1, 0)))
+          return acc_ref[...]
+        dp = pl.run_scoped(dp_fn, plgpu.ACC((bq, bkv), jnp.float32))
+        plgpu.barrier_arrive(v_used.at[slot])
+        ds = p * (dp - lax.broadcast_in_dim(dl, (bq, bkv), [0]))
+
+        def dq_fn(acc_ref):
+          plgpu.wgmma(acc_ref, ds.astype(dtype), k_smem.at[slot])
+        dq = pl.run_state(dq_fn)(plgpu.ACC.init(dq))
+        plgpu.barrier_arrive(k_used.at[slot])
+        return dq
+
+      dq = lax.fori_loop(0, n_full, functools.partial(step, masked=False), dq)
+      dq = lax.fori_loop(n_full, n_tot, functools.partial(step, masked=True), dq)
+      q_smem[...] = (dq * sc).astype(dtype)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[batch, rows, q_head])
+      plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == 2)
+    def _memory():
+      plgpu.set_max_registers(40, action="decrease")
+      kv_head = lax.div(q_head, jnp.array(g, q_head.dtype))
+
+      def issue(e, slot):
+        kb = tab_ref[row, e + 2]
+        src = (batch, pl.ds(kb * bkv, bkv), kv_head)
+        plgpu.copy_gmem_to_smem(k_ref.at[src], k_smem.at[slot], k_bar.at[slot])
+        plgpu.copy_gmem_to_smem(v_ref.at[src], v_smem.at[slot], v_bar.at[slot])
+
+      for i in range(mcs):
+        pl.when(i < n_tot)(functools.partial(issue, i, i))
+
+      @pl.loop(0, jnp.maximum(n_tot - mcs, 0))
+      def _(e):
+        slot = lax.rem(e, jnp.array(mcs, e.dtype))
+        plgpu.barrier_wait(k_used.at[slot])
+        plgpu.barrier_wait(v_used.at[slot])
+        issue(e + mcs, slot)
+
+  def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_ref):
+    tiles = dict(transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128)))
+    scratch = (
+        plgpu.SMEM((2, bq, d), dtype, **tiles),
+        plgpu.SMEM((2, bq, d), dtype, **tiles),
+        plgpu.SMEM((2, bq), jnp.float32),
+        plgpu.SMEM((2, bq), jnp.float32),
+        plgpu.SMEM((mcs, bkv, d), dtype, **tiles),
+        plgpu.SMEM((mcs, bkv, d), dtype, **tiles),
+    )
+    pl.run_scoped(
+        lambda *a: kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_ref, a),
+        scratch,
+        (plgpu.Barrier(num_barriers=2),) * 4,
+        (plgpu.Barrier(num_barriers=mcs),) * 2,
+        (plgpu.Barrier(num_arrivals=2, num_barriers=mcs),) * 2,
+        collective_axes="wg",
+    )
+
+  return plgpu.kernel(
+      entry,
+      out_type=jax.ShapeDtypeStruct(q.shape, dtype),
+      grid=(hq, T // (2 * bq), B),
+      grid_names=("heads", "q_seq", "batch"),
+      num_threads=3,
+      thread_name="wg",
+      compiler_params=plgpu.CompilerParams(approx_math=True),
+  )(q, k, v, do, lse2, delta, tab)

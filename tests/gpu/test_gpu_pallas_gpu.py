@@ -74,14 +74,14 @@ def test_bf16_vs_reference(spec, D, impl):
 
 @pytest.mark.parametrize("spec", ["sink_window:64:512", "strided:4:4", "full"])
 @pytest.mark.parametrize("D,Hkv", [(64, 2), (128, 8), (128, 2)])
-def test_mosaic_dkv_bf16_vs_reference(spec, D, Hkv):
-  """The opt-in Mosaic GPU dK/dV (``bwd_impl="mosaic"``) with the Triton dQ: MHA and GQA."""
+def test_mosaic_bwd_bf16_vs_reference(spec, D, Hkv):
+  """The opt-in Mosaic GPU backward (``bwd_impl="mosaic"``: dQ and dK/dV), MHA and GQA."""
   q, k, v, w = _inputs(4, 1, 2048, 8, Hkv, D, jnp.bfloat16)
   _check(AttentionSpec.parse(spec), q, k, v, w, tol_out=1e-2, tol_grad=2e-2,
          config=pallas_gpu.TritonConfig(bwd_impl="mosaic"))
 
 
-def test_mosaic_dkv_refuses_segment_ids():
+def test_mosaic_bwd_refuses_segment_ids():
   q, k, v, w = _inputs(5, 1, 1024, 4, 4, 128, jnp.bfloat16)
   seg = jnp.zeros((1, 1024), jnp.int32).at[:, 512:].set(1)
   cfg = pallas_gpu.TritonConfig(bwd_impl="mosaic")

@@ -24,9 +24,10 @@ from pallas_kernels.spec import AttentionSpec
 BQ, BKV = 16, 16
 
 
-def _stats(q, k, v, do, spec, sc):
+def _stats(q, k, v, do, spec):
   """out, base-2 lse (+inf where a row sees nothing) and delta, as pallas_gpu._bwd passes them."""
-  out, lse = reference_attention(q, k, v, spec, return_lse=True)
+  out, lse = reference_attention(*(jnp.asarray(x, jnp.float32) for x in (q, k, v)), spec,
+                                 return_lse=True)
   out, lse = np.asarray(out, np.float64), np.asarray(lse, np.float64)
   lse2 = np.where(np.isfinite(lse), lse / math.log(2), np.inf)
   delta = np.einsum("bthd,bthd->bht", do, out)
@@ -47,7 +48,7 @@ def _replay(q, k, v, do, spec):
   g = hq // k.shape[2]
   sc = d ** -0.5
   c = sc * math.log2(math.e)
-  lse2, delta = _stats(q, k, v, do, spec, sc)
+  lse2, delta = _stats(q, k, v, do, spec)
   dq, dk, dv = np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape)
   bwd = kernel_tables(spec, T, T, BQ, 2 * BKV).bwd
   fwd = kernel_tables(spec, T, T, 2 * BQ, BKV).fwd

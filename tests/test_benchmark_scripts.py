@@ -40,3 +40,15 @@ def test_trainer_throughput_refuses_unknown_modifier(env):
                       "--", "--config=configs/tiny_cpu.py"], env=env, cwd=ROOT,
                      capture_output=True, text=True, timeout=120, check=False)
   assert p.returncode != 0 and "unknown variant modifier 'foo'" in p.stderr
+
+
+def test_step_memory_compiles_and_reports_errors_per_backend(env, tmp_path):
+  out = tmp_path / "mem.json"
+  p = subprocess.run([sys.executable, "benchmarks/step_memory.py", "--config=configs/tiny_cpu.py",
+                      "--backends=xla,bogus", f"--out={out}"], env=env, cwd=ROOT,
+                     capture_output=True, text=True, timeout=600, check=False)
+  assert p.returncode == 1, p.stderr[-2000:]      # one backend failed
+  xla, bogus = json.loads(out.read_text())["rows"]
+  assert xla["backend"] == "xla" and xla["temp"] > 0 and xla["planner"] > 0
+  assert xla["peak"] == xla["argument"] + xla["output"] - xla["alias"] + xla["temp"]
+  assert "not a registered backend" in bogus["error"]

@@ -13,7 +13,7 @@ V, D = 264, 64
 
 def _tokens(hot_share: float) -> jax.Array:
   rng = np.random.default_rng(0)
-  toks = rng.integers(0, V, (16, 1024))
+  toks = rng.integers(0, V, (8, 512))
   toks[rng.random(toks.shape) < hot_share] = 32     # one very frequent byte, as spaces in code
   return jnp.asarray(toks, jnp.int32)
 

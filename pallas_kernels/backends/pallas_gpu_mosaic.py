@@ -45,6 +45,45 @@ class MosaicConfig:
   max_concurrent_steps: int = 2
 
 
+def tiled_smem(shape, dtype):
+  """A shared-memory buffer in the (8, 64)-tiled, 128-byte-swizzled layout TMA and wgmma take."""
+  return plgpu.SMEM(shape, dtype,
+                    transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128)))
+
+
+def feed_ring(n_tot, mcs, issue, used):
+  """The memory warpgroup's loop: ``issue(e, slot)`` for the visit-list entries ``0..n_tot-1``
+  into a ring of ``mcs`` shared-memory slots; entry ``e >= mcs`` first waits until every barrier
+  of ``used`` has released its slot."""
+  for i in range(mcs):
+    pl.when(i < n_tot)(functools.partial(issue, i, i))
+
+  @pl.loop(0, jnp.maximum(n_tot - mcs, 0))
+  def _(e):
+    slot = lax.rem(e, jnp.array(mcs, e.dtype))
+    for bar in used:
+      plgpu.barrier_wait(bar.at[slot])
+    issue(e + mcs, slot)
+
+
+def stream_kv(refs, smem, bars, used, tab_ref, *, row, batch, kv_head, n_tot, bkv, mcs):
+  """The memory warpgroup of the forward and dQ kernels: the K/V tiles of the CTA's visit list
+  (``tab_ref[row]``, block indices from column 2) into the ring. ``refs``, ``smem``, ``bars``
+  and ``used`` are (K, V) pairs."""
+  def issue(e, slot):
+    src = (batch, pl.ds(tab_ref[row, e + 2] * bkv, bkv), kv_head)
+    for ref, buf, bar in zip(refs, smem, bars):
+      plgpu.copy_gmem_to_smem(ref.at[src], buf.at[slot], bar.at[slot])
+  feed_ring(n_tot, mcs, issue, used)
+
+
+def launch(entry, out_type, grid, grid_names, *args):
+  """``plgpu.kernel`` as every kernel here runs: two compute warpgroups and one memory one."""
+  return plgpu.kernel(entry, out_type=out_type, grid=grid, grid_names=grid_names, num_threads=3,
+                      thread_name="wg",
+                      compiler_params=plgpu.CompilerParams(approx_math=True))(*args)
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
 def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = MosaicConfig(),
                          scale: float | None = None):
@@ -148,33 +187,13 @@ def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = Mo
     @pl.when(wg == 2)
     def _memory():
       plgpu.set_max_registers(40, action="decrease")
-      kv_head = lax.div(q_head, jnp.array(g, q_head.dtype))
-
-      def issue(e, slot):
-        kb = tab_ref[row, e + 2]
-        src = (batch, pl.ds(kb * bkv, bkv), kv_head)
-        plgpu.copy_gmem_to_smem(k_ref.at[src], k_smem.at[slot], k_bar.at[slot])
-        plgpu.copy_gmem_to_smem(v_ref.at[src], v_smem.at[slot], v_bar.at[slot])
-
-      for i in range(mcs):
-        pl.when(i < n_tot)(functools.partial(issue, i, i))
-
-      @pl.loop(0, jnp.maximum(n_tot - mcs, 0))
-      def _(e):
-        slot = lax.rem(e, jnp.array(mcs, e.dtype))
-        plgpu.barrier_wait(k_used.at[slot])
-        plgpu.barrier_wait(v_used.at[slot])
-        issue(e + mcs, slot)
+      stream_kv((k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar), (k_used, v_used), tab_ref,
+                row=row, batch=batch, kv_head=lax.div(q_head, jnp.array(g, q_head.dtype)),
+                n_tot=n_tot, bkv=bkv, mcs=mcs)
 
   def entry(q_ref, k_ref, v_ref, tab_ref, out_ref, lse_ref):
-    tiling = plgpu.TilingTransform((8, 64))
-    swizzle = plgpu.SwizzleTransform(128)
-    scratch = [
-        plgpu.SMEM((2, bq, d), dtype, transforms=(tiling, swizzle)),
-        plgpu.SMEM((mcs, bkv, d), dtype, transforms=(tiling, swizzle)),
-        plgpu.SMEM((mcs, bkv, d), dtype, transforms=(tiling, swizzle)),
-        plgpu.SMEM((2, bq), jnp.float32),
-    ]
+    scratch = [tiled_smem((2, bq, d), dtype), tiled_smem((mcs, bkv, d), dtype),
+               tiled_smem((mcs, bkv, d), dtype), plgpu.SMEM((2, bq), jnp.float32)]
     pl.run_scoped(
         lambda *a: kernel(q_ref, k_ref, v_ref, tab_ref, out_ref, lse_ref, a),
         scratch,
@@ -185,14 +204,6 @@ def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = Mo
         collective_axes="wg",
     )
 
-  out, lse = plgpu.kernel(
-      entry,
-      out_type=[jax.ShapeDtypeStruct(q.shape, dtype),
-                jax.ShapeDtypeStruct((B, hq, T), jnp.float32)],
-      grid=(hq, T // (2 * bq), B),
-      grid_names=("heads", "q_seq", "batch"),
-      num_threads=3,
-      thread_name="wg",
-      compiler_params=plgpu.CompilerParams(approx_math=True),
-  )(q, k, v, tab)
-  return out, lse
+  return launch(entry, [jax.ShapeDtypeStruct(q.shape, dtype),
+                        jax.ShapeDtypeStruct((B, hq, T), jnp.float32)],
+                (hq, T // (2 * bq), B), ("heads", "q_seq", "batch"), q, k, v, tab)

@@ -44,6 +44,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.backends.gpu_tables import kernel_tables
+from pallas_kernels.backends.pallas_gpu_mosaic import feed_ring, launch, stream_kv, tiled_smem
 from pallas_kernels.spec import AttentionSpec
 
 
@@ -71,6 +72,19 @@ def unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *, has_segment_id
   return None
 
 
+def _check(q, k, v, do, config: MosaicBwdConfig, scale):
+  """Both kernels' argument checks; returns (B, T, Hq, Hkv, D, group, scale, scale * log2 e)."""
+  B, T, hq, d = q.shape
+  hkv = k.shape[2]
+  if k.shape != (B, T, hkv, d) or v.shape != k.shape or do.shape != q.shape or hq % hkv:
+    raise ValueError(f"bad shapes q {q.shape} k {k.shape} v {v.shape} do {do.shape}")
+  why = unsupported(T, T, d, q.dtype, config=config)
+  if why:
+    raise ValueError(why)
+  sc = d ** -0.5 if scale is None else scale
+  return B, T, hq, hkv, d, hq // hkv, sc, sc * math.log2(math.e)
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
 def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
                          config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None):
@@ -80,19 +94,10 @@ def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
   the scaled scores (``+inf`` where a row sees nothing); delta [B, Hq, T] fp32, rowsum(dO * O)
   (minus the lse cotangent when there is one).
   """
-  B, T, hq, d = q.shape
-  hkv = k.shape[2]
+  B, T, hq, hkv, d, g, sc, c = _check(q, k, v, do, config, scale)
   dtype = q.dtype
-  if k.shape != (B, T, hkv, d) or v.shape != k.shape or do.shape != q.shape or hq % hkv:
-    raise ValueError(f"bad shapes q {q.shape} k {k.shape} v {v.shape} do {do.shape}")
-  why = unsupported(T, T, d, dtype, config=config)
-  if why:
-    raise ValueError(why)
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
-  g = hq // hkv
   tab = jnp.asarray(kernel_tables(spec, T, T, bq, 2 * bkv).bwd)
-  sc = d ** -0.5 if scale is None else scale
-  c = sc * math.log2(math.e)
 
   def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dk_ref, dv_ref, scoped):
     batch = lax.axis_index("batch")
@@ -177,27 +182,12 @@ def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
         plgpu.copy_gmem_to_smem(dl_ref.at[batch, q_head, rows], dl_smem.at[slot],
                                 dl_bar.at[slot])
 
-      for i in range(mcs):
-        pl.when(i < n_tot)(functools.partial(issue, i, i))
-
-      @pl.loop(0, jnp.maximum(n_tot - mcs, 0))
-      def _(e):
-        slot = lax.rem(e, jnp.array(mcs, e.dtype))
-        plgpu.barrier_wait(used.at[slot])
-        issue(e + mcs, slot)
+      feed_ring(n_tot, mcs, issue, (used,))
 
   def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dk_ref, dv_ref):
-    tiling = plgpu.TilingTransform((8, 64))
-    swizzle = plgpu.SwizzleTransform(128)
-    tiles = dict(transforms=(tiling, swizzle))
-    scratch = (
-        plgpu.SMEM((2, bkv, d), dtype, **tiles),
-        plgpu.SMEM((2, bkv, d), dtype, **tiles),
-        plgpu.SMEM((mcs, bq, d), dtype, **tiles),
-        plgpu.SMEM((mcs, bq, d), dtype, **tiles),
-        plgpu.SMEM((mcs, bq), jnp.float32),
-        plgpu.SMEM((mcs, bq), jnp.float32),
-    )
+    scratch = (tiled_smem((2, bkv, d), dtype), tiled_smem((2, bkv, d), dtype),
+               tiled_smem((mcs, bq, d), dtype), tiled_smem((mcs, bq, d), dtype),
+               plgpu.SMEM((mcs, bq), jnp.float32), plgpu.SMEM((mcs, bq), jnp.float32))
     pl.run_scoped(
         lambda *a: kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dk_ref, dv_ref,
                           a),
@@ -209,15 +199,8 @@ def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
     )
 
   per_head = jax.ShapeDtypeStruct((B, T, hq, d), dtype)
-  dk_h, dv_h = plgpu.kernel(
-      entry,
-      out_type=[per_head, per_head],
-      grid=(hq, T // (2 * bkv), B),
-      grid_names=("heads", "kv_seq", "batch"),
-      num_threads=3,
-      thread_name="wg",
-      compiler_params=plgpu.CompilerParams(approx_math=True),
-  )(q, k, v, do, lse2, delta, tab)
+  dk_h, dv_h = launch(entry, [per_head, per_head], (hq, T // (2 * bkv), B),
+                      ("heads", "kv_seq", "batch"), q, k, v, do, lse2, delta, tab)
   if g == 1:
     return dk_h, dv_h
 
@@ -236,19 +219,10 @@ def sparse_attention_dq(q, k, v, do, lse2, delta, spec: AttentionSpec,
   full-first list (``kernel_tables(...).fwd`` for ``2 * block_q`` rows, ``block_kv`` keys per
   tile). Per tile: s = Q Kᵀ, p = exp2(c·s − lse), dP = dO Vᵀ, dS = p (dP − delta), dQ += dS K.
   """
-  B, T, hq, d = q.shape
-  hkv = k.shape[2]
+  B, T, hq, hkv, d, g, sc, c = _check(q, k, v, do, config, scale)
   dtype = q.dtype
-  if k.shape != (B, T, hkv, d) or v.shape != k.shape or do.shape != q.shape or hq % hkv:
-    raise ValueError(f"bad shapes q {q.shape} k {k.shape} v {v.shape} do {do.shape}")
-  why = unsupported(T, T, d, dtype, config=config)
-  if why:
-    raise ValueError(why)
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
-  g = hq // hkv
   tab = jnp.asarray(kernel_tables(spec, T, T, 2 * bq, bkv).fwd)
-  sc = d ** -0.5 if scale is None else scale
-  c = sc * math.log2(math.e)
 
   def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_ref, scoped):
     batch = lax.axis_index("batch")
@@ -314,34 +288,14 @@ def sparse_attention_dq(q, k, v, do, lse2, delta, spec: AttentionSpec,
     @pl.when(wg == 2)
     def _memory():
       plgpu.set_max_registers(40, action="decrease")
-      kv_head = lax.div(q_head, jnp.array(g, q_head.dtype))
-
-      def issue(e, slot):
-        kb = tab_ref[row, e + 2]
-        src = (batch, pl.ds(kb * bkv, bkv), kv_head)
-        plgpu.copy_gmem_to_smem(k_ref.at[src], k_smem.at[slot], k_bar.at[slot])
-        plgpu.copy_gmem_to_smem(v_ref.at[src], v_smem.at[slot], v_bar.at[slot])
-
-      for i in range(mcs):
-        pl.when(i < n_tot)(functools.partial(issue, i, i))
-
-      @pl.loop(0, jnp.maximum(n_tot - mcs, 0))
-      def _(e):
-        slot = lax.rem(e, jnp.array(mcs, e.dtype))
-        plgpu.barrier_wait(k_used.at[slot])
-        plgpu.barrier_wait(v_used.at[slot])
-        issue(e + mcs, slot)
+      stream_kv((k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar), (k_used, v_used), tab_ref,
+                row=row, batch=batch, kv_head=lax.div(q_head, jnp.array(g, q_head.dtype)),
+                n_tot=n_tot, bkv=bkv, mcs=mcs)
 
   def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_ref):
-    tiles = dict(transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128)))
-    scratch = (
-        plgpu.SMEM((2, bq, d), dtype, **tiles),
-        plgpu.SMEM((2, bq, d), dtype, **tiles),
-        plgpu.SMEM((2, bq), jnp.float32),
-        plgpu.SMEM((2, bq), jnp.float32),
-        plgpu.SMEM((mcs, bkv, d), dtype, **tiles),
-        plgpu.SMEM((mcs, bkv, d), dtype, **tiles),
-    )
+    scratch = (tiled_smem((2, bq, d), dtype), tiled_smem((2, bq, d), dtype),
+               plgpu.SMEM((2, bq), jnp.float32), plgpu.SMEM((2, bq), jnp.float32),
+               tiled_smem((mcs, bkv, d), dtype), tiled_smem((mcs, bkv, d), dtype))
     pl.run_scoped(
         lambda *a: kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_ref, a),
         scratch,
@@ -351,12 +305,5 @@ def sparse_attention_dq(q, k, v, do, lse2, delta, spec: AttentionSpec,
         collective_axes="wg",
     )
 
-  return plgpu.kernel(
-      entry,
-      out_type=jax.ShapeDtypeStruct(q.shape, dtype),
-      grid=(hq, T // (2 * bq), B),
-      grid_names=("heads", "q_seq", "batch"),
-      num_threads=3,
-      thread_name="wg",
-      compiler_params=plgpu.CompilerParams(approx_math=True),
-  )(q, k, v, do, lse2, delta, tab)
+  return launch(entry, jax.ShapeDtypeStruct(q.shape, dtype), (hq, T // (2 * bq), B),
+                ("heads", "q_seq", "batch"), q, k, v, do, lse2, delta, tab)

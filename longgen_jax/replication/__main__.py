@@ -37,7 +37,12 @@ that finds ``stages/data.json`` made with another value of either stops with one
 A finished stage leaves ``WORKDIR/stages/<stage>.json``; a training stage resumes from its own
 checkpoints. ``--deadline_s`` stops cleanly between stages, and a training run that would pass
 the deadline is sent SIGTERM (it saves a checkpoint and exits), so a run on a time-limited
-machine always ends resumable. Exit code 2 and one line for bad arguments.
+machine always ends resumable.
+
+``--seed`` (default 0) seeds pretraining (initialisation, data order) and every arm's extension;
+one study directory holds one seed, and a training stage asked for another stops with one line.
+Stages run in the order ``--stages`` lists them, so ``probe`` may come before ``eval`` (it is
+the cheaper of the two). Exit code 2 and one line for bad arguments.
 """
 
 from __future__ import annotations
@@ -125,7 +130,8 @@ class Study:
       raise RuntimeError(f"{what} failed with exit code {rc}")
 
   def config_arg(self, **kv) -> str:
-    items = dict(kv, size=self.size, data=self.data, synth=self.args.synthetic_fraction)
+    items = dict(kv, size=self.size, data=self.data, synth=self.args.synthetic_fraction,
+                 seed=self.args.seed)
     return CONFIG + ":" + ",".join(f"{k}={v}" for k, v in items.items())
 
 
@@ -217,7 +223,8 @@ def pretrain_steps(st: Study) -> int:
       return json.load(f)["steps"]
   sizes = recipe.SIZES[st.size]["pretrain"]
   steps = st.args.pretrain_steps or recipe.steps(st.size, "pretrain")
-  plan = {"budget_steps": recipe.steps(st.size, "pretrain"), "steps": steps}
+  plan = {"budget_steps": recipe.steps(st.size, "pretrain"), "steps": steps,
+          "seed": st.args.seed}
   if not st.args.pretrain_steps and st.args.pretrain_budget_s:
     probe = st.path("probe")
     shutil.rmtree(probe, ignore_errors=True)
@@ -243,7 +250,8 @@ def stage_pretrain(st: Study) -> dict:
   cmd = [sys.executable, "-m", "longgen_jax.train",
          f"--config={st.config_arg(stage='pretrain', steps=steps)}", f"--workdir={run}"]
   st.run(cmd, "pretrain")
-  return {"run": run, "steps": steps, "synthetic_fraction": st.args.synthetic_fraction}
+  return {"run": run, "steps": steps, "synthetic_fraction": st.args.synthetic_fraction,
+          "seed": st.args.seed}
 
 
 def stage_base(st: Study) -> dict:
@@ -271,7 +279,7 @@ def stage_extend(st: Study, arm: str) -> dict:
           f"--config={st.config_arg(arm=arm, steps=st.args.extend_steps)}", f"--workdir={run}",
           f"--config.init_from={st.path('base_hf')}"], f"extend {arm}")
   return {"run": run, "synthetic_fraction": st.args.synthetic_fraction,
-          "layers": recipe.arm_layers(st.size, arm)}
+          "layers": recipe.arm_layers(st.size, arm), "seed": st.args.seed}
 
 
 def eval_models(st: Study) -> dict[str, tuple[str, str | None]]:
@@ -310,11 +318,27 @@ def stage_report(st: Study) -> dict:
 
 
 # ---------------------------------------------------------------------- the driver
+def pretrain_seed(st: Study) -> int | None:
+  """The seed the study's pretraining started with (``pretrain_plan.json``, written before it
+  starts; 0 before the flag existed), or None when it has not started."""
+  try:
+    with open(st.path("pretrain_plan.json"), encoding="utf-8") as f:
+      return json.load(f).get("seed", 0)
+  except FileNotFoundError:
+    return None
+
+
 def check_data(st: Study, stages: list[str], force: set[str]) -> str | None:
   """The data mark against this run's synthetic settings: the one-line error of a data stage
   that would keep documents made with other settings (``data_mismatch``); warnings when only
   the training stages run."""
-  mark, args = st.done("data"), st.args
+  args = st.args
+  if set(stages) & {"pretrain", "extend"}:
+    made = pretrain_seed(st)
+    if made is not None and made != args.seed:
+      return (f"the pretraining in {st.workdir} was made with --seed={made}, this run asks for "
+              f"--seed={args.seed}; use another --workdir for another seed")
+  mark = st.done("data")
   if mark is None:
     return None
   if "data" in stages:
@@ -347,10 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--synthetic_fraction", type=float, default=recipe.SYNTHETIC_FRACTION,
                  help="share of training tokens that are synthetic retrieval documents (data, "
                  "pretrain and extend stages; default %(default)s)")
-  p.add_argument("--synthetic_questions", type=int, default=1, help="questions each short "
-                 "(pretraining) synthetic document asks, about items with distinct keys (fewer "
-                 "where they do not fit); raise it for more retrieval answers per training token "
-                 "(the second pass's 1 taught no retrieval). The long ones ask 1 (default "
+  p.add_argument("--synthetic_questions", type=int, default=recipe.SYNTHETIC_QUESTIONS,
+                 help="questions each short (pretraining) synthetic document asks, about items "
+                 "with distinct keys (fewer where they do not fit): more retrieval answers per "
+                 "training token (the second pass's 1 taught no retrieval, the third's 4 did). "
+                 "The long ones ask 1 (default %(default)s)")
+  p.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed of "
+                 "pretraining and of every arm's extension (one seed per --workdir; default "
                  "%(default)s)")
   p.add_argument("--pretrain_steps", type=int, default=0, help="0 = the token budget")
   p.add_argument("--pretrain_budget_s", type=float, default=0.0, help="cap pretraining to what "
@@ -412,6 +439,9 @@ def main(argv=None) -> int:
   if args.synthetic_questions < 1:
     print(f"replication: error: --synthetic_questions={args.synthetic_questions} must be >= 1",
           file=sys.stderr)
+    return 2
+  if args.seed < 0:
+    print(f"replication: error: --seed={args.seed} must be >= 0", file=sys.stderr)
     return 2
   if args.probe_samples < 1:
     print(f"replication: error: --probe_samples={args.probe_samples} must be >= 1",

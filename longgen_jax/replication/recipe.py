@@ -31,8 +31,11 @@ SIZES = {
 
 PRETRAIN_THETA = 1e4
 EXTEND_THETA = 5e5      # 1e4 -> 5e5: the "ABF" rule of thumb for ~16x, as Llama-3 / LongGen do
-SYNTHETIC_FRACTION = 0.10   # default share of training tokens that are synthetic retrieval
-                            # documents (the driver's --synthetic_fraction; first pass: 0.07)
+SYNTHETIC_FRACTION = 0.15   # default share of training tokens that are synthetic retrieval
+                            # documents (the driver's --synthetic_fraction; first pass 0.07,
+                            # second 0.10, third 0.15: the first to teach retrieval)
+SYNTHETIC_QUESTIONS = 4     # default questions per short synthetic document (--synthetic_questions;
+                            # 1 in the first two passes, which taught none)
 
 # The arms. Sparse patterns use the size's block (64 for `small`): "{B}" is replaced by it.
 # hybrid_sw: sink 64 + window 512 -> 576-token KV per sparse layer; the 6 stacked sparse layers

@@ -87,11 +87,13 @@ def collect(st) -> dict:
     summary["training"][arm] = training(st.path(f"extend_{arm}"))
   for name in ordered(eval_models(st)):
     info = _load(st.path("eval", name, "summary.json"))
-    if info is None:
+    probe = _load(st.path("eval", name, "probe", "results.json"))
+    if info is None and probe is None:
       continue
     depth, ruler = (_load(st.path("eval", name, part, "results.json")) for part in ("depth", "ruler"))
-    m = {"served_layers": info["served_layers"], "kv_drop": info["kv_drop"],
-         "speed": info["speed"], "scores": {}, "grid": {}}
+    src = info or probe     # a model probed whose eval has not run yet: no speed, no eval scores
+    m = {"served_layers": src["served_layers"], "kv_drop": src["kv_drop"],
+         "speed": info["speed"] if info else None, "scores": {}, "grid": {}}
     for res in (depth, ruler):
       for task in TASKS:
         if res and task in res["tasks"]:
@@ -100,7 +102,6 @@ def collect(st) -> dict:
             m["grid"][task] = res["tasks"][task]["grid"]
     if ruler and "ppl" in ruler["tasks"]:
       m["ppl"] = ruler["tasks"]["ppl"]
-    probe = _load(st.path("eval", name, "probe", "results.json"))
     if probe:
       m["probe"] = {t: scores(probe, t) for t in PROBE_TASKS if t in probe["tasks"]}
       m["probe_by_family"] = probe.get("by_family", {})
@@ -179,6 +180,9 @@ def tables(summary: dict) -> str:
   for name, m in models.items():
     tr = summary["training"].get(name) or {}
     sp = m["speed"]
+    if sp is None:
+      lines.append(f"| {name} | not evaluated yet | " + " | ".join(["–"] * 7) + " |")
+      continue
     big = [k for k in sp if k not in ("1", "kv_bytes_batch1")]
     mfu = tr.get("mfu")
     lines.append(

@@ -227,7 +227,26 @@ def test_mosaic_bwd_limits_and_config():
   assert "bf16/f16" in mb.unsupported(1024, 1024, 128, jnp.float32)
   assert "head_dim" in mb.unsupported(1024, 1024, 96, jnp.bfloat16)
   assert "segment ids" in mb.unsupported(1024, 1024, 128, jnp.bfloat16, has_segment_ids=True)
-  assert "T % 128" in mb.unsupported(1000, 1000, 128, jnp.bfloat16)
+  assert mb.unsupported(1000, 1000, 128, jnp.bfloat16) == \
+      "the Mosaic backward cannot take length 1000 (needs a multiple of 128)"
+  assert "offsets" in mb.unsupported(1024, 1024, 128, jnp.bfloat16, offsets=True)
+  assert "offsets" in mb.unsupported(1024, 2048, 128, jnp.bfloat16)
+  # the step follows each kernel's tiles; one list of limits serves the forward and backward
+  assert mb.step(mb.MosaicBwdConfig(block_q=64, block_kv=128)) == 256
+  assert mb.unsupported(1152, 1152, 64, jnp.bfloat16,
+                        config=mb.MosaicBwdConfig(block_kv=128)) is not None
+  from pallas_kernels.backends import pallas_gpu_mosaic as pm  # noqa: E402
+  assert pm.fwd_step(pm.MosaicConfig()) == 128
+  assert pm.fwd_step(pm.MosaicConfig(block_q=64, block_kv=192)) == 384
+  for args in [(1024, 1024, 128, jnp.float32), (1024, 1024, 96, jnp.bfloat16),
+               (1000, 1000, 128, jnp.bfloat16)]:
+    assert mb.unsupported(*args) == "the Mosaic backward cannot take " + pm.shape_limits(
+        *args, step=mb.step())
+  with pytest.raises(ValueError, match="the Mosaic forward cannot take length 1000"):
+    pm.sparse_attention_fwd(jax.ShapeDtypeStruct((1, 1000, 2, 64), jnp.bfloat16),
+                            jax.ShapeDtypeStruct((1, 1000, 2, 64), jnp.bfloat16),
+                            jax.ShapeDtypeStruct((1, 1000, 2, 64), jnp.bfloat16),
+                            AttentionSpec.full())
   with pytest.raises(pallas_gpu.PallasGpuError, match="bwd_impl"):
     pallas_gpu.TritonConfig(bwd_impl="cuda")
   q, k, v, _ = _inputs(7, 128, 2, 2, 64, jnp.bfloat16)

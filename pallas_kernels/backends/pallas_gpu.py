@@ -237,32 +237,27 @@ def _dkv_call(cs: _frame.Problem, q, k, v, qseg, kseg, do, lse2, delta):
 
 def mosaic_unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *,
                        has_segment_ids: bool = False, q_offset: int = 0, kv_offset: int = 0,
-                       interpret: bool = False) -> str | None:
-  """Why the Mosaic GPU forward cannot run a call with these static facts (None when it can).
-  Used by ``fwd_impl="auto"`` here and by the ``split_gpu`` backend's ``supports``."""
+                       interpret: bool = False, step: int | None = None) -> str | None:
+  """Why the Mosaic GPU kernels cannot run a call with these static facts (None when they can):
+  the device here, the shapes in ``pallas_gpu_mosaic.shape_limits``. ``step``: the kernel's
+  length multiple (default: the forward's). Used by ``fwd_impl="auto"`` and ``bwd_impl="mosaic"``
+  here and by the ``split_gpu`` backend's ``supports``."""
   if interpret:
     return "interpret mode (Mosaic GPU kernels run on Hopper GPUs only)"
   dev = jax.devices()[0]
   if getattr(dev, "compute_capability", None) != "9.0":
     return f"device {dev.device_kind!r} is not sm_90 (Hopper)"
-  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-    return f"dtype {dtype} (needs bf16/f16)"
-  if head_dim % 64:
-    return f"head_dim {head_dim} (needs a multiple of 64)"
-  if has_segment_ids:
-    return "segment ids"
-  if q_offset or kv_offset or q_len != kv_len:
-    return "offsets or Tq != Tk"
-  if q_len % 128:
-    return f"length {q_len} is not a multiple of 128"
-  return None
+  from pallas_kernels.backends import pallas_gpu_mosaic as pm  # pylint: disable=g-import-not-at-top
+  return pm.shape_limits(q_len, kv_len, head_dim, dtype,
+                         step=pm.fwd_step(pm.MosaicConfig()) if step is None else step,
+                         has_segment_ids=has_segment_ids, offsets=bool(q_offset or kv_offset))
 
 
-def _mosaic_unsupported(cs: _frame.Problem, q, k, has_seg) -> str | None:
+def _mosaic_unsupported(cs: _frame.Problem, q, k, has_seg, step: int | None = None) -> str | None:
   """``mosaic_unsupported`` of a call (its padded head dim; padded lengths must agree too)."""
   why = mosaic_unsupported(cs.q_len, cs.kv_len, q.shape[-1], q.dtype, has_segment_ids=has_seg,
                            q_offset=cs.q_offset, kv_offset=cs.kv_offset,
-                           interpret=cs.option("interpret"))
+                           interpret=cs.option("interpret"), step=step)
   if why is None and q.shape[1] != k.shape[1]:
     return "offsets or Tq != Tk"
   return why
@@ -296,7 +291,7 @@ def _bwd(q, k, v, qseg, kseg, out, lse, do, dlse, cs: _frame.Problem):
   if cs.option("config").bwd_impl == "mosaic":
     # pylint: disable-next=g-import-not-at-top
     from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
-    why = _mosaic_unsupported(cs, q, k, qseg is not None)   # the kernels check their blocks
+    why = _mosaic_unsupported(cs, q, k, qseg is not None, step=mb.step())
     if why:
       raise PallasGpuError(f"bwd_impl='mosaic' cannot run this call: {why}")
     dq = mb.sparse_attention_dq(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)

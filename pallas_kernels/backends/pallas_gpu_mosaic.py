@@ -14,7 +14,7 @@ one scalar at a time) instead of ``range(kv_steps)``; the partial entries run a 
 applies ``spec.allowed``. Both warpgroups take the same number of steps, so the schedule barrier
 pairs up without the causal epilogue of the original.
 
-Limits: forward only, bf16/f16, head_dim % 64 == 0, no segment ids, q_offset == kv_offset == 0,
+Limits (``shape_limits``, the one list the backward kernels share): bf16/f16, head_dim % 64 == 0, no segment ids, q_offset == kv_offset == 0,
 Tq == Tk, T a multiple of ``2 * block_q`` and ``block_kv``; GQA by ``q_head // (Hq // Hkv)``.
 Rows that see no key get a zero output and lse -inf (finite running-max start, as in Triton).
 CPU: it lowers for CUDA (tested), but Mosaic GPU interpret mode cannot run it (no ``run_state``).
@@ -43,6 +43,29 @@ class MosaicConfig:
   block_q: int = 64        # rows per compute warpgroup (a CTA covers 2 * block_q rows)
   block_kv: int = 128
   max_concurrent_steps: int = 2
+
+
+def shape_limits(q_len: int, kv_len: int, head_dim: int, dtype, *, step: int,
+                 has_segment_ids: bool = False, offsets: bool = False) -> str | None:
+  """Why the Mosaic GPU kernels here and in ``pallas_gpu_mosaic_bwd`` cannot take a call with
+  these static facts, the device aside (None when they can). ``step``: the length multiple a
+  kernel's tiles need (``fwd_step``, ``pallas_gpu_mosaic_bwd.step``). The one list of limits."""
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return f"dtype {jnp.dtype(dtype).name} (needs bf16/f16)"
+  if head_dim % 64:
+    return f"head_dim {head_dim} (needs a multiple of 64)"
+  if has_segment_ids:
+    return "segment ids"
+  if offsets or q_len != kv_len:
+    return "offsets or Tq != Tk"
+  if q_len % step:
+    return f"length {q_len} (needs a multiple of {step})"
+  return None
+
+
+def fwd_step(config: MosaicConfig) -> int:
+  """The length multiple the forward's tiles need."""
+  return math.lcm(2 * config.block_q, config.block_kv)
 
 
 def tiled_smem(shape, dtype):
@@ -93,11 +116,10 @@ def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = Mo
   dtype = q.dtype
   if k.shape != (B, T, hkv, d) or v.shape != k.shape or hq % hkv:
     raise ValueError(f"bad shapes q {q.shape} k {k.shape} v {v.shape}")
-  if d % 64 or dtype not in (jnp.bfloat16, jnp.float16):
-    raise ValueError(f"needs bf16/f16 and head_dim % 64 == 0; got {dtype}, {d}")
+  why = shape_limits(T, T, d, dtype, step=fwd_step(config))
+  if why:
+    raise ValueError(f"the Mosaic forward cannot take {why}")
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
-  if T % (2 * bq) or T % bkv:
-    raise ValueError(f"T={T} must be a multiple of {2 * bq} and {bkv}")
   g = hq // hkv
   t = kernel_tables(spec, T, T, 2 * bq, bkv)
   tab = jnp.asarray(t.fwd)

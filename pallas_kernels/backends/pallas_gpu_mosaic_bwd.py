@@ -44,7 +44,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.backends.gpu_tables import kernel_tables
-from pallas_kernels.backends.pallas_gpu_mosaic import feed_ring, launch, stream_kv, tiled_smem
+from pallas_kernels.backends.pallas_gpu_mosaic import (feed_ring, launch, shape_limits, stream_kv,
+                                                      tiled_smem)
 from pallas_kernels.spec import AttentionSpec
 
 
@@ -55,21 +56,17 @@ class MosaicBwdConfig:
   max_concurrent_steps: int = 2
 
 
+def step(config: MosaicBwdConfig = MosaicBwdConfig()) -> int:
+  """The length multiple both backward kernels' tiles need."""
+  return math.lcm(2 * config.block_kv, 2 * config.block_q)
+
+
 def unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *, has_segment_ids: bool = False,
                 offsets: bool = False, config: MosaicBwdConfig = MosaicBwdConfig()) -> str | None:
-  """Why these backward kernels cannot take a call, or None."""
-  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-    return f"the Mosaic backward needs bf16/f16, got {jnp.dtype(dtype).name}"
-  if head_dim % 64:
-    return f"the Mosaic backward needs head_dim % 64 == 0, got {head_dim}"
-  if has_segment_ids:
-    return "the Mosaic backward does not take segment ids"
-  if offsets or q_len != kv_len:
-    return "the Mosaic backward needs Tq == Tk and zero offsets"
-  step = math.lcm(2 * config.block_kv, 2 * config.block_q)
-  if q_len % step:
-    return f"the Mosaic backward needs T % {step} == 0, got {q_len}"
-  return None
+  """Why these backward kernels cannot take a call (``pallas_gpu_mosaic.shape_limits``), or None."""
+  why = shape_limits(q_len, kv_len, head_dim, dtype, step=step(config),
+                     has_segment_ids=has_segment_ids, offsets=offsets)
+  return None if why is None else f"the Mosaic backward cannot take {why}"
 
 
 def _check(q, k, v, do, config: MosaicBwdConfig, scale):

@@ -14,8 +14,9 @@ one scalar at a time) instead of ``range(kv_steps)``; the partial entries run a 
 applies ``spec.allowed``. Both warpgroups take the same number of steps, so the schedule barrier
 pairs up without the causal epilogue of the original.
 
-Limits (``shape_limits``, the one list the backward kernels share): bf16/f16, head_dim % 64 == 0, no segment ids, q_offset == kv_offset == 0,
-Tq == Tk, T a multiple of ``2 * block_q`` and ``block_kv``; GQA by ``q_head // (Hq // Hkv)``.
+Limits (``shape_limits``, the one list the backward kernels share): bf16/f16, head_dim % 64 == 0,
+no segment ids, q_offset == kv_offset == 0, Tq == Tk, T a multiple of ``2 * block_q`` and
+``block_kv``; GQA by ``q_head // (Hq // Hkv)``.
 Rows that see no key get a zero output and lse -inf (finite running-max start, as in Triton).
 CPU: it lowers for CUDA (tested), but Mosaic GPU interpret mode cannot run it (no ``run_state``).
 """

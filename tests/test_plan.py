@@ -91,10 +91,9 @@ def test_estimate_within_20_percent_of_xla(mesh, remat, seq_len, batch, accum):
 def test_gpu_correction_matches_its_calibration(row):
   """The GPU model reproduces each measured peak it was fitted on (docs/parallel.md table), within
   5% of the larger layout's figure, and the table's model columns are what the code computes."""
+  from benchmarks.train_step import model_config  # pylint: disable=import-outside-toplevel
   seq_len, remat, measured, _, cpu_gib, gpu_gib = row
-  cfg = llama2_7b(layout="full", full="full@128", n_layers=6, max_seq_len=seq_len,
-                  dtype="bfloat16", param_dtype="float32", remat=remat, scan_layers=True,
-                  rope={"theta": 5e6})
+  cfg = model_config("full", seq_len, remat)     # the model the calibration runs measured
   sizes = {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1}
 
   def est(platform):

@@ -16,7 +16,8 @@ Arguments (comma separated): ``stage=pretrain|extend`` (default extend), ``arm=`
 ``full``, ``hybrid_sw`` (default), ``hybrid_strided``, ``all_sparse``, ``hybrid_window`` (the
 default arms), or the placement ablation ``hybrid_sw_bottom``, ``hybrid_sw_top``,
 ``hybrid_sw_interleaved`` (hybrid_sw's pattern and count of full layers, 3 of 9, at layers
-0-2, 6-8 and 1,4,7 instead of 3-5); ``full`` is short for ``arm=full``; ``size=small|tiny``
+0-2, 6-8 and 1,4,7 instead of 3-5), or any hybrid arm placed so as ``ARM@PLACE`` (e.g.
+``hybrid_window@top``; PLACE one of bottom, middle, top, interleaved); ``full`` is short for ``arm=full``; ``size=small|tiny``
 (tiny: the CPU smoke test); ``data=DIR``; ``steps=N`` (0 = the token budget); ``synth=F`` the
 synthetic share of training tokens (default ``recipe.SYNTHETIC_FRACTION``, 0.15); ``seed=N``
 (default 0) the initialisation and data-order seed (every arm of a study uses the pretraining's).
@@ -89,9 +90,10 @@ def get_config(arg=None):
   size = recipe.SIZES[arg.size]
   stage = size[arg.stage]
   arm = "full" if (arg.full or arg.stage == "pretrain") else arg.arm
-  if arm not in recipe.ALL_ARMS:
-    raise config_utils.ConfigError(f"arm must be one of {', '.join(recipe.ALL_ARMS)}, "
-                                   f"got {arm!r}")
+  try:
+    recipe.parse_arm(arm)
+  except ValueError as e:
+    raise config_utils.ConfigError(str(e)) from None
 
   config = config_utils.base_config()
   if arg.seed < 0:

@@ -152,7 +152,7 @@ def test_bad_stage_is_one_line(tmp_path):
 def test_bad_arm_and_fraction_are_one_line(tmp_path):
   r = _driver(str(tmp_path), "--arms=hybrid_sw,hybrid_sw_sideways")
   assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-  assert "unknown arm(s) ['hybrid_sw_sideways']" in r.stderr and "hybrid_sw_top" in r.stderr
+  assert "unknown arm 'hybrid_sw_sideways'" in r.stderr and "hybrid_sw_top" in r.stderr
   r = _driver(str(tmp_path), "--synthetic_fraction=1.5")
   assert r.returncode == 2 and r.stderr.strip().splitlines() == [
       "replication: error: --synthetic_fraction=1.5 must lie in (0, 1)"]

@@ -26,8 +26,9 @@ Stages (``--stages``, comma list, default ``all``), each driving the project's o
   export    per arm: ``python -m longgen_jax.hf.export`` (``stock_sliding`` for the window arm)
   report    ``WORKDIR/report/``: ``summary.json``, tables (``tables.md``) and plots
 
-Arms: ``--arms`` (default the five of ``recipe.ARMS``) may add the placement ablation
-``hybrid_sw_bottom``, ``hybrid_sw_top``, ``hybrid_sw_interleaved`` (``recipe.PLACEMENT_ARMS``).
+Arms: ``--arms`` (default the five of ``recipe.ARMS``) may add the placement ablation: any hybrid
+arm as ``ARM@PLACE`` (``hybrid_window@top``; PLACE one of bottom, middle, top, interleaved), and
+the aliases ``hybrid_sw_bottom``, ``hybrid_sw_top``, ``hybrid_sw_interleaved``.
 ``--synthetic_fraction`` sets the synthetic share of training tokens (data and training stages;
 recorded in the stage marks and the report). ``--synthetic_questions`` sets how many questions
 each short (pretraining) synthetic document asks (recorded in ``stages/data.json``). A data stage
@@ -303,7 +304,7 @@ def stage_probe(st: Study, name: str, checkpoint: str, kv_drop: str | None) -> d
 
 def stage_export(st: Study, arm: str) -> dict:
   out = st.path("export", arm)
-  target = "stock_sliding" if arm == "hybrid_window" else "auto"
+  target = "stock_sliding" if recipe.parse_arm(arm)[0] == "hybrid_window" else "auto"
   st.run([sys.executable, "-m", "longgen_jax.hf.export", f"--checkpoint={st.path(f'extend_{arm}')}",
           f"--out={out}", f"--target={target}", "--dtype=bfloat16", "--overwrite"],
          f"export {arm}", env={"JAX_PLATFORMS": "cpu"})   # host work; the GPU may be held here
@@ -361,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--stages", default="all", help=f"comma list of {', '.join(STAGES)}, or all")
   p.add_argument("--size", default="small", choices=sorted(recipe.SIZES))
   p.add_argument("--arms", default="", help=f"comma list (default: {', '.join(recipe.ARMS)}; "
-                 f"the placement ablation adds {', '.join(recipe.PLACEMENT_ARMS)})")
+                 "the placement ablation adds a hybrid arm as ARM@PLACE, e.g. hybrid_window@top, "
+                 f"PLACE one of {', '.join(recipe.PLACEMENTS)}; aliases "
+                 f"{', '.join(recipe.PLACEMENT_ARMS)})")
   p.add_argument("--data", default=None, help="prepared data directory (default WORKDIR/data)")
   p.add_argument("--roots", default=None, help="corpus roots, comma separated (default: the "
                  "stdlib, site-packages and this project)")
@@ -427,11 +430,12 @@ def main(argv=None) -> int:
     print(f"replication: error: unknown stage(s) {bad}; stages: {', '.join(STAGES)}",
           file=sys.stderr)
     return 2
-  arms = [a for a in args.arms.split(",") if a and a not in recipe.ALL_ARMS]
-  if arms:
-    print(f"replication: error: unknown arm(s) {arms}; arms: {', '.join(recipe.ALL_ARMS)}",
-          file=sys.stderr)
-    return 2
+  for a in (a for a in args.arms.split(",") if a):
+    try:
+      recipe.parse_arm(a)
+    except ValueError as e:
+      print(f"replication: error: {e}", file=sys.stderr)
+      return 2
   if not 0 < args.synthetic_fraction < 1:
     print(f"replication: error: --synthetic_fraction={args.synthetic_fraction} must lie in "
           "(0, 1)", file=sys.stderr)

@@ -50,16 +50,44 @@ ARMS = {
     "all_sparse": dict(layout="longgen", sparse="sink_window:{S}:{W}@{B}", n_full=0),
     "hybrid_window": dict(layout="longgen", sparse="sink_window:0:{W}@{B}"),
 }
-# The placement ablation (LongGen's ablation of where the full block sits), not run by default
-# (``--arms=...,hybrid_sw_bottom``): hybrid_sw's pattern and count of full layers
-# (round(n_layers / 3): 3 of 9 at `small`, 1 of 3 at `tiny`), placed by ``full_layers``.
-PLACEMENT_ARMS = {
-    "hybrid_sw_bottom": dict(sparse="sink_window:{S}:{W}@{B}", place="bottom"),
-    "hybrid_sw_top": dict(sparse="sink_window:{S}:{W}@{B}", place="top"),
-    "hybrid_sw_interleaved": dict(sparse="sink_window:{S}:{W}@{B}", place="interleaved"),
-}
-ALL_ARMS = {**ARMS, **PLACEMENT_ARMS}
+# The placement ablation (LongGen's ablation of where the full block sits), not run by default.
+# Any hybrid arm takes a placement as ``ARM@PLACE`` (``--arms=...,hybrid_window@top``): the arm's
+# pattern and count of full layers (round(n_layers / 3): 3 of 9 at `small`, 1 of 3 at `tiny`),
+# placed by ``full_layers``. The names below are the third pass's, kept as aliases of
+# ``hybrid_sw@bottom`` and so on.
 PLACEMENTS = ("bottom", "middle", "top", "interleaved")
+HYBRID_ARMS = tuple(a for a, d in ARMS.items() if d["layout"] == "longgen" and "n_full" not in d)
+PLACEMENT_ARMS = {"hybrid_sw_bottom": "hybrid_sw@bottom", "hybrid_sw_top": "hybrid_sw@top",
+                  "hybrid_sw_interleaved": "hybrid_sw@interleaved"}
+ALL_ARMS = (*ARMS, *PLACEMENT_ARMS)      # the names listed in errors; ``ARM@PLACE`` besides
+
+
+def parse_arm(name: str) -> tuple[str, str | None]:
+  """``(arm, placement)`` of an arm name: ``hybrid_window@top`` -> ``("hybrid_window", "top")``,
+  an alias ``hybrid_sw_top`` -> ``("hybrid_sw", "top")``, ``full`` -> ``("full", None)``.
+  ValueError (one line) for anything else."""
+  base, sep, place = PLACEMENT_ARMS.get(name, name).partition("@")
+  if base not in ARMS:
+    raise ValueError(f"unknown arm {name!r}; arms: {', '.join(ALL_ARMS)}, or a hybrid arm "
+                     f"({', '.join(HYBRID_ARMS)}) as ARM@PLACE, PLACE one of "
+                     f"{', '.join(PLACEMENTS)}")
+  if not sep:
+    return base, None
+  if base not in HYBRID_ARMS:
+    raise ValueError(f"arm {name!r}: only a hybrid arm ({', '.join(HYBRID_ARMS)}) takes a "
+                     "placement")
+  if place not in PLACEMENTS:
+    raise ValueError(f"arm {name!r}: unknown placement {place!r}; placements: "
+                     f"{', '.join(PLACEMENTS)}")
+  return base, place
+
+
+def is_arm(name: str) -> bool:
+  try:
+    parse_arm(name)
+  except ValueError:
+    return False
+  return True
 # Sink / window per size (tiny: 16 + 64 at 2048 tokens keeps the same "cannot cover" property).
 SINK_WINDOW = {"small": (64, 512), "tiny": (16, 64)}
 
@@ -81,16 +109,15 @@ def full_layers(n_layers: int, where: str) -> tuple[int, ...]:
 
 
 def arm_layers(size: str, arm: str) -> dict:
-  """The ``config.model`` layout fields of an arm at a size."""
-  if arm not in ALL_ARMS:
-    raise ValueError(f"unknown arm {arm!r}; arms: {', '.join(ALL_ARMS)}")
+  """The ``config.model`` layout fields of an arm (``parse_arm``'s names) at a size."""
+  base, place = parse_arm(arm)
   sink, window = SINK_WINDOW[size]
-  out = dict(ALL_ARMS[arm])
+  out = dict(ARMS[base])
   if "sparse" in out:
     out["sparse"] = out["sparse"].format(S=sink, W=window, B=SIZES[size]["block"])
-  if "place" in out:
+  if place is not None:
     out = dict(layout="indices", sparse=out["sparse"],
-               full_layers=full_layers(SIZES[size]["model"]["n_layers"], out["place"]))
+               full_layers=full_layers(SIZES[size]["model"]["n_layers"], place))
   return out
 
 

@@ -4,8 +4,9 @@ Scores are means over samples with the standard error of the mean (std / sqrt(n)
 training tokens/s is the median over an extension run's steps after the first 5 (compilation and
 warm-up excluded), from its ``metrics.jsonl``. The retrieval probe (``probe.py``; ``probe``:
 training wordings, ``probe_unseen``: held-out wordings) gets its own tables and plot
-(``probe_vs_length.png``); with placement arms present, a table compares them with hybrid_sw.
-Models are listed full, hybrid_sw, the placement arms, the other arms, then the baselines.
+(``probe_vs_length.png``); with placed arms present (``ARM@PLACE``), a table compares each with
+its arm. Models are listed full, the hybrid and sparse arms (each followed by its placements),
+then the baselines.
 """
 
 from __future__ import annotations
@@ -18,15 +19,30 @@ import numpy as np
 
 TASKS = ("passkey", "niah", "niah_multikey", "vt")
 PROBE_TASKS = ("probe", "probe_unseen")
-ORDER = ("full", "hybrid_sw", "hybrid_sw_bottom", "hybrid_sw_top", "hybrid_sw_interleaved",
-         "hybrid_strided", "all_sparse", "hybrid_window", "base_theta", "kv_drop")
+ORDER = ("full", "hybrid_sw", "hybrid_strided", "all_sparse", "hybrid_window", "base_theta",
+         "kv_drop")
+PLACE_ORDER = (None, "middle", "bottom", "top", "interleaved")
+
+
+def _arm(name: str) -> tuple[str, str | None]:
+  """``recipe.parse_arm`` of a model name; baselines and unknown names are their own base."""
+  from longgen_jax.replication import recipe  # pylint: disable=import-outside-toplevel
+  try:
+    return recipe.parse_arm(name)
+  except ValueError:
+    return name, None
 
 
 def ordered(names) -> list[str]:
-  """``ORDER`` first (the placement arms beside hybrid_sw), any other name after, as given."""
+  """``ORDER`` first, each hybrid arm followed by its placements (``ARM@PLACE`` and the aliases),
+  any other name after, as given."""
   names = list(names)
-  return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER),
-                                      names.index(n)))
+
+  def key(n):
+    base, place = _arm(n)
+    return (ORDER.index(base) if base in ORDER else len(ORDER), PLACE_ORDER.index(place),
+            names.index(n))
+  return sorted(names, key=key)
 
 
 def _load(path: str) -> dict | None:
@@ -133,13 +149,14 @@ def _last(sc: dict | None) -> str:
 
 
 def placement_table(summary: dict) -> list[str]:
-  """hybrid_sw beside its placement arms, at the longest length (empty without them)."""
-  from longgen_jax.replication import recipe  # pylint: disable=import-outside-toplevel
+  """Each hybrid arm beside its placements, at the longest length (empty without any)."""
   models = summary["models"]
-  names = [n for n in ("hybrid_sw",) + tuple(recipe.PLACEMENT_ARMS) if n in models]
-  if not any(n in recipe.PLACEMENT_ARMS for n in names):
+  placed = {_arm(n)[0] for n in models if _arm(n)[1] is not None}
+  names = [n for n in models if _arm(n)[0] in placed]      # already in ``ordered`` order
+  if not names:
     return []
-  lines = ["\n### placement of the full layers (hybrid_sw's pattern and count; longest length)\n",
+  lines = ["\n### placement of the full layers (each hybrid arm's pattern and count of full "
+           "layers; longest length)\n",
            "| model | full layers | probe | probe_unseen | NIAH | passkey | ppl, last bucket | "
            "extension loss (last 10) |", "|---|---|---|---|---|---|---|---|"]
   for n in names:

@@ -214,7 +214,8 @@ def write(out_path: str, *, filler_jsonl: str, n_docs: int, min_chars: int, max_
   if questions < 1:
     raise ValueError(f"questions must be >= 1, got {questions}")
   texts = read_filler(filler_jsonl)
-  filler, words = Filler(texts), vocabulary(texts)
+  filler = Filler(texts)
+  words = np.asarray(vocabulary(texts))   # once: rng.choice converts a list on every call
   rng = np.random.default_rng(seed)
   total, counts = 0, {"families": {}, "wordings": {}, "styles": {}}
   tmp = out_path + ".tmp"

@@ -139,6 +139,10 @@ class Item:
     return f"{self.query} {self.answer}{self.rest}"
 
 
+_SYLLABLES = np.asarray(SYLLABLES)
+_LETTERS = np.asarray(list("ABCDEFGHJKLMNPQRSTUVWXYZ"))
+
+
 class _Slots:
   """Distinct generated names and keys within one item."""
 
@@ -146,8 +150,9 @@ class _Slots:
     self.rng, self.used = rng, set()
 
   def word(self, lo: int = 2, hi: int = 3) -> str:
-    while True:
-      w = "".join(self.rng.choice(SYLLABLES, size=int(self.rng.integers(lo, hi + 1))))
+    while True:   # = rng.choice(SYLLABLES, size=n), the same draws without its per-call overhead
+      n = int(self.rng.integers(lo, hi + 1))
+      w = "".join(_SYLLABLES[self.rng.integers(0, len(_SYLLABLES), size=n)])
       if w not in self.used:
         self.used.add(w)
         return w
@@ -163,7 +168,7 @@ class _Slots:
     if self.rng.random() < 0.8:
       n = int(self.rng.integers(4, 8))
       return str(int(self.rng.integers(10 ** (n - 1), 10 ** n)))
-    letters = "".join(self.rng.choice(list("ABCDEFGHJKLMNPQRSTUVWXYZ"), size=2))
+    letters = "".join(_LETTERS[self.rng.integers(0, len(_LETTERS), size=2)])   # = rng.choice
     return f"{letters}{int(self.rng.integers(100, 1000))}"
 
 

@@ -14,13 +14,14 @@ ArrayRecord shards ``real/`` (code and docs of the Python installation), ``synth
 
 Arguments (comma separated): ``stage=pretrain|extend`` (default extend), ``arm=`` one of
 ``full``, ``hybrid_sw`` (default), ``hybrid_strided``, ``all_sparse``, ``hybrid_window`` (the
-default arms), or the placement ablation ``hybrid_sw_bottom``, ``hybrid_sw_top``,
-``hybrid_sw_interleaved`` (hybrid_sw's pattern and count of full layers, 3 of 9, at layers
-0-2, 6-8 and 1,4,7 instead of 3-5), or any hybrid arm placed so as ``ARM@PLACE`` (e.g.
-``hybrid_window@top``; PLACE one of bottom, middle, top, interleaved); ``full`` is short for ``arm=full``; ``size=small|tiny``
-(tiny: the CPU smoke test); ``data=DIR``; ``steps=N`` (0 = the token budget); ``synth=F`` the
-synthetic share of training tokens (default ``recipe.SYNTHETIC_FRACTION``, 0.15); ``seed=N``
-(default 0) the initialisation and data-order seed (every arm of a study uses the pretraining's).
+default arms), any hybrid arm placed as ``ARM@PLACE`` for the placement ablation (e.g.
+``hybrid_window@top``: the arm's pattern and count of full layers, 3 of 9, at the ``bottom``
+0-2, ``middle`` 3-5, ``top`` 6-8 or ``interleaved`` 1,4,7), or the aliases ``hybrid_sw_bottom``,
+``hybrid_sw_top``, ``hybrid_sw_interleaved``; ``full`` is short for ``arm=full``;
+``size=small|tiny`` (tiny: the CPU smoke test); ``data=DIR``; ``steps=N`` (0 = the token
+budget); ``synth=F`` the synthetic share of training tokens (default
+``recipe.SYNTHETIC_FRACTION``, 0.15); ``seed=N`` (default 0) the initialisation and data-order
+seed (every arm of a study uses the pretraining's).
 
 Model (``small``): 9 layers, d 512, 8 query / 4 KV heads, SwiGLU 1408, byte vocabulary, 26.8M
 parameters, bf16 compute. Pretraining: full attention, 1024 tokens, RoPE theta 1e4, 128 rows per
@@ -42,9 +43,9 @@ CPU cores in seconds.
 
 Expected result: pretraining loss (nats per byte) falls below ~1.0 (third pass: 0.75, with the
 driver's default synthetic data: 15% of tokens, up to 4 questions per document); at the start
-of extension the loss at 16K is higher than at 1K and recovers within ~100 steps for every arm. The study's measured results
-(third pass: the base answers ~50% of in-distribution retrieval questions at 1K; after
-extension, full attention 24% at 8K) are in docs/replication.md.
+of extension the loss at 16K is higher than at 1K and recovers within ~100 steps for every arm.
+The study's measured results (third pass: the base answers ~50% of in-distribution retrieval
+questions at 1K; after extension, full attention 24% at 8K) are in docs/replication.md.
 """
 
 import json

@@ -40,9 +40,10 @@ def test_middle_placement_is_the_longgen_layout():
     assert [str(s) for s in _layers(f"{arm}@middle")] == [str(s) for s in _layers(arm)]
 
 
-@pytest.mark.parametrize("name,parsed", [("full", ("full", None)), ("hybrid_sw", ("hybrid_sw", None)),
-                                         ("hybrid_sw_interleaved", ("hybrid_sw", "interleaved")),
-                                         ("hybrid_window@bottom", ("hybrid_window", "bottom"))])
+@pytest.mark.parametrize("name,parsed", [
+    ("full", ("full", None)), ("hybrid_sw", ("hybrid_sw", None)),
+    ("hybrid_sw_interleaved", ("hybrid_sw", "interleaved")),
+    ("hybrid_window@bottom", ("hybrid_window", "bottom"))])
 def test_parse_arm(name, parsed):
   assert recipe.parse_arm(name) == parsed and recipe.is_arm(name)
 

@@ -88,6 +88,8 @@ def is_arm(name: str) -> bool:
   except ValueError:
     return False
   return True
+
+
 # Sink / window per size (tiny: 16 + 64 at 2048 tokens keeps the same "cannot cover" property).
 SINK_WINDOW = {"small": (64, 512), "tiny": (16, 64)}
 

@@ -92,7 +92,7 @@ def get_config(arg=None):
   stage = size[arg.stage]
   arm = "full" if (arg.full or arg.stage == "pretrain") else arg.arm
   try:
-    recipe.parse_arm(arm)
+    recipe.arm_layers(arg.size, arm)      # parse_arm's errors, and @diagnosed unresolved
   except ValueError as e:
     raise config_utils.ConfigError(str(e)) from None
 

@@ -2,8 +2,10 @@
 
 Corpus from this repository's own files -> synthetic retrieval documents (at a non-default
 synthetic share, which must reach the data and training stages, and two questions per short
-document) -> prepare -> a few pretraining steps -> base export -> a 1-step extension per arm, the
-default five plus one placement arm (new RoPE theta and layout, from the base) -> a 1-sample eval
+document) -> prepare -> a few pretraining steps -> base export -> the base's diagnosis, which places the
+full layer of the window arm's placed twin (``hybrid_window@diagnosed``) -> a 1-step extension
+per arm, the default five plus that placed arm (new RoPE theta and layout, from the base) -> a
+1-sample eval
 and a 1-sample retrieval probe per model (every arm, the theta-only base, KV dropping) -> export
 -> report with every arm.
 """
@@ -19,8 +21,9 @@ from longgen_jax.replication import recipe, wordings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
-ARMS = list(recipe.ARMS) + ["hybrid_sw_top"]      # the default arms and one placement arm
-FLAGS = (f"--arms={','.join(ARMS)}", "--synthetic_fraction=0.08", "--synthetic_questions=2")
+PLACED = "hybrid_window@diagnosed"      # the default arms and one placed by the diagnosis
+FLAGS = (f"--arms={','.join([*recipe.ARMS, PLACED])}", "--synthetic_fraction=0.08",
+         "--synthetic_questions=2")
 
 
 def _driver(workdir, *args):
@@ -70,6 +73,15 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   assert pre["model"]["rope"]["theta"] == recipe.PRETRAIN_THETA
   assert _json(w, "base_theta_hf", "config.json")["rope_theta"] == recipe.EXTEND_THETA
 
+  # diagnose: the base's perplexity under every placement; the lowest one places the arm.
+  diag = _json(w, "stages", "diagnose.json")
+  assert set(diag["ppl"]) == set(recipe.PLACEMENTS) and diag["placement"] in recipe.PLACEMENTS
+  assert diag["placement"] == recipe.best_placement(diag["ppl"])
+  assert len(_json(w, "diagnose", "base.json")["placement"]["layouts"]) == 6
+  placed = f"hybrid_window@{diag['placement']}"
+  assert f"ARM@diagnosed = ARM@{diag['placement']}" in r.stderr
+  ARMS = [*recipe.ARMS, placed]
+
   # every arm started from the base with the new theta and its own layout.
   for arm in ARMS:
     cfg = _json(w, f"extend_{arm}", "train_config.json")
@@ -84,15 +96,17 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   # the eval served each model's own layout (and the kv_drop baseline its dropped cache).
   layers = {"full": "full", "hybrid_sw": "sink_window:16:64@16", "all_sparse": "sink_window:16:64@16",
             "hybrid_strided": "strided:5:64@16", "hybrid_window": "sink_window:0:64@16",
-            "hybrid_sw_top": "sink_window:16:64@16"}
+            placed: "sink_window:0:64@16"}
   for arm, sparse in layers.items():
     served = _json(w, "eval", arm, "summary.json")["served_layers"]
     if arm == "full":
       assert all(s.startswith("full") for s in served)
     elif arm == "all_sparse":
       assert served == [sparse] * 3
-    elif arm == "hybrid_sw_top":        # the placement arm: its one full layer on top
-      assert served[:2] == [sparse] * 2 and served[2].startswith("full")
+    elif arm == placed:                 # the placed arm: its one full layer where diagnosed
+      full = recipe.full_layers(3, diag["placement"])
+      assert [i for i, s in enumerate(served) if s.startswith("full")] == list(full)
+      assert all(s == sparse for i, s in enumerate(served) if i not in full)
     else:
       assert served[0] == sparse and served[1].startswith("full") and served[2] == sparse
   drop = _json(w, "eval", "kv_drop", "summary.json")
@@ -101,6 +115,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
 
   # exports: the window-only arm is a stock sliding-window model, hybrids ship remote code.
   assert _json(w, "stages", "export_hybrid_window.json")["architectures"] != ["LongGenForCausalLM"]
+  assert _json(w, "stages", f"export_{placed}.json")["architectures"] != ["LongGenForCausalLM"]
   assert _json(w, "stages", "export_hybrid_sw.json")["architectures"] == ["LongGenForCausalLM"]
 
   # the report has every arm and baseline, with scores, ppl and speed.
@@ -121,7 +136,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
 
   summary = _json(w, "report", "summary.json")
   assert set(summary["models"]) == set(ARMS) | {"base_theta", "kv_drop"}
-  assert list(summary["models"])[:3] == ["full", "hybrid_sw", "hybrid_sw_top"]   # beside it
+  names = list(summary["models"])
+  assert names.index(placed) == names.index("hybrid_window") + 1          # beside its arm
   assert summary["synthetic_fraction"] == 0.08
   for name, m in summary["models"].items():
     assert set(m["scores"]) == {"passkey", "niah", "niah_multikey", "vt"}, name
@@ -131,7 +147,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   assert set(summary["training"]) == set(ARMS)
   tables = open(os.path.join(w, "report", "tables.md")).read()
   assert "### probe: retrieval probe" in tables and "### probe_unseen" in tables
-  assert "### placement of the full layers" in tables and "| hybrid_sw_top | 2 |" in tables
+  full = ",".join(map(str, recipe.full_layers(3, diag["placement"])))
+  assert "### placement of the full layers" in tables and f"| {placed} | {full} |" in tables
   for png in ("accuracy_vs_length.png", "probe_vs_length.png", "perplexity_vs_position.png",
               "loss_curves.png"):
     assert os.path.getsize(os.path.join(w, "report", png)) > 1000
@@ -145,8 +162,15 @@ def test_bad_stage_is_one_line(tmp_path):
   r = _driver(str(tmp_path), "--stages=data,bogus")
   assert r.returncode == 2
   assert r.stderr.strip().splitlines() == [
-      "replication: error: unknown stage(s) ['bogus']; stages: data, pretrain, base, extend, "
-      "eval, probe, export, report"]
+      "replication: error: unknown stage(s) ['bogus']; stages: data, pretrain, base, diagnose, "
+      "extend, eval, probe, export, report"]
+
+
+def test_diagnosed_arm_before_the_diagnosis_is_one_line(tmp_path):
+  r = _driver(str(tmp_path), "--stages=extend", "--arms=full,hybrid_sw@diagnosed")
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "replication: error: arm 'hybrid_sw@diagnosed' takes the diagnose stage's placement: run "
+      "the diagnose stage first (--stages=...,diagnose,extend,...)"]
 
 
 def test_bad_arm_and_fraction_are_one_line(tmp_path):

@@ -48,6 +48,20 @@ def test_parse_arm(name, parsed):
   assert recipe.parse_arm(name) == parsed and recipe.is_arm(name)
 
 
+def test_diagnosed_placement_parses_but_only_the_driver_resolves_it():
+  assert recipe.parse_arm("hybrid_window@diagnosed") == ("hybrid_window", "diagnosed")
+  with pytest.raises(ValueError, match="resolves @diagnosed after its diagnose stage"):
+    recipe.arm_layers("small", "hybrid_window@diagnosed")
+  with pytest.raises(ConfigError, match="resolves @diagnosed"):
+    load_config(CONFIG, "arm=hybrid_sw@diagnosed,synth=0.1")
+
+
+def test_best_placement_is_the_lowest_perplexity_and_middle_on_a_tie():
+  ppl = {"bottom": 2.14, "middle": 2.141, "top": 2.02, "interleaved": 2.03}
+  assert recipe.best_placement(ppl) == "top"
+  assert recipe.best_placement(dict(ppl, top=2.141, interleaved=2.141, bottom=2.2)) == "middle"
+
+
 @pytest.mark.parametrize("name,msg", [
     ("hybrid_sideways", "unknown arm 'hybrid_sideways'; arms: full, hybrid_sw"),
     ("full@top", "arm 'full@top': only a hybrid arm (hybrid_sw, hybrid_strided, hybrid_window) "

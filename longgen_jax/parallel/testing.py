@@ -13,6 +13,10 @@ file. So multi-device test modules decorate their tests with ``@multidevice(8)``
 
 Running a module directly with the flag already in the environment (CI, a debugger) also
 runs the tests in-process.
+
+Under ``pytest -n`` the child run is per worker process, so ``tests/conftest.py`` puts a
+module's decorated tests into one ``xdist_group`` (run with ``--dist loadgroup``, as ``make
+test`` does): one child run per module, not one per worker that drew one of its tests.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ def multidevice(n: int = 8, timeout: int = 900):
         pytest.skip(msg)
       return None
 
+    wrapper.multidevice = n     # tests/conftest.py keeps a module's such tests on one xdist worker
     return wrapper
 
   return deco

@@ -13,6 +13,9 @@ Stages (``--stages``, comma list, default ``all``), each driving the project's o
   base      ``python -m longgen_jax.hf.export`` of the pretrained model (bf16, small shards): the
             base every arm starts from, plus ``base_theta`` (the same weights, only RoPE theta
             raised: the no-training baseline)
+  diagnose  ``python -m longgen_jax.replication.diagnose`` of the base (seconds): its retrieval
+            at the pretraining length, and which placement of the full layers keeps its
+            perplexity (``recipe.best_placement``): the placement ``ARM@diagnosed`` arms take
   extend    per arm: ``python -m longgen_jax.train --config=configs/replication.py:arm=ARM``
             with ``init_from`` = the base
   eval      per model (the arms, ``base_theta``, and the full arm served with a sink+window
@@ -28,7 +31,10 @@ Stages (``--stages``, comma list, default ``all``), each driving the project's o
 
 Arms: ``--arms`` (default the five of ``recipe.ARMS``) may add the placement ablation: any hybrid
 arm as ``ARM@PLACE`` (``hybrid_window@top``; PLACE one of bottom, middle, top, interleaved), and
-the aliases ``hybrid_sw_bottom``, ``hybrid_sw_top``, ``hybrid_sw_interleaved``.
+the aliases ``hybrid_sw_bottom``, ``hybrid_sw_top``, ``hybrid_sw_interleaved``. PLACE
+``diagnosed`` is the ``diagnose`` stage's choice for this base (``hybrid_window@diagnosed`` runs
+as ``hybrid_window@top`` when the base's long-range layers are on top): a stage that needs it
+before ``diagnose`` has run stops with one line.
 ``--synthetic_fraction`` sets the synthetic share of training tokens (data and training stages;
 recorded in the stage marks and the report). ``--synthetic_questions`` sets how many questions
 each short (pretraining) synthetic document asks (recorded in ``stages/data.json``). A data stage
@@ -60,7 +66,7 @@ import time
 
 from longgen_jax.replication import recipe
 
-STAGES = ("data", "pretrain", "base", "extend", "eval", "probe", "export", "report")
+STAGES = ("data", "pretrain", "base", "diagnose", "extend", "eval", "probe", "export", "report")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "configs", "replication.py")
 
@@ -81,10 +87,27 @@ class Study:
     self.workdir = os.path.abspath(args.workdir)
     self.data = os.path.abspath(args.data or os.path.join(self.workdir, "data"))
     self.size = args.size
-    self.arms = [a for a in args.arms.split(",") if a] if args.arms else list(recipe.ARMS)
+    self.requested = [a for a in args.arms.split(",") if a] if args.arms else list(recipe.ARMS)
     self.t_end = time.time() + args.deadline_s if args.deadline_s else None
     self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+
+  @property
+  def arms(self) -> list[str]:
+    """The requested arms with ``ARM@diagnosed`` resolved by the ``diagnose`` stage's mark
+    (duplicates dropped); ValueError (one line) while that stage has not run."""
+    out = []
+    for a in self.requested:
+      base, place = recipe.parse_arm(a)
+      if place == recipe.DIAGNOSED:
+        mark = self.done("diagnose")
+        if mark is None:
+          raise ValueError(f"arm {a!r} takes the diagnose stage's placement: run the diagnose "
+                           "stage first (--stages=...,diagnose,extend,...)")
+        a = f"{base}@{mark['placement']}"
+      if a not in out:
+        out.append(a)
+    return out
 
   # ------------------------------------------------------------------ bookkeeping
   def path(self, *parts) -> str:
@@ -274,6 +297,28 @@ def stage_base(st: Study) -> dict:
   return {"base": base, "base_theta": base_theta}
 
 
+def stage_diagnose(st: Study) -> dict:
+  """The base's training-free diagnosis (``replication/diagnose.py``) and the placement it
+  picks for ``ARM@diagnosed`` (``recipe.best_placement``)."""
+  d = recipe.DIAGNOSE[st.size]
+  out = st.path("diagnose", "base.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  st.run([sys.executable, "-m", "longgen_jax.replication.diagnose", f"--model={st.path('base_hf')}",
+          f"--corpus={os.path.join(st.data, 'raw')}", f"--length={d['length']}",
+          f"--sparse={d['sparse']}", f"--samples={d['samples']}", f"--docs={d['docs']}",
+          f"--out={out}"], "diagnose base")
+  with open(out, encoding="utf-8") as f:
+    res = json.load(f)
+  layouts = {k: v["ppl"] for k, v in res["placement"]["layouts"].items()}
+  ppl = {k.split()[0]: v for k, v in layouts.items() if k.split()[0] in recipe.PLACEMENTS}
+  best = recipe.best_placement(ppl)
+  log(f"diagnose: perplexity by placement {', '.join(f'{p} {ppl[p]:.3f}' for p in recipe.PLACEMENTS)}"
+      f" -> ARM@{recipe.DIAGNOSED} = ARM@{best}")
+  return {"out": out, "placement": best, "ppl": ppl, "ppl_all_full": layouts["all full"],
+          "ppl_all_sparse": layouts["all sparse"],
+          "probe": res["retrieval"]["probe"], "probe_unseen": res["retrieval"]["probe_unseen"]}
+
+
 def stage_extend(st: Study, arm: str) -> dict:
   run = st.path(f"extend_{arm}")
   st.run([sys.executable, "-m", "longgen_jax.train",
@@ -363,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--size", default="small", choices=sorted(recipe.SIZES))
   p.add_argument("--arms", default="", help=f"comma list (default: {', '.join(recipe.ARMS)}; "
                  "the placement ablation adds a hybrid arm as ARM@PLACE, e.g. hybrid_window@top, "
-                 f"PLACE one of {', '.join(recipe.PLACEMENTS)}; aliases "
+                 f"PLACE one of {', '.join(recipe.PLACEMENTS)}, or {recipe.DIAGNOSED} (the "
+                 "diagnose stage's choice for the base); aliases "
                  f"{', '.join(recipe.PLACEMENT_ARMS)})")
   p.add_argument("--data", default=None, help="prepared data directory (default WORKDIR/data)")
   p.add_argument("--roots", default=None, help="corpus roots, comma separated (default: the "
@@ -405,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
 def plan(st: Study, stages: list[str]) -> list[tuple[str, callable]]:
   out = []
   for s in stages:
+    if s in ("extend", "eval", "probe", "export", "report"):
+      st.arms     # noqa: B018 -- resolves ARM@diagnosed now: one line if diagnose has not run
     if s == "extend":
       out += [(f"extend_{a}", lambda a=a: stage_extend(st, a)) for a in st.arms]
     elif s == "eval":
@@ -417,7 +465,7 @@ def plan(st: Study, stages: list[str]) -> list[tuple[str, callable]]:
       out += [(f"export_{a}", lambda a=a: stage_export(st, a)) for a in st.arms]
     else:
       simple = {"data": stage_data, "pretrain": stage_pretrain, "base": stage_base,
-                "report": stage_report}[s]
+                "diagnose": stage_diagnose, "report": stage_report}[s]
       out.append((s, lambda f=simple: f(st)))
   return out
 
@@ -458,23 +506,29 @@ def main(argv=None) -> int:
   if mismatch:
     print(f"replication: error: {mismatch}", file=sys.stderr)
     return 2
-  for name, fn in plan(st, stages):
-    if st.done(name) is not None and name not in force:
-      log(f"{name}: done earlier (stages/{name}.json)")
-      continue
+  for stage in stages:      # planned stage by stage: ARM@diagnosed resolves once diagnose ran
     try:
-      st.check_time(30.0)
-      t0 = time.time()
-      info = fn()
-      st.mark(name, dict(info, seconds=time.time() - t0))
-      log(f"{name}: done in {time.time() - t0:.0f}s")
-    except Deadline as e:
-      log(f"stopped: {e}")
-      return 0
-    except Exception as e:  # noqa: BLE001 -- one model's evaluation must not stop the others
-      if not name.startswith(("eval_", "probe_")):
-        raise
-      log(f"{name}: FAILED ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+      steps = plan(st, [stage])
+    except ValueError as e:
+      print(f"replication: error: {e}", file=sys.stderr)
+      return 2
+    for name, fn in steps:
+      if st.done(name) is not None and name not in force:
+        log(f"{name}: done earlier (stages/{name}.json)")
+        continue
+      try:
+        st.check_time(30.0)
+        t0 = time.time()
+        info = fn()
+        st.mark(name, dict(info, seconds=time.time() - t0))
+        log(f"{name}: done in {time.time() - t0:.0f}s")
+      except Deadline as e:
+        log(f"stopped: {e}")
+        return 0
+      except Exception as e:  # noqa: BLE001 -- one model's evaluation must not stop the others
+        if not name.startswith(("eval_", "probe_")):
+          raise
+        log(f"{name}: FAILED ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
   log("all requested stages done")
   return 0
 

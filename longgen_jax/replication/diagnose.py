@@ -75,6 +75,9 @@ def placement(model, corpus: str, length: int, sparse: str, docs: int) -> dict:
         ids.append([tok.bos_id] + b)
       if len(ids) == docs:
         break
+  if not ids:
+    raise ValueError(f"no held-out document in {corpus}/heldout.jsonl has {length} tokens; "
+                     "lower --length")
   out = {"documents": len(ids), "sparse": sparse, "layouts": {}}
   for name, full in layouts.items():
     full = set(full)
@@ -104,10 +107,14 @@ def main(argv=None) -> int:
   if args.length < 256:
     p.error(f"--length {args.length}: the retrieval probe needs at least 256 tokens")
   model = load_model(args.model, tokenizer="byte")
-  res = {"model": args.model, "length": args.length,
-         "retrieval": retrieval(model, Engine(model.cfg, model.params), args.corpus, args.length,
-                                args.samples, args.seed),
-         "placement": placement(model, args.corpus, args.length, args.sparse, args.docs)}
+  try:
+    res = {"model": args.model, "length": args.length,
+           "retrieval": retrieval(model, Engine(model.cfg, model.params), args.corpus,
+                                  args.length, args.samples, args.seed),
+           "placement": placement(model, args.corpus, args.length, args.sparse, args.docs)}
+  except ValueError as e:
+    print(f"diagnose: error: {e}", file=sys.stderr)
+    return 2
   for k, v in res["retrieval"].items():
     if k == "by_family":
       for t, fams in v.items():

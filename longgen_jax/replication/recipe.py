@@ -56,6 +56,10 @@ ARMS = {
 # placed by ``full_layers``. The names below are the third pass's, kept as aliases of
 # ``hybrid_sw@bottom`` and so on.
 PLACEMENTS = ("bottom", "middle", "top", "interleaved")
+# ``ARM@diagnosed``: the placement the driver's ``diagnose`` stage finds for the base (the lowest
+# training-free perplexity of the four, ``replication/diagnose.py``), resolved by the driver once
+# that stage has run; ``arm_layers`` and the configs take only the resolved names.
+DIAGNOSED = "diagnosed"
 HYBRID_ARMS = tuple(a for a, d in ARMS.items() if d["layout"] == "longgen" and "n_full" not in d)
 PLACEMENT_ARMS = {"hybrid_sw_bottom": "hybrid_sw@bottom", "hybrid_sw_top": "hybrid_sw@top",
                   "hybrid_sw_interleaved": "hybrid_sw@interleaved"}
@@ -76,9 +80,9 @@ def parse_arm(name: str) -> tuple[str, str | None]:
   if base not in HYBRID_ARMS:
     raise ValueError(f"arm {name!r}: only a hybrid arm ({', '.join(HYBRID_ARMS)}) takes a "
                      "placement")
-  if place not in PLACEMENTS:
+  if place not in PLACEMENTS and place != DIAGNOSED:
     raise ValueError(f"arm {name!r}: unknown placement {place!r}; placements: "
-                     f"{', '.join(PLACEMENTS)}")
+                     f"{', '.join(PLACEMENTS)}, or {DIAGNOSED} (the diagnose stage's choice)")
   return base, place
 
 
@@ -97,6 +101,20 @@ SINK_WINDOW = {"small": (64, 512), "tiny": (16, 64)}
 KV_DROP_ARM = "full"             # the full arm served with the hybrid_sw arm's sink+window cache
 
 
+# The driver's ``diagnose`` stage (``replication/diagnose.py`` on the base): probe length (the
+# pretraining length; tiny: 384, its shortest probe prompt plus the 64 answer tokens), the
+# placement check's sparse pattern (a window well below the length), retrieval samples and
+# held-out documents.
+DIAGNOSE = {"small": dict(length=1024, sparse="sink_window:64:128@64", samples=32, docs=12),
+            "tiny": dict(length=384, sparse="sink_window:16:32@16", samples=2, docs=2)}
+
+
+def best_placement(ppl: dict) -> str:
+  """The placement with the lowest perplexity in ``ppl`` (placement -> ppl); LongGen's
+  ``middle`` on a tie."""
+  return min(PLACEMENTS, key=lambda p: (ppl[p], p != "middle"))
+
+
 def full_layers(n_layers: int, where: str) -> tuple[int, ...]:
   """The ``round(n_layers / 3)`` full layers placed at the ``bottom``, ``middle`` (LongGen's
   centred block), ``top``, or ``interleaved`` (spread evenly: 1, 4, 7 of 9; with a single full
@@ -113,6 +131,9 @@ def full_layers(n_layers: int, where: str) -> tuple[int, ...]:
 def arm_layers(size: str, arm: str) -> dict:
   """The ``config.model`` layout fields of an arm (``parse_arm``'s names) at a size."""
   base, place = parse_arm(arm)
+  if place == DIAGNOSED:
+    raise ValueError(f"arm {arm!r}: the driver resolves @{DIAGNOSED} after its diagnose stage; "
+                     f"a config takes a placement ({', '.join(PLACEMENTS)})")
   sink, window = SINK_WINDOW[size]
   out = dict(ARMS[base])
   if "sparse" in out:

@@ -312,8 +312,8 @@ def stage_diagnose(st: Study) -> dict:
   layouts = {k: v["ppl"] for k, v in res["placement"]["layouts"].items()}
   ppl = {k.split()[0]: v for k, v in layouts.items() if k.split()[0] in recipe.PLACEMENTS}
   best = recipe.best_placement(ppl)
-  log(f"diagnose: perplexity by placement {', '.join(f'{p} {ppl[p]:.3f}' for p in recipe.PLACEMENTS)}"
-      f" -> ARM@{recipe.DIAGNOSED} = ARM@{best}")
+  by = ", ".join(f"{p} {ppl[p]:.3f}" for p in recipe.PLACEMENTS)
+  log(f"diagnose: perplexity by placement {by} -> ARM@{recipe.DIAGNOSED} = ARM@{best}")
   return {"out": out, "placement": best, "ppl": ppl, "ppl_all_full": layouts["all full"],
           "ppl_all_sparse": layouts["all sparse"],
           "probe": res["retrieval"]["probe"], "probe_unseen": res["retrieval"]["probe_unseen"]}

@@ -4,9 +4,12 @@ driven by block tables.
 Opt-in (``TritonConfig(bwd_impl="mosaic")``): ``pallas_gpu``'s backward then takes dQ, dK and dV
 from here instead of its Triton kernels. Issue 14 §2: the Triton-lowered backward has no TMA, no
 warpgroup MMA and no warp specialisation, and strided forward+backward is at 0.75x FA4.
-**Not yet run on a GPU**: CPU checks only that both kernels lower to Mosaic GPU
-(``tests/test_attention_pallas_gpu.py -k mosaic_bwd``). ``tests/gpu/test_gpu_pallas_gpu.py -k
-mosaic_bwd`` checks them against the dense reference on a GPU. They stay opt-in until that passes
+On CPU, ``tests/test_attention_pallas_gpu.py -k mosaic_bwd`` checks that both kernels lower to
+Mosaic GPU. ``tests/gpu/test_gpu_pallas_gpu.py -k mosaic_bwd`` checks them against the dense
+reference on a GPU. First GPU run (H200, 2026-12-04, log in
+``benchmarks/results/mosaic_bwd_gpu_2026-12-04.log``): 7 of its 9 reference cases pass (every
+pattern at D 64 with GQA 4 and at D 128 with MHA; sink+window at D 128 with GQA 4). The device
+time ran out before the other two and the refusal test. The kernels stay opt-in until all pass
 and ``benchmarks/attention.py`` measures them.
 
 dQ (``sparse_attention_dq``) is the forward's structure (see its docstring). dK/dV

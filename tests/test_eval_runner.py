@@ -58,12 +58,29 @@ def test_eval_cli_kv_drop_baseline_is_recorded(tmp_path, capsys):
       ["sink_window:4:32@16"] * 2
 
 
+def test_eval_cli_serve_full_serves_every_layer_full(tmp_path, capsys):
+  out = tmp_path / "asfull"
+  argv = ["--checkpoint=random:tiny", "--task=ppl", "--lengths=512", "--quiet",
+          "--prefill_chunk=256"]
+  assert cli.main(argv + ["--serve_full", f"--out={out}"]) == 0, capsys.readouterr().err
+  res = json.loads((out / "results.json").read_text())
+  assert res["serve_full"] is True and res["kv_drop"] is None
+  assert res["served_layers"] == ["full@16"] * 6       # random:tiny: S S F F S S
+  assert "served full" in capsys.readouterr().err
+  # Served full, the sparse layers see more context: the same weights score differently.
+  assert cli.main(argv + [f"--out={tmp_path / 'own'}"]) == 0
+  own = json.loads((tmp_path / "own" / "results.json").read_text())
+  assert own["serve_full"] is False and own["served_layers"][0].startswith("sink_window")
+  assert own["tasks"]["ppl"]["ppl"] != res["tasks"]["ppl"]["ppl"]
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["--task=bogus"], "unknown task 'bogus'"),
     (["--lengths=4k,x"], "bad length"),
     (["--depths=150"], "[0, 100]"),
     (["--kv_drop=full"], "sparse pattern"),
     (["--samples=0"], ">= 1"),
+    (["--serve_full", "--kv_drop=sink_window:4:16@16"], "contradict"),
 ])
 def test_eval_cli_bad_input_is_one_line_exit_2(argv, msg, capsys, tmp_path):
   code = cli.main(["--checkpoint=random:tiny", f"--out={tmp_path}", "--lengths=1k"] + argv)

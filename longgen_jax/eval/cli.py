@@ -4,6 +4,8 @@ r"""``python -m longgen_jax.eval``: long-context evaluation of a checkpoint.
       --lengths=4k,8k,...,128k --samples=5 --out=eval_out
   python -m longgen_jax.eval --checkpoint=FULL_WORKDIR --task=niah --lengths=4k,...,64k \
       --kv_drop=sink_window:64:4096          # inference-time KV dropping baseline
+  python -m longgen_jax.eval --checkpoint=HYBRID_WORKDIR --task=niah --lengths=1k,2k \
+      --serve_full                           # the sparse layers served as full attention
 
 Writes ``OUT/results.json`` and PNG plots (``niah_heatmap.png``, ``accuracy_vs_length.png``,
 ``perplexity_vs_position.png``), prints a summary table and progress lines with ETAs. Tasks:
@@ -49,12 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--add_bos", choices=("auto", "yes", "no"), default="auto")
   p.add_argument("--kv_drop", default=None, help="serve full layers as this sparse pattern "
                  "(e.g. sink_window:64:4096): the no-training KV-dropping baseline")
+  p.add_argument("--serve_full", action="store_true", help="serve every layer as full "
+                 "attention: what a sparse or hybrid model's sparse layers cost it (the "
+                 "reverse of --kv_drop)")
   p.add_argument("--prefill_chunk", type=int, default=None, help="tokens per row per prefill "
                  "chunk (default 16384 rounded to a valid chunk; one-shot within one chunk)")
   p.add_argument("--paged", action="store_true")
   p.add_argument("--backend", default="auto")
   p.add_argument("--quiet", action="store_true", help="no progress lines")
   return p
+
+
+def served_full(cfg):
+  """``cfg`` with every layer full attention (the model's own full spec, else one at its sparse
+  layers' largest block): the same weights, no sparse mask."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from pallas_kernels.spec import AttentionSpec  # pylint: disable=import-outside-toplevel
+  full = next((s for s in cfg.layers if s.is_full),
+              AttentionSpec.full(block=max(s.block for s in cfg.layers)))
+  return dataclasses.replace(cfg, layers=(full,) * cfg.n_layers)
 
 
 def parse_depths(text: str) -> list[float]:
@@ -94,17 +109,21 @@ def run(args) -> dict:
     kv_drop = as_spec(args.kv_drop) if args.kv_drop else None
   except SpecError as e:
     raise EvalError(f"--kv_drop: {e}") from None
+  if kv_drop and args.serve_full:
+    raise EvalError("--kv_drop and --serve_full contradict each other: give one")
 
   model = load_model(args.checkpoint, tokenizer=args.tokenizer)
   tok = model.tokenizer
   add_bos = model.add_bos if args.add_bos == "auto" else args.add_bos == "yes"
-  engine = Engine(model.cfg, model.params, kv_drop=kv_drop, prefill_chunk=args.prefill_chunk,
+  cfg = served_full(model.cfg) if args.serve_full else model.cfg
+  engine = Engine(cfg, model.params, kv_drop=kv_drop, prefill_chunk=args.prefill_chunk,
                   paged=args.paged, backend=args.backend)
   stop = [tok.eos_id] if tok.eos_id is not None else []
+  served = (f"kv_drop {kv_drop}" if kv_drop else "") or ("served full" if args.serve_full else "")
   label = f"{os.path.basename(os.path.normpath(args.checkpoint))}" + (
-      f" + kv_drop {kv_drop}" if kv_drop else "")
+      f" + {served}" if served else "")
   print(f"eval: {model.cfg.describe()} [{model.source}]"
-        + (f"; kv_drop {kv_drop}" if kv_drop else ""), file=sys.stderr)
+        + (f"; {served}" if served else ""), file=sys.stderr)
   print(f"eval: tasks {', '.join(names)}; lengths {lengths}", file=sys.stderr)
   if max(lengths) > model.cfg.max_seq_len:
     print(f"eval: warning: lengths above {model.cfg.max_seq_len} tokens (the model's "
@@ -115,7 +134,8 @@ def run(args) -> dict:
   os.makedirs(args.out, exist_ok=True)
   results = {"checkpoint": args.checkpoint, "model": model.cfg.describe(),
              "served_layers": [str(s) for s in engine.specs],
-             "kv_drop": str(kv_drop) if kv_drop else None, "lengths": lengths,
+             "kv_drop": str(kv_drop) if kv_drop else None, "serve_full": args.serve_full,
+             "lengths": lengths,
              "depths": depths, "samples": args.samples, "seed": args.seed, "tasks": {},
              "plots": {}}
   t0 = time.perf_counter()

@@ -28,6 +28,8 @@ import sys
 
 import numpy as np
 
+from longgen_jax.replication import recipe
+
 
 def _generate(engine, tok, prompts: list[str], n: int) -> list[str]:
   ids = [[tok.bos_id] + list(tok.encode(p)) for p in prompts]
@@ -61,12 +63,12 @@ def placement(model, corpus: str, length: int, sparse: str, docs: int) -> dict:
   from longgen_jax.infer.engine import Engine  # pylint: disable=import-outside-toplevel
   from pallas_kernels.spec import as_spec  # pylint: disable=import-outside-toplevel
   cfg, tok = model.cfg, model.tokenizer
-  from longgen_jax.replication.recipe import full_layers  # pylint: disable=import-outside-toplevel
   sp, fu = as_spec(sparse), as_spec(f"full@{as_spec(sparse).block}")
   n = cfg.n_layers
-  layouts = {"all full": range(n), "bottom": full_layers(n, "bottom"),
-             "middle (LongGen)": full_layers(n, "middle"), "top": full_layers(n, "top"),
-             "interleaved": full_layers(n, "interleaved"), "all sparse": ()}
+  place = recipe.full_layers
+  layouts = {"all full": range(n), "bottom": place(n, "bottom"),
+             "middle (LongGen)": place(n, "middle"), "top": place(n, "top"),
+             "interleaved": place(n, "interleaved"), "all sparse": ()}
   ids = []
   with open(f"{corpus}/heldout.jsonl", encoding="utf-8") as f:
     for line in f:
@@ -94,10 +96,11 @@ def main(argv=None) -> int:
   p.add_argument("--model", required=True, help="checkpoint (trainer run or HF directory)")
   p.add_argument("--corpus", required=True, help="the study's raw corpus directory "
                  "(heldout.jsonl)")
-  p.add_argument("--length", type=int, default=1024)
-  p.add_argument("--samples", type=int, default=32)
-  p.add_argument("--docs", type=int, default=12)
-  p.add_argument("--sparse", default="sink_window:64:128@64", help="the sparse pattern of the "
+  d = recipe.DIAGNOSE["small"]       # the driver's diagnose stage at the study's size
+  p.add_argument("--length", type=int, default=d["length"])
+  p.add_argument("--samples", type=int, default=d["samples"])
+  p.add_argument("--docs", type=int, default=d["docs"])
+  p.add_argument("--sparse", default=d["sparse"], help="the sparse pattern of the "
                  "placement check (a window well below --length)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None)

@@ -7,6 +7,8 @@ FlashAttention-4 packages, which ``../shared/tools/fa4_carry.sh`` brings there):
   python3 benchmarks/attention.py --lengths 131072 --out $OUT/attention_128k.json
   python3 benchmarks/attention.py --quick --out $OUT/quick.json      # 16K only, MHA only
   python3 benchmarks/attention.py --no-jax --out $OUT/flex.json      # torch rows only
+  python3 benchmarks/attention.py --lengths 131072 --patterns sink_window strided window \
+      --out $OUT/attention_128k_sparse.json                              # leave out full causal
 
 Each length takes a few minutes (``--budget-s`` caps a run; later cells are skipped with a note).
 
@@ -220,7 +222,7 @@ def run_jax(args, rows_out: list, deadline: float):
       first_out: dict[tuple, object] = {}
       warmed = False
       for pattern, impl in table:
-        if impl in args.skip or impl.split("@")[0] in args.skip:
+        if impl in args.skip or impl.split("@")[0] in args.skip or pattern not in args.patterns:
           continue
         try:
           fn, how = _jax_impl(pattern, impl, log_records)
@@ -381,6 +383,8 @@ def main(argv=None):
   p.add_argument("--flex-rep-ms", type=float, default=200, help="do_bench cross-check rep (ms)")
   p.add_argument("--skip", nargs="*", default=[],
                  help="implementations to leave out (e.g. xla flex_fa4)")
+  p.add_argument("--patterns", nargs="+", default=list(SPECS), choices=list(SPECS),
+                 help="patterns to run (default all; e.g. leave out full at 128K to save time)")
   p.add_argument("--sweep-lengths", type=int, nargs="*", default=[],
                  help="lengths at which to also time the --sweep triton_native variants")
   p.add_argument("--sweep", nargs="*", default=["block_k=64", "num_stages=2", "num_warps=4",

@@ -61,6 +61,8 @@ def flex_worker(args):
         x.requires_grad_(True)
       warmed = False
       for pattern in FLEX_PATTERNS:
+        if pattern not in args.patterns:
+          continue
         spec = SPECS[pattern]
         mod = flex_masks.mask_mod_for(spec)
         t0 = time.perf_counter()

@@ -52,3 +52,17 @@ def test_step_memory_compiles_and_reports_errors_per_backend(env, tmp_path):
   assert xla["backend"] == "xla" and xla["temp"] > 0 and xla["planner"] > 0
   assert xla["peak"] == xla["argument"] + xla["output"] - xla["alias"] + xla["temp"]
   assert "not a registered backend" in bogus["error"]
+
+
+def test_attention_harness_runs_on_cpu_with_pattern_filter(env, tmp_path):
+  # The GPU kernels are not there on CPU: their cells become rows with a status, the XLA rows time.
+  stdout, res = _run(["benchmarks/attention.py", "--lengths", "512", "--kv-heads", "8",
+                      "--patterns", "strided", "window", "--no-flex", "--loops", "2",
+                      "--loop-s", "0.001", "--reps", "1", "--budget-s", "300"], env, tmp_path)
+  rows = res["rows"]
+  assert {r["pattern"] for r in rows} == {"strided", "window"}
+  xla = [r for r in rows if r["impl"] == "xla"]
+  assert [r["mode"] for r in xla] == ["fwd", "fwdbwd"] and all(r["ms"] > 0 for r in xla)
+  auto = [r for r in rows if r["impl"] == "auto" and r["status"] == "ok"]
+  assert auto and all("auto -> " in r["note"] for r in auto)
+  assert "useful TFLOP/s" in stdout and res["meta"]["B"] == 1

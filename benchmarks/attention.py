@@ -20,8 +20,10 @@ Rows (B=1, H=32 query heads, D=128, bf16; every length at MHA 32/32 and GQA 32/8
                triton_native, xla), flex, flex_fa4.
   full         causal: ours (auto, cudnn, pallas_gpu, triton_native), cudnn_jax
                (jax.nn.dot_product_attention), flex, flex_fa4.
-  (each)       pallas_gpu_mosaic_bwd: pallas_gpu with ``TritonConfig(bwd_impl="mosaic")``, the
-               opt-in Mosaic GPU backward (runs last).
+  (each)       pallas_gpu_triton_bwd: pallas_gpu with ``TritonConfig(bwd_impl="triton")``, its
+               Triton backward (``pallas_gpu`` itself takes the Mosaic GPU backward on Hopper;
+               runs of 2026-12-04 have the opposite pair: ``pallas_gpu`` with the Triton backward,
+               then the default, and ``pallas_gpu_mosaic_bwd``).
   window       window 4096 without sinks: cudnn_jax (public API, local_window_size=(4095, 0),
                is_causal=True): the "sinks for free" bound for the sink_window rows.
 
@@ -84,10 +86,10 @@ JAX_ROWS = [
     ("full", "auto"), ("full", "cudnn"), ("full", "cudnn_jax"), ("full", "pallas_gpu"),
     ("full", "triton_native"), ("window", "cudnn_jax"),
     ("sink_window", "xla"), ("strided", "xla"),
-    # Last: the opt-in Mosaic GPU backward (issue 14 §2), not yet validated; a kernel fault
-    # here cannot cost the rows above.
-    ("sink_window", "pallas_gpu_mosaic_bwd"), ("strided", "pallas_gpu_mosaic_bwd"),
-    ("full", "pallas_gpu_mosaic_bwd"),
+    # pallas_gpu with its Triton backward (the default, bwd_impl="auto", takes the Mosaic GPU
+    # backward on Hopper; before issue 14 the Triton one was the default).
+    ("sink_window", "pallas_gpu_triton_bwd"), ("strided", "pallas_gpu_triton_bwd"),
+    ("full", "pallas_gpu_triton_bwd"),
 ]
 FLEX_PATTERNS = ("sink_window", "strided", "full")
 H, D, B = 32, 128, 1
@@ -130,10 +132,10 @@ def _jax_impl(pattern: str, impl: str, log_records: list):
     over = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in impl.split("@")[1].split(",")}
     cfg = triton_native.NativeConfig(**over)
     return functools.partial(triton_native.native_attention, spec=spec, config=cfg), str(cfg)
-  if impl == "pallas_gpu_mosaic_bwd":   # pallas_gpu with the opt-in Mosaic GPU backward
+  if impl == "pallas_gpu_triton_bwd":   # pallas_gpu with its Triton backward forced
     from pallas_kernels.backends import pallas_gpu  # pylint: disable=g-import-not-at-top
-    cfg = pallas_gpu.TritonConfig(bwd_impl="mosaic")
-    return functools.partial(pallas_gpu.attention, spec=spec, config=cfg), "bwd_impl=mosaic"
+    cfg = pallas_gpu.TritonConfig(bwd_impl="triton")
+    return functools.partial(pallas_gpu.attention, spec=spec, config=cfg), "bwd_impl=triton"
   registered = api.available_backends()
   if impl == "auto":
     return functools.partial(api.attention, spec=spec, backend="auto"), ""

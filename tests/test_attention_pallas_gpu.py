@@ -249,8 +249,46 @@ def test_mosaic_bwd_limits_and_config():
                             AttentionSpec.full())
   with pytest.raises(pallas_gpu.PallasGpuError, match="bwd_impl"):
     pallas_gpu.TritonConfig(bwd_impl="cuda")
+  assert pallas_gpu.TritonConfig().bwd_impl == "auto"
   q, k, v, _ = _inputs(7, 128, 2, 2, 64, jnp.bfloat16)
   cfg = pallas_gpu.TritonConfig(bwd_impl="mosaic")
   with pytest.raises(pallas_gpu.PallasGpuError, match="bwd_impl='mosaic' cannot run"):
     jax.grad(lambda q: jnp.sum(pallas_gpu.attention(
         q, k, v, AttentionSpec.full(), config=cfg, interpret=True).astype(jnp.float32)))(q)
+
+
+@pytest.mark.parametrize("bwd_impl,mosaic_applies,expect", [
+    ("auto", True, "mosaic"), ("auto", False, "triton"), ("triton", True, "triton"),
+    ("mosaic", True, "mosaic")])
+def test_bwd_impl_dispatch(monkeypatch, bwd_impl, mosaic_applies, expect):
+  """``bwd_impl="auto"`` (the default) takes the Mosaic GPU backward exactly where it applies.
+
+  Off Hopper the Mosaic kernels cannot run, so the Mosaic-backward verdict and the two Mosaic
+  kernels are stood in for; the forward and the Triton backward run in interpret mode."""
+  from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # pylint: disable=g-import-not-at-top
+  real = pallas_gpu.mosaic_unsupported
+  def verdict(*a, step=None, **kw):
+    if step == mb.step() and kw.get("interpret"):  # the backward's question
+      return None if mosaic_applies else "stand-in: does not apply"
+    return real(*a, step=step, **kw)
+  calls = []
+  def fake_dq(q, k, v, do, lse2, delta, spec, scale=None):
+    calls.append("dq")
+    return jnp.full_like(q, 7)
+  def fake_dkv(q, k, v, do, lse2, delta, spec, scale=None):
+    calls.append("dkv")
+    return jnp.full_like(k, 7), jnp.full_like(v, 7)
+  jax.clear_caches()  # traces cached by earlier calls must not stand in for this one's
+  monkeypatch.setattr(pallas_gpu, "mosaic_unsupported", verdict)
+  monkeypatch.setattr(mb, "sparse_attention_dq", fake_dq)
+  monkeypatch.setattr(mb, "sparse_attention_dkv", fake_dkv)
+  q, k, v, _ = _inputs(9, 128, 4, 2, 64, jnp.float32)
+  cfg = pallas_gpu.TritonConfig(bwd_impl=bwd_impl)
+  g = jax.grad(lambda q, k, v: jnp.sum(pallas_gpu.attention(
+      q, k, v, AttentionSpec.strided(1, 1, block=32), config=cfg, interpret=True)),
+               argnums=(0, 1, 2))(q, k, v)
+  jax.clear_caches()  # nor may this one's (with the stand-ins) serve later tests
+  if expect == "mosaic":
+    assert calls == ["dq", "dkv"] and all(bool(jnp.all(x == 7)) for x in g)
+  else:
+    assert not calls and not any(bool(jnp.all(x == 7)) for x in g)

@@ -265,7 +265,8 @@ def test_bwd_impl_dispatch(monkeypatch, bwd_impl, mosaic_applies, expect):
 
   Off Hopper the Mosaic kernels cannot run, so the Mosaic-backward verdict and the two Mosaic
   kernels are stood in for; the forward and the Triton backward run in interpret mode."""
-  from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
   real = pallas_gpu.mosaic_unsupported
   def verdict(*a, step=None, **kw):
     if step == mb.step() and kw.get("interpret"):  # the backward's question

@@ -66,3 +66,23 @@ def test_attention_harness_runs_on_cpu_with_pattern_filter(env, tmp_path):
   auto = [r for r in rows if r["impl"] == "auto" and r["status"] == "ok"]
   assert auto and all("auto -> " in r["note"] for r in auto)
   assert "useful TFLOP/s" in stdout and res["meta"]["B"] == 1
+
+
+def test_attention_report_ratios_and_rename(tmp_path):
+  rows = [dict(pattern="strided", L=65536, hkv=32, impl=impl, mode=mode, ms=1.0, tflops=tf)
+          for impl, mode, tf in [("flex_fa4", "fwd", 500.0), ("flex_fa4", "fwdbwd", 400.0),
+                                 ("pallas_gpu", "fwd", 450.0), ("pallas_gpu", "fwdbwd", 300.0)]]
+  rows.append(dict(pattern="strided", L=65536, hkv=32, impl="xla", mode="fwd", ms=None,
+                   tflops=None, status="skipped"))
+  f = tmp_path / "a.json"
+  f.write_text(json.dumps({"meta": {}, "rows": rows}))
+  p = subprocess.run([sys.executable, "benchmarks/attention_report.py", str(f), "--rename",
+                      "pallas_gpu=pallas_gpu_triton_bwd", "--ceiling", "1000"], cwd=ROOT,
+                     capture_output=True, text=True, timeout=60, check=False)
+  assert p.returncode == 0, p.stderr
+  line, = [x for x in p.stdout.splitlines() if "pallas_gpu_triton_bwd" in x]
+  assert "| 450 | 300 | 0.90 | 0.75 | 45%, 30% |" in line
+  assert "xla" not in p.stdout                      # untimed rows are left out
+  bad = subprocess.run([sys.executable, "benchmarks/attention_report.py", str(f), "--rename", "x"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+  assert bad.returncode != 0 and "--rename takes OLD=NEW" in bad.stderr

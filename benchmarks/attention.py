@@ -23,7 +23,8 @@ Rows (B=1, H=32 query heads, D=128, bf16; every length at MHA 32/32 and GQA 32/8
   (each)       pallas_gpu_triton_bwd: pallas_gpu with ``TritonConfig(bwd_impl="triton")``, its
                Triton backward (``pallas_gpu`` itself takes the Mosaic GPU backward on Hopper;
                runs of 2026-12-04 have the opposite pair: ``pallas_gpu`` with the Triton backward,
-               then the default, and ``pallas_gpu_mosaic_bwd``).
+               then the default, and ``pallas_gpu_mosaic_bwd``); pallas_gpu_fused_bwd: with
+               ``bwd_impl="mosaic_fused"``, the opt-in single-pass Mosaic backward (runs last).
   window       window 4096 without sinks: cudnn_jax (public API, local_window_size=(4095, 0),
                is_causal=True): the "sinks for free" bound for the sink_window rows.
 
@@ -90,6 +91,10 @@ JAX_ROWS = [
     # backward on Hopper; before issue 14 the Triton one was the default).
     ("sink_window", "pallas_gpu_triton_bwd"), ("strided", "pallas_gpu_triton_bwd"),
     ("full", "pallas_gpu_triton_bwd"),
+    # Last: the opt-in single-pass Mosaic backward, not yet run on a GPU; a kernel fault here
+    # cannot cost the rows above.
+    ("sink_window", "pallas_gpu_fused_bwd"), ("strided", "pallas_gpu_fused_bwd"),
+    ("full", "pallas_gpu_fused_bwd"),
 ]
 FLEX_PATTERNS = ("sink_window", "strided", "full")
 H, D, B = 32, 128, 1
@@ -132,10 +137,11 @@ def _jax_impl(pattern: str, impl: str, log_records: list):
     over = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in impl.split("@")[1].split(",")}
     cfg = triton_native.NativeConfig(**over)
     return functools.partial(triton_native.native_attention, spec=spec, config=cfg), str(cfg)
-  if impl == "pallas_gpu_triton_bwd":   # pallas_gpu with its Triton backward forced
+  if impl in ("pallas_gpu_triton_bwd", "pallas_gpu_fused_bwd"):  # pallas_gpu, one backward forced
     from pallas_kernels.backends import pallas_gpu  # pylint: disable=g-import-not-at-top
-    cfg = pallas_gpu.TritonConfig(bwd_impl="triton")
-    return functools.partial(pallas_gpu.attention, spec=spec, config=cfg), "bwd_impl=triton"
+    bwd = {"pallas_gpu_triton_bwd": "triton", "pallas_gpu_fused_bwd": "mosaic_fused"}[impl]
+    cfg = pallas_gpu.TritonConfig(bwd_impl=bwd)
+    return functools.partial(pallas_gpu.attention, spec=spec, config=cfg), f"bwd_impl={bwd}"
   registered = api.available_backends()
   if impl == "auto":
     return functools.partial(api.attention, spec=spec, backend="auto"), ""

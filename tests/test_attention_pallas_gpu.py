@@ -206,19 +206,27 @@ def test_mosaic_forward_lowers_for_cuda():
   assert "mosaic_gpu" in text
 
 
-@pytest.mark.parametrize("kernel", ["sparse_attention_dq", "sparse_attention_dkv"])
+@pytest.mark.parametrize("kernel", ["sparse_attention_dq", "sparse_attention_dkv",
+                                    "fused.sparse_attention_bwd"])
 @pytest.mark.parametrize("spec,hkv", [("sink_window:64:256", 2), ("strided:4:4", 4), ("full", 1)])
 def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel):
-  """The Mosaic GPU dQ and dK/dV lower to Mosaic GPU IR for each pattern, MHA and GQA (no GPU
-  needed; numerics are checked on the GPU: tests/gpu/test_gpu_pallas_gpu.py -k mosaic_bwd)."""
+  """The Mosaic GPU dQ and dK/dV, and the single-pass (fused) backward, lower to Mosaic GPU IR
+  for each pattern, MHA and GQA (no GPU needed; numerics are checked on the GPU:
+  tests/gpu/test_gpu_pallas_gpu.py -k mosaic)."""
   from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # noqa: E402
+  from pallas_kernels.backends import pallas_gpu_mosaic_bwd_fused as mf  # noqa: E402
+  fn = getattr(mf, kernel.split(".")[1]) if kernel.startswith("fused.") else getattr(mb, kernel)
   q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
   k = jax.ShapeDtypeStruct((1, 512, hkv, 128), jnp.bfloat16)
   stat = jax.ShapeDtypeStruct((1, 4, 512), jnp.float32)
-  fn = jax.jit(lambda q, k, v, do, lse, dl: getattr(mb, kernel)(
-      q, k, v, do, lse, dl, AttentionSpec.parse(spec)))
-  text = fn.trace(q, k, k, q, stat, stat).lower(lowering_platforms=("cuda",)).as_text()
+  jf = jax.jit(lambda q, k, v, do, lse, dl: fn(q, k, v, do, lse, dl, AttentionSpec.parse(spec)))
+  traced = jf.trace(q, k, k, q, stat, stat)
+  text = traced.lower(lowering_platforms=("cuda",)).as_text()
   assert "mosaic_gpu" in text
+  want = {"sparse_attention_dq": [q], "sparse_attention_dkv": [k, k],
+          "fused.sparse_attention_bwd": [q, k, k]}[kernel]
+  assert [(o.shape, o.dtype) for o in jax.tree.leaves(traced.out_info)] == [
+      (w.shape, w.dtype) for w in want]
 
 
 def test_mosaic_bwd_limits_and_config():
@@ -251,15 +259,16 @@ def test_mosaic_bwd_limits_and_config():
     pallas_gpu.TritonConfig(bwd_impl="cuda")
   assert pallas_gpu.TritonConfig().bwd_impl == "auto"
   q, k, v, _ = _inputs(7, 128, 2, 2, 64, jnp.bfloat16)
-  cfg = pallas_gpu.TritonConfig(bwd_impl="mosaic")
-  with pytest.raises(pallas_gpu.PallasGpuError, match="bwd_impl='mosaic' cannot run"):
-    jax.grad(lambda q: jnp.sum(pallas_gpu.attention(
-        q, k, v, AttentionSpec.full(), config=cfg, interpret=True).astype(jnp.float32)))(q)
+  for impl in ("mosaic", "mosaic_fused"):
+    cfg = pallas_gpu.TritonConfig(bwd_impl=impl)
+    with pytest.raises(pallas_gpu.PallasGpuError, match=f"bwd_impl='{impl}' cannot run"):
+      jax.grad(lambda q, cfg=cfg: jnp.sum(pallas_gpu.attention(
+          q, k, v, AttentionSpec.full(), config=cfg, interpret=True).astype(jnp.float32)))(q)
 
 
 @pytest.mark.parametrize("bwd_impl,mosaic_applies,expect", [
     ("auto", True, "mosaic"), ("auto", False, "triton"), ("triton", True, "triton"),
-    ("mosaic", True, "mosaic")])
+    ("mosaic", True, "mosaic"), ("mosaic_fused", True, "fused")])
 def test_bwd_impl_dispatch(monkeypatch, bwd_impl, mosaic_applies, expect):
   """``bwd_impl="auto"`` (the default) takes the Mosaic GPU backward exactly where it applies.
 
@@ -267,6 +276,8 @@ def test_bwd_impl_dispatch(monkeypatch, bwd_impl, mosaic_applies, expect):
   kernels are stood in for; the forward and the Triton backward run in interpret mode."""
   # pylint: disable-next=g-import-not-at-top
   from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
+  # pylint: disable-next=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu_mosaic_bwd_fused as mf
   real = pallas_gpu.mosaic_unsupported
   def verdict(*a, step=None, **kw):
     if step == mb.step() and kw.get("interpret"):  # the backward's question
@@ -279,17 +290,22 @@ def test_bwd_impl_dispatch(monkeypatch, bwd_impl, mosaic_applies, expect):
   def fake_dkv(q, k, v, do, lse2, delta, spec, scale=None):
     calls.append("dkv")
     return jnp.full_like(k, 7), jnp.full_like(v, 7)
+  def fake_fused(q, k, v, do, lse2, delta, spec, scale=None):
+    calls.append("fused")
+    return jnp.full_like(q, 7), jnp.full_like(k, 7), jnp.full_like(v, 7)
   jax.clear_caches()  # traces cached by earlier calls must not stand in for this one's
   monkeypatch.setattr(pallas_gpu, "mosaic_unsupported", verdict)
   monkeypatch.setattr(mb, "sparse_attention_dq", fake_dq)
   monkeypatch.setattr(mb, "sparse_attention_dkv", fake_dkv)
+  monkeypatch.setattr(mf, "sparse_attention_bwd", fake_fused)
   q, k, v, _ = _inputs(9, 128, 4, 2, 64, jnp.float32)
   cfg = pallas_gpu.TritonConfig(bwd_impl=bwd_impl)
   g = jax.grad(lambda q, k, v: jnp.sum(pallas_gpu.attention(
       q, k, v, AttentionSpec.strided(1, 1, block=32), config=cfg, interpret=True)),
                argnums=(0, 1, 2))(q, k, v)
   jax.clear_caches()  # nor may this one's (with the stand-ins) serve later tests
-  if expect == "mosaic":
-    assert calls == ["dq", "dkv"] and all(bool(jnp.all(x == 7)) for x in g)
+  if expect != "triton":
+    assert calls == (["dq", "dkv"] if expect == "mosaic" else ["fused"])
+    assert all(bool(jnp.all(x == 7)) for x in g)
   else:
     assert not calls and not any(bool(jnp.all(x == 7)) for x in g)

@@ -41,7 +41,7 @@ _LN2 = math.log(2.0)
 
 
 FWD_IMPLS = ("auto", "triton", "mosaic")
-BWD_IMPLS = ("auto", "triton", "mosaic")
+BWD_IMPLS = ("auto", "triton", "mosaic", "mosaic_fused")
 
 
 class PallasGpuError(ValueError):
@@ -68,6 +68,9 @@ class TritonConfig:
   ``"triton"`` always takes Triton. On an H200 the Mosaic backward makes forward+backward
   1.1-1.3x faster than Triton's for every pattern, MHA and GQA (docs/benchmarks.md, issue 14), and
   passes the GPU reference tests (``tests/gpu/test_gpu_pallas_gpu.py -k mosaic_bwd``).
+  ``"mosaic_fused"`` (opt-in, not yet run on a GPU) takes the single-pass Mosaic backward of
+  ``pallas_gpu_mosaic_bwd_fused.py`` instead (5 matmuls per tile instead of 7, dQ reduce-added
+  in fp32), with the same limits; it raises where they do not apply.
   """
 
   block_q: int = 128
@@ -296,12 +299,16 @@ def _bwd(q, k, v, qseg, kseg, out, lse, do, dlse, cs: _frame.Problem):
     # pylint: disable-next=g-import-not-at-top
     from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
     why = _mosaic_unsupported(cs, q, k, qseg is not None, step=mb.step())
+    if why is None and impl == "mosaic_fused":
+      # pylint: disable-next=g-import-not-at-top
+      from pallas_kernels.backends import pallas_gpu_mosaic_bwd_fused as mf
+      return mf.sparse_attention_bwd(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)
     if why is None:
       dq = mb.sparse_attention_dq(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)
       dk, dv = mb.sparse_attention_dkv(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)
       return dq, dk, dv
-    if impl == "mosaic":
-      raise PallasGpuError(f"bwd_impl='mosaic' cannot run this call: {why}")
+    if impl != "auto":
+      raise PallasGpuError(f"bwd_impl={impl!r} cannot run this call: {why}")
   dq = _dq_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
   dk, dv = _dkv_call(cs, q, k, v, qseg, kseg, do, lse2, delta)
   return dq, dk, dv

@@ -74,6 +74,16 @@ def test_bf16_vs_reference(spec, D, impl):
 
 @pytest.mark.parametrize("spec", ["sink_window:64:512", "strided:4:4", "full"])
 @pytest.mark.parametrize("D,Hkv", [(64, 2), (128, 8), (128, 2)])
+def test_mosaic_fused_bwd_bf16_vs_reference(spec, D, Hkv):
+  """The single-pass Mosaic GPU backward (``bwd_impl="mosaic_fused"``: dQ reduce-added in fp32
+  from the dK/dV kernel), MHA and GQA; L=2048 has 16 KV-block CTAs adding into each query tile."""
+  q, k, v, w = _inputs(6, 1, 2048, 8, Hkv, D, jnp.bfloat16)
+  _check(AttentionSpec.parse(spec), q, k, v, w, tol_out=1e-2, tol_grad=2e-2,
+         config=pallas_gpu.TritonConfig(bwd_impl="mosaic_fused"))
+
+
+@pytest.mark.parametrize("spec", ["sink_window:64:512", "strided:4:4", "full"])
+@pytest.mark.parametrize("D,Hkv", [(64, 2), (128, 8), (128, 2)])
 def test_mosaic_bwd_bf16_vs_reference(spec, D, Hkv):
   """The Mosaic GPU backward (``bwd_impl="mosaic"``, what ``"auto"`` takes on Hopper: dQ and
   dK/dV), MHA and GQA."""

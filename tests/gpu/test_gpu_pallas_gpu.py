@@ -92,6 +92,24 @@ def test_mosaic_bwd_bf16_vs_reference(spec, D, Hkv):
          config=pallas_gpu.TritonConfig(bwd_impl="mosaic"))
 
 
+@pytest.mark.parametrize("seg", [False, True])
+def test_default_backward_is_mosaic_where_it_applies(seg):
+  """``bwd_impl="auto"`` (the default) gives the Mosaic backward's gradients bit for bit on a
+  Hopper GPU, and the Triton backward's when segment ids rule Mosaic out."""
+  if getattr(jax.devices()[0], "compute_capability", None) != "9.0":
+    pytest.skip("the Mosaic GPU kernels need a Hopper GPU")
+  q, k, v, w = _inputs(8, 1, 1024, 4, 2, 128, jnp.bfloat16)
+  kw = dict(segment_ids=jnp.zeros((1, 1024), jnp.int32).at[:, 600:].set(1)) if seg else {}
+  spec = AttentionSpec.parse("strided:4:4")
+  def grads(bwd_impl):
+    cfg = pallas_gpu.TritonConfig(bwd_impl=bwd_impl)
+    return _grads(lambda q, k, v: pallas_gpu.attention(q, k, v, spec, return_lse=True, config=cfg,
+                                                       **kw), q, k, v, w)[1]
+  want = grads("triton" if seg else "mosaic")
+  for a, b in zip(grads("auto"), want):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
 def test_mosaic_bwd_refuses_segment_ids():
   q, k, v, w = _inputs(5, 1, 1024, 4, 4, 128, jnp.bfloat16)
   seg = jnp.zeros((1, 1024), jnp.int32).at[:, 512:].set(1)

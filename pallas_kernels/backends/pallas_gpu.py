@@ -246,8 +246,8 @@ def mosaic_unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *,
                        interpret: bool = False, step: int | None = None) -> str | None:
   """Why the Mosaic GPU kernels cannot run a call with these static facts (None when they can):
   the device here, the shapes in ``pallas_gpu_mosaic.shape_limits``. ``step``: the kernel's
-  length multiple (default: the forward's). Used by ``fwd_impl`` and ``bwd_impl`` (``"auto"``,
-  ``"mosaic"``) here and by the ``split_gpu`` backend's ``supports``."""
+  length multiple (default: the forward's). Used by ``fwd_impl`` and ``bwd_impl`` (every value
+  but ``"triton"``) here and by the ``split_gpu`` backend's ``supports``."""
   if interpret:
     return "interpret mode (Mosaic GPU kernels run on Hopper GPUs only)"
   dev = jax.devices()[0]

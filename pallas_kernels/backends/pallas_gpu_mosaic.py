@@ -1,8 +1,9 @@
 """Block-sparse attention forward in Pallas Mosaic GPU (Hopper, FA3 style).
 
 ``pallas_gpu.attention`` takes this forward by default on Hopper (``TritonConfig.fwd_impl="auto"``,
-where it applies; ``"mosaic"`` forces it); the backward stays the Triton kernels, which consume
-the base-2 lse returned here. GPU tests: ``tests/gpu/test_gpu_pallas_gpu.py`` (``-k mosaic``).
+where it applies; ``"mosaic"`` forces it). Its base-2 lse feeds either backward: the Mosaic GPU
+one of ``pallas_gpu_mosaic_bwd.py`` (the default where it applies) or the Triton kernels. GPU
+tests: ``tests/gpu/test_gpu_pallas_gpu.py`` (``-k mosaic``).
 Measured against the Triton forward in docs/kernels.md ("Pallas GPU (Triton lowering)").
 
 Structure follows jax's ``pallas/ops/gpu/attention_mgpu.py`` forward: per CTA two compute

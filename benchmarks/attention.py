@@ -24,7 +24,9 @@ Rows (B=1, H=32 query heads, D=128, bf16; every length at MHA 32/32 and GQA 32/8
                Triton backward (``pallas_gpu`` itself takes the Mosaic GPU backward on Hopper;
                runs of 2026-12-04 have the opposite pair: ``pallas_gpu`` with the Triton backward,
                then the default, and ``pallas_gpu_mosaic_bwd``); pallas_gpu_fused_bwd: with
-               ``bwd_impl="mosaic_fused"``, the opt-in single-pass Mosaic backward (runs last).
+               ``bwd_impl="mosaic_fused"``, the opt-in single-pass Mosaic backward;
+               pallas_gpu_overlap_fwd: with ``fwd_impl="mosaic_overlap"``, the opt-in forward
+               with intra-warpgroup overlap (these two run last).
   window       window 4096 without sinks: cudnn_jax (public API, local_window_size=(4095, 0),
                is_causal=True): the "sinks for free" bound for the sink_window rows.
 
@@ -95,6 +97,9 @@ JAX_ROWS = [
     # cannot cost the rows above.
     ("sink_window", "pallas_gpu_fused_bwd"), ("strided", "pallas_gpu_fused_bwd"),
     ("full", "pallas_gpu_fused_bwd"),
+    # and the opt-in forward with intra-warpgroup overlap, not yet run on a GPU either.
+    ("sink_window", "pallas_gpu_overlap_fwd"), ("strided", "pallas_gpu_overlap_fwd"),
+    ("full", "pallas_gpu_overlap_fwd"),
 ]
 FLEX_PATTERNS = ("sink_window", "strided", "full")
 H, D, B = 32, 128, 1
@@ -137,11 +142,14 @@ def _jax_impl(pattern: str, impl: str, log_records: list):
     over = {kv.split("=")[0]: int(kv.split("=")[1]) for kv in impl.split("@")[1].split(",")}
     cfg = triton_native.NativeConfig(**over)
     return functools.partial(triton_native.native_attention, spec=spec, config=cfg), str(cfg)
-  if impl in ("pallas_gpu_triton_bwd", "pallas_gpu_fused_bwd"):  # pallas_gpu, one backward forced
+  forced = {"pallas_gpu_triton_bwd": dict(bwd_impl="triton"),   # pallas_gpu, one kernel forced
+            "pallas_gpu_fused_bwd": dict(bwd_impl="mosaic_fused"),
+            "pallas_gpu_overlap_fwd": dict(fwd_impl="mosaic_overlap")}
+  if impl in forced:
     from pallas_kernels.backends import pallas_gpu  # pylint: disable=g-import-not-at-top
-    bwd = {"pallas_gpu_triton_bwd": "triton", "pallas_gpu_fused_bwd": "mosaic_fused"}[impl]
-    cfg = pallas_gpu.TritonConfig(bwd_impl=bwd)
-    return functools.partial(pallas_gpu.attention, spec=spec, config=cfg), f"bwd_impl={bwd}"
+    cfg = pallas_gpu.TritonConfig(**forced[impl])
+    note = ", ".join(f"{k}={v}" for k, v in forced[impl].items())
+    return functools.partial(pallas_gpu.attention, spec=spec, config=cfg), note
   registered = api.available_backends()
   if impl == "auto":
     return functools.partial(api.attention, spec=spec, backend="auto"), ""

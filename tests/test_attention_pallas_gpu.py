@@ -188,22 +188,28 @@ def _abstract_cuda_gpu(device_kind="NVIDIA H100 80GB HBM3"):
 
 def test_mosaic_forward_needs_a_hopper_gpu():
   q, k, v, _ = _inputs(7, 128, 2, 2, 64, jnp.bfloat16)
-  cfg = pallas_gpu.TritonConfig(fwd_impl="mosaic")
-  with pytest.raises(pallas_gpu.PallasGpuError, match="fwd_impl='mosaic' cannot run"):
-    pallas_gpu.attention(q, k, v, AttentionSpec.full(), config=cfg, interpret=True)
+  for impl in ("mosaic", "mosaic_overlap"):
+    cfg = pallas_gpu.TritonConfig(fwd_impl=impl)
+    with pytest.raises(pallas_gpu.PallasGpuError, match=f"fwd_impl='{impl}' cannot run"):
+      pallas_gpu.attention(q, k, v, AttentionSpec.full(), config=cfg, interpret=True)
   with pytest.raises(pallas_gpu.PallasGpuError, match="fwd_impl"):
     pallas_gpu.TritonConfig(fwd_impl="cuda")
 
 
-def test_mosaic_forward_lowers_for_cuda():
-  """The Mosaic GPU forward lowers to Mosaic GPU IR (no GPU needed; it runs on the device)."""
-  from pallas_kernels.backends import pallas_gpu_mosaic  # pylint: disable=g-import-not-at-top
+@pytest.mark.parametrize("module", ["pallas_gpu_mosaic", "pallas_gpu_mosaic_overlap"])
+@pytest.mark.parametrize("spec,hkv", [("sink_window:64:256", 2), ("strided:4:4", 4), ("full", 1)])
+def test_mosaic_forward_lowers_for_cuda(module, spec, hkv):
+  """The Mosaic GPU forwards (default and intra-warpgroup overlap) lower to Mosaic GPU IR with
+  the outputs' shapes (no GPU needed; numerics: tests/gpu/test_gpu_pallas_gpu.py)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  mod = importlib.import_module(f"pallas_kernels.backends.{module}")
   q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
-  k = jax.ShapeDtypeStruct((1, 512, 2, 128), jnp.bfloat16)
-  fn = jax.jit(lambda q, k, v: pallas_gpu_mosaic.sparse_attention_fwd(
-      q, k, v, AttentionSpec.sink_window(64, 256)))
-  text = fn.trace(q, k, k).lower(lowering_platforms=("cuda",)).as_text()
-  assert "mosaic_gpu" in text
+  k = jax.ShapeDtypeStruct((1, 512, hkv, 128), jnp.bfloat16)
+  traced = jax.jit(lambda q, k, v: mod.sparse_attention_fwd(
+      q, k, v, AttentionSpec.parse(spec))).trace(q, k, k)
+  assert "mosaic_gpu" in traced.lower(lowering_platforms=("cuda",)).as_text()
+  assert [(o.shape, o.dtype) for o in jax.tree.leaves(traced.out_info)] == [
+      (q.shape, q.dtype), ((1, 4, 512), jnp.float32)]
 
 
 @pytest.mark.parametrize("kernel", ["sparse_attention_dq", "sparse_attention_dkv",
@@ -309,3 +315,33 @@ def test_bwd_impl_dispatch(monkeypatch, bwd_impl, mosaic_applies, expect):
     assert all(bool(jnp.all(x == 7)) for x in g)
   else:
     assert not calls and not any(bool(jnp.all(x == 7)) for x in g)
+
+
+@pytest.mark.parametrize("fwd_impl,expect", [
+    ("auto", "mosaic"), ("mosaic", "mosaic"), ("mosaic_overlap", "overlap"), ("triton", None)])
+def test_fwd_impl_dispatch(monkeypatch, fwd_impl, expect):
+  """Each ``fwd_impl`` takes its forward where the Mosaic kernels apply (verdict and kernels
+  stood in for, as in ``test_bwd_impl_dispatch``)."""
+  # pylint: disable-next=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu_mosaic as pm
+  # pylint: disable-next=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu_mosaic_overlap as mo
+  real = pallas_gpu.mosaic_unsupported
+  def verdict(*a, step=None, **kw):
+    return None if step is None else real(*a, step=step, **kw)   # only the forward's question
+  calls = []
+  def fake(name):
+    def fwd(q, k, v, spec, scale=None):
+      calls.append(name)
+      return jnp.full_like(q, 3), jnp.zeros((q.shape[0], q.shape[2], q.shape[1]), jnp.float32)
+    return fwd
+  jax.clear_caches()
+  monkeypatch.setattr(pallas_gpu, "mosaic_unsupported", verdict)
+  monkeypatch.setattr(pm, "sparse_attention_fwd", fake("mosaic"))
+  monkeypatch.setattr(mo, "sparse_attention_fwd", fake("overlap"))
+  q, k, v, _ = _inputs(10, 128, 4, 2, 64, jnp.float32)
+  out = pallas_gpu.attention(q, k, v, AttentionSpec.strided(1, 1, block=32), interpret=True,
+                             config=pallas_gpu.TritonConfig(fwd_impl=fwd_impl))
+  jax.clear_caches()
+  assert calls == ([expect] if expect else [])
+  assert bool(jnp.all(out == 3)) == bool(expect)

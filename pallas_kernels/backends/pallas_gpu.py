@@ -40,7 +40,7 @@ from pallas_kernels.spec import AttentionSpec, as_spec
 _LN2 = math.log(2.0)
 
 
-FWD_IMPLS = ("auto", "triton", "mosaic")
+FWD_IMPLS = ("auto", "triton", "mosaic", "mosaic_overlap")
 BWD_IMPLS = ("auto", "triton", "mosaic", "mosaic_fused")
 
 
@@ -60,7 +60,9 @@ class TritonConfig:
   it applies (sm_90, bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets, Tq == Tk,
   T % 128 == 0, not interpreting) and the Triton forward otherwise; ``"mosaic"`` raises where it
   does not apply; ``"triton"`` always takes Triton. On an H100 the Mosaic forward is ~1.3-1.4x
-  faster than Triton's (docs/kernels.md).
+  faster than Triton's (docs/kernels.md). ``"mosaic_overlap"`` (opt-in, not yet run on a GPU)
+  takes the Mosaic forward with intra-warpgroup overlap (``pallas_gpu_mosaic_overlap.py``), with
+  the same limits; it raises where they do not apply.
 
   ``bwd_impl``: ``"auto"`` (default) runs the Mosaic GPU dQ and dK/dV kernels of
   ``pallas_gpu_mosaic_bwd.py`` where they apply (the Mosaic forward's limits, lengths a multiple
@@ -274,11 +276,15 @@ def _forward(cs: _frame.Problem, q, k, v, qseg, kseg):
   impl = cs.option("config").fwd_impl
   if impl != "triton":
     why = _mosaic_unsupported(cs, q, k, qseg is not None)
+    if why is None and impl == "mosaic_overlap":
+      # pylint: disable-next=g-import-not-at-top
+      from pallas_kernels.backends import pallas_gpu_mosaic_overlap as mo
+      return mo.sparse_attention_fwd(q, k, v, cs.spec, scale=cs.scale)
     if why is None:
       from pallas_kernels.backends import pallas_gpu_mosaic  # pylint: disable=g-import-not-at-top
       return pallas_gpu_mosaic.sparse_attention_fwd(q, k, v, cs.spec, scale=cs.scale)
-    if impl == "mosaic":
-      raise PallasGpuError(f"fwd_impl='mosaic' cannot run this call: {why}")
+    if impl != "auto":
+      raise PallasGpuError(f"fwd_impl={impl!r} cannot run this call: {why}")
   return _fwd_call(cs, q, k, v, qseg, kseg)
 
 

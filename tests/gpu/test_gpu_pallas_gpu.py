@@ -62,11 +62,12 @@ def _check(spec, q, k, v, w, *, tol_out, tol_grad, config=None, **kw):
     assert _rel(a, b) < tol_grad, f"d{name}: {_rel(a, b)}"
 
 
-@pytest.mark.parametrize("impl", ["mosaic", "triton"])
+@pytest.mark.parametrize("impl", ["mosaic", "triton", "mosaic_overlap"])
 @pytest.mark.parametrize("spec", ["sink_window:64:512", "strided:4:4", "full"])
 @pytest.mark.parametrize("D", [64, 128])
 def test_bf16_vs_reference(spec, D, impl):
-  """Both forwards (Mosaic GPU, Triton) with the Triton backward; GQA group of 4."""
+  """Each forward (Mosaic GPU, Triton, and the opt-in Mosaic with intra-warpgroup overlap) with
+  the Triton backward; GQA group of 4."""
   q, k, v, w = _inputs(0, 1, 2048, 8, 2, D, jnp.bfloat16)
   _check(AttentionSpec.parse(spec), q, k, v, w, tol_out=1e-2, tol_grad=2e-2,
          config=pallas_gpu.TritonConfig(fwd_impl=impl, bwd_impl="triton"))

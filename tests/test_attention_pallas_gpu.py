@@ -213,15 +213,14 @@ def test_mosaic_forward_lowers_for_cuda(module, spec, hkv):
 
 
 @pytest.mark.parametrize("kernel", ["sparse_attention_dq", "sparse_attention_dkv",
-                                    "fused.sparse_attention_bwd"])
+                                    "sparse_attention_bwd"])
 @pytest.mark.parametrize("spec,hkv", [("sink_window:64:256", 2), ("strided:4:4", 4), ("full", 1)])
 def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel):
   """The Mosaic GPU dQ and dK/dV, and the single-pass (fused) backward, lower to Mosaic GPU IR
   for each pattern, MHA and GQA (no GPU needed; numerics are checked on the GPU:
   tests/gpu/test_gpu_pallas_gpu.py -k mosaic)."""
   from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # noqa: E402
-  from pallas_kernels.backends import pallas_gpu_mosaic_bwd_fused as mf  # noqa: E402
-  fn = getattr(mf, kernel.split(".")[1]) if kernel.startswith("fused.") else getattr(mb, kernel)
+  fn = getattr(mb, kernel)
   q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
   k = jax.ShapeDtypeStruct((1, 512, hkv, 128), jnp.bfloat16)
   stat = jax.ShapeDtypeStruct((1, 4, 512), jnp.float32)
@@ -230,7 +229,7 @@ def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel):
   text = traced.lower(lowering_platforms=("cuda",)).as_text()
   assert "mosaic_gpu" in text
   want = {"sparse_attention_dq": [q], "sparse_attention_dkv": [k, k],
-          "fused.sparse_attention_bwd": [q, k, k]}[kernel]
+          "sparse_attention_bwd": [q, k, k]}[kernel]
   assert [(o.shape, o.dtype) for o in jax.tree.leaves(traced.out_info)] == [
       (w.shape, w.dtype) for w in want]
 
@@ -282,8 +281,6 @@ def test_bwd_impl_dispatch(monkeypatch, bwd_impl, mosaic_applies, expect):
   kernels are stood in for; the forward and the Triton backward run in interpret mode."""
   # pylint: disable-next=g-import-not-at-top
   from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
-  # pylint: disable-next=g-import-not-at-top
-  from pallas_kernels.backends import pallas_gpu_mosaic_bwd_fused as mf
   real = pallas_gpu.mosaic_unsupported
   def verdict(*a, step=None, **kw):
     if step == mb.step() and kw.get("interpret"):  # the backward's question
@@ -303,7 +300,7 @@ def test_bwd_impl_dispatch(monkeypatch, bwd_impl, mosaic_applies, expect):
   monkeypatch.setattr(pallas_gpu, "mosaic_unsupported", verdict)
   monkeypatch.setattr(mb, "sparse_attention_dq", fake_dq)
   monkeypatch.setattr(mb, "sparse_attention_dkv", fake_dkv)
-  monkeypatch.setattr(mf, "sparse_attention_bwd", fake_fused)
+  monkeypatch.setattr(mb, "sparse_attention_bwd", fake_fused)
   q, k, v, _ = _inputs(9, 128, 4, 2, 64, jnp.float32)
   cfg = pallas_gpu.TritonConfig(bwd_impl=bwd_impl)
   g = jax.grad(lambda q, k, v: jnp.sum(pallas_gpu.attention(

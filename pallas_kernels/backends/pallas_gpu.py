@@ -70,9 +70,9 @@ class TritonConfig:
   ``"triton"`` always takes Triton. On an H200 the Mosaic backward makes forward+backward
   1.1-1.3x faster than Triton's for every pattern, MHA and GQA (docs/benchmarks.md, issue 14), and
   passes the GPU reference tests (``tests/gpu/test_gpu_pallas_gpu.py -k mosaic_bwd``).
-  ``"mosaic_fused"`` (opt-in, not yet run on a GPU) takes the single-pass Mosaic backward of
-  ``pallas_gpu_mosaic_bwd_fused.py`` instead (5 matmuls per tile instead of 7, dQ reduce-added
-  in fp32), with the same limits; it raises where they do not apply.
+  ``"mosaic_fused"`` (opt-in, not yet run on a GPU) takes the single-pass Mosaic backward
+  ``pallas_gpu_mosaic_bwd.sparse_attention_bwd`` instead (5 matmuls per tile instead of 7, dQ
+  reduce-added in fp32), with the same limits; it raises where they do not apply.
   """
 
   block_q: int = 128
@@ -306,9 +306,7 @@ def _bwd(q, k, v, qseg, kseg, out, lse, do, dlse, cs: _frame.Problem):
     from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
     why = _mosaic_unsupported(cs, q, k, qseg is not None, step=mb.step())
     if why is None and impl == "mosaic_fused":
-      # pylint: disable-next=g-import-not-at-top
-      from pallas_kernels.backends import pallas_gpu_mosaic_bwd_fused as mf
-      return mf.sparse_attention_bwd(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)
+      return mb.sparse_attention_bwd(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)
     if why is None:
       dq = mb.sparse_attention_dq(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)
       dk, dv = mb.sparse_attention_dkv(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -109,10 +110,13 @@ def launch(entry, out_type, grid, grid_names, *args):
                       compiler_params=plgpu.CompilerParams(approx_math=True))(*args)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
-def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = MosaicConfig(),
-                         scale: float | None = None):
-  """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2); see the module docstring."""
+def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | None, loop):
+  """The frame the Mosaic GPU forwards share: argument checks, the visit table, the memory
+  warpgroup, each compute warpgroup's Q load and epilogue (normalise; out and base-2 lse to global
+  memory), the launch. ``loop(w)`` is a compute warpgroup's walk over its visit list (``w``: its
+  refs, indices and constants); it returns the unnormalised (acc, m_i, l_i).
+
+  Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2)."""
   B, T, hq, d = q.shape
   hkv = k.shape[2]
   dtype = q.dtype
@@ -123,8 +127,7 @@ def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = Mo
     raise ValueError(f"the Mosaic forward cannot take {why}")
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
   g = hq // hkv
-  t = kernel_tables(spec, T, T, 2 * bq, bkv)
-  tab = jnp.asarray(t.fwd)
+  tab = jnp.asarray(kernel_tables(spec, T, T, 2 * bq, bkv).fwd)
   c = (d ** -0.5 if scale is None else scale) * math.log2(math.e)
 
   def kernel(q_ref, k_ref, v_ref, tab_ref, out_ref, lse_ref, scoped):
@@ -146,58 +149,12 @@ def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = Mo
       q_base = row * (2 * bq) + wg * bq
       plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(q_base, bq), q_head], qo_smem, q_bar.at[wg])
       plgpu.barrier_wait(q_bar.at[wg])
-      m_i = plgpu.layout_cast(jnp.full((bq,), M_INIT, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
-      l_i = plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
-      acc = plgpu.layout_cast(jnp.full((bq, d), 0, jnp.float32), plgpu.Layout.WGMMA)
-
-      @pl.when(n_tot > 0)
-      def _():
-        plgpu.barrier_wait(k_bar.at[0])
-
-      pl.when(wg == 1)(schedule_barrier)
-
-      def step(e, carry, masked):
-        acc, m_i, l_i = carry
-        slot = lax.rem(e, jnp.array(mcs, e.dtype))
-
-        def qk_fn(acc_ref):
-          plgpu.wgmma(acc_ref, qo_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
-          schedule_barrier()
-          return acc_ref[...]
-        s = pl.run_scoped(qk_fn, plgpu.ACC((bq, bkv), jnp.float32))
-        plgpu.barrier_arrive(k_used.at[slot])
-        if masked:
-          kb = tab_ref[row, e + 2]
-          qi = plgpu.broadcasted_iota(jnp.int32, (bq, bkv), 0, layout=plgpu.Layout.WGMMA)
-          ki = plgpu.broadcasted_iota(jnp.int32, (bq, bkv), 1, layout=plgpu.Layout.WGMMA)
-          s = jnp.where(spec.allowed(qi + q_base, ki + kb * bkv, xp=jnp), s, -jnp.inf)
-        m_new = jnp.maximum(m_i, s.max(axis=1) * c)
-        alpha = jnp.exp2(m_i - m_new)
-        p = jnp.exp2(s * c - lax.broadcast_in_dim(m_new, s.shape, [0]))
-        acc *= lax.broadcast_in_dim(alpha, acc.shape, [0])
-        l_i *= alpha
-        p16 = p.astype(dtype)
-        l_i += p.sum(axis=1)
-        acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
-        plgpu.barrier_arrive(sched)
-        plgpu.barrier_wait(v_bar.at[slot])
-        plgpu.barrier_wait(sched)
-
-        def pv_fn(acc_ref):
-          plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
-          nxt = e + 1
-          nslot = lax.rem(nxt, jnp.array(mcs, e.dtype))
-
-          @pl.when(nxt < n_tot)
-          def _():
-            plgpu.barrier_wait(k_bar.at[nslot])
-        acc = pl.run_state(pv_fn)(plgpu.ACC.init(acc))
-        plgpu.barrier_arrive(v_used.at[slot])
-        return acc, m_new, l_i
-
-      carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), (acc, m_i, l_i))
-      acc, m_i, l_i = lax.fori_loop(n_full, n_tot, functools.partial(step, masked=True), carry)
-      pl.when(wg == 0)(schedule_barrier)
+      w = types.SimpleNamespace(
+          qo_smem=qo_smem, k_smem=k_smem, v_smem=v_smem, k_bar=k_bar, v_bar=v_bar,
+          k_used=k_used, v_used=v_used, sched=sched, schedule_barrier=schedule_barrier,
+          tab_ref=tab_ref, row=row, wg=wg, q_base=q_base, n_full=n_full, n_tot=n_tot, spec=spec,
+          c=c, bq=bq, bkv=bkv, d=d, dtype=dtype, mcs=mcs)
+      acc, m_i, l_i = loop(w)
       seen = l_i > 0
       l_safe = jnp.where(seen, l_i, 1.0)
       acc *= lax.broadcast_in_dim(1.0 / l_safe, (bq, d), [0])
@@ -231,3 +188,74 @@ def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = Mo
   return launch(entry, [jax.ShapeDtypeStruct(q.shape, dtype),
                         jax.ShapeDtypeStruct((B, hq, T), jnp.float32)],
                 (hq, T // (2 * bq), B), ("heads", "q_seq", "batch"), q, k, v, tab)
+
+
+def tile_allowed(w, e):
+  """``spec.allowed`` over visit-list entry ``e``'s (query row, key) tile, WGMMA layout."""
+  kb = w.tab_ref[w.row, e + 2]
+  qi = plgpu.broadcasted_iota(jnp.int32, (w.bq, w.bkv), 0, layout=plgpu.Layout.WGMMA)
+  ki = plgpu.broadcasted_iota(jnp.int32, (w.bq, w.bkv), 1, layout=plgpu.Layout.WGMMA)
+  return w.spec.allowed(qi + w.q_base, ki + kb * w.bkv, xp=jnp)
+
+
+def _loop(w):
+  """The compute warpgroup's walk: per tile S = Q Kᵀ (wait), softmax, P V, with the schedule
+  barrier handing the tensor cores to the other warpgroup during the softmax."""
+  bq, bkv, d, mcs = w.bq, w.bkv, w.d, w.mcs
+  m_i = plgpu.layout_cast(jnp.full((bq,), M_INIT, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+  l_i = plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+  acc = plgpu.layout_cast(jnp.full((bq, d), 0, jnp.float32), plgpu.Layout.WGMMA)
+
+  @pl.when(w.n_tot > 0)
+  def _():
+    plgpu.barrier_wait(w.k_bar.at[0])
+
+  pl.when(w.wg == 1)(w.schedule_barrier)
+
+  def step(e, carry, masked):
+    acc, m_i, l_i = carry
+    slot = lax.rem(e, jnp.array(mcs, e.dtype))
+
+    def qk_fn(acc_ref):
+      plgpu.wgmma(acc_ref, w.qo_smem, plgpu.transpose_ref(w.k_smem.at[slot], (1, 0)))
+      w.schedule_barrier()
+      return acc_ref[...]
+    s = pl.run_scoped(qk_fn, plgpu.ACC((bq, bkv), jnp.float32))
+    plgpu.barrier_arrive(w.k_used.at[slot])
+    if masked:
+      s = jnp.where(tile_allowed(w, e), s, -jnp.inf)
+    m_new = jnp.maximum(m_i, s.max(axis=1) * w.c)
+    alpha = jnp.exp2(m_i - m_new)
+    p = jnp.exp2(s * w.c - lax.broadcast_in_dim(m_new, s.shape, [0]))
+    acc *= lax.broadcast_in_dim(alpha, acc.shape, [0])
+    l_i *= alpha
+    p16 = p.astype(w.dtype)
+    l_i += p.sum(axis=1)
+    acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
+    plgpu.barrier_arrive(w.sched)
+    plgpu.barrier_wait(w.v_bar.at[slot])
+    plgpu.barrier_wait(w.sched)
+
+    def pv_fn(acc_ref):
+      plgpu.wgmma(acc_ref, p16, w.v_smem.at[slot])
+      nxt = e + 1
+      nslot = lax.rem(nxt, jnp.array(mcs, e.dtype))
+
+      @pl.when(nxt < w.n_tot)
+      def _():
+        plgpu.barrier_wait(w.k_bar.at[nslot])
+    acc = pl.run_state(pv_fn)(plgpu.ACC.init(acc))
+    plgpu.barrier_arrive(w.v_used.at[slot])
+    return acc, m_new, l_i
+
+  carry = lax.fori_loop(0, w.n_full, functools.partial(step, masked=False), (acc, m_i, l_i))
+  acc, m_i, l_i = lax.fori_loop(w.n_full, w.n_tot, functools.partial(step, masked=True), carry)
+  pl.when(w.wg == 0)(w.schedule_barrier)
+  return acc, m_i, l_i
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
+def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = MosaicConfig(),
+                         scale: float | None = None):
+  """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2); see the module docstring."""
+  return forward(q, k, v, spec, config, scale, _loop)

@@ -30,6 +30,11 @@ K/V swapped:
 - Each query head writes its own dK/dV (``[B, T, Hq, D]``); GQA groups are summed after the kernel
   in fp32.
 
+``sparse_attention_bwd`` (opt-in ``bwd_impl="mosaic_fused"``, not yet run on a GPU) is the same
+dK/dV kernel with dQ added (FA3's single pass, 5 matmuls per tile instead of 7): dSᵀ goes to
+shared memory, dK and dQ_tile = dS K both read it there, and dQ_tile is TMA reduce-added into an
+fp32 accumulator in global memory.
+
 Limits (``unsupported`` says which): bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets,
 Tq == Tk, T a multiple of ``2 * block_kv`` and ``2 * block_q``. Rows that see no key carry lse
 ``+inf``, so their p is 0.
@@ -95,17 +100,34 @@ def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
   the scaled scores (``+inf`` where a row sees nothing); delta [B, Hq, T] fp32, rowsum(dO * O)
   (minus the lse cotangent when there is one).
   """
+  return _dkv(q, k, v, do, lse2, delta, spec, config, scale, fused=False)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
+def sparse_attention_bwd(q, k, v, do, lse2, delta, spec: AttentionSpec,
+                         config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None):
+  """(dq, dk, dv) in one pass (FA3's structure; ``bwd_impl="mosaic_fused"``, opt-in, not yet run
+  on a GPU): the dK/dV kernel also computes dQ_tile = dS K from dS in shared memory and adds it
+  into a zero-initialised fp32 accumulator in global memory with a TMA reduce-add, so a visited
+  tile costs 5 matmuls instead of 7. Arguments as ``sparse_attention_dkv``. dQ summed with
+  atomics is not bit-reproducible from run to run, as in FA3 and FA4."""
+  return _dkv(q, k, v, do, lse2, delta, spec, config, scale, fused=True)
+
+
+def _dkv(q, k, v, do, lse2, delta, spec, config, scale, *, fused: bool):
+  """The dK/dV kernel (module docstring); ``fused`` adds dQ (``sparse_attention_bwd``)."""
   B, T, hq, hkv, d, g, sc, c = _check(q, k, v, do, config, scale)
   dtype = q.dtype
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
   tab = jnp.asarray(kernel_tables(spec, T, T, bq, 2 * bkv).bwd)
 
-  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dk_ref, dv_ref, scoped):
+  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_acc_ref, dk_ref, dv_ref,
+             scoped):
     batch = lax.axis_index("batch")
     q_head = lax.axis_index("heads")
     row = lax.axis_index("kv_seq")
     wg = lax.axis_index("wg")
-    ((k_smem2, v_smem2, q_smem, do_smem, lse_smem, dl_smem),
+    ((k_smem2, v_smem2, q_smem, do_smem, lse_smem, dl_smem, *dq_smem),
      (k_bar, v_bar), (q_bar, do_bar, lse_bar, dl_bar), used) = scoped
     n_full, n_tot = tab_ref[row, 0], tab_ref[row, 1]
 
@@ -126,6 +148,7 @@ def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
       def step(e, carry, masked):
         dk, dv = carry
         slot = lax.rem(e, jnp.array(mcs, e.dtype))
+        qb = tab_ref[row, e + 2] if fused else None   # fused: dQ's rows; else read when masked
         plgpu.barrier_wait(q_bar.at[slot])
         plgpu.barrier_wait(lse_bar.at[slot])
 
@@ -136,7 +159,7 @@ def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
         lse = plgpu.load(lse_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
         p_t = jnp.exp2(s_t * c - lax.broadcast_in_dim(lse, (bkv, bq), [1]))
         if masked:
-          qb = tab_ref[row, e + 2]
+          qb = tab_ref[row, e + 2] if qb is None else qb
           ki = plgpu.broadcasted_iota(jnp.int32, (bkv, bq), 0, layout=plgpu.Layout.WGMMA)
           qi = plgpu.broadcasted_iota(jnp.int32, (bkv, bq), 1, layout=plgpu.Layout.WGMMA)
           p_t = jnp.where(spec.allowed(qi + qb * bq, ki + kv_base, xp=jnp), p_t, 0.0)
@@ -151,11 +174,29 @@ def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
         plgpu.barrier_wait(dl_bar.at[slot])
         dl = plgpu.load(dl_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
         ds_t = p_t * (dp_t - lax.broadcast_in_dim(dl, (bkv, bq), [1]))
+        if not fused:
+          def dk_fn(acc_ref):
+            plgpu.wgmma(acc_ref, ds_t.astype(dtype), q_smem.at[slot])
+          dk = pl.run_state(dk_fn)(plgpu.ACC.init(dk))
+          plgpu.barrier_arrive(used.at[slot])
+          return dk, dv
+        ds_smem, dq_stage = dq_smem[0].at[wg], dq_smem[1].at[wg]
+        ds_smem[...] = ds_t.astype(dtype)
+        plgpu.commit_smem()
 
-        def dk_fn(acc_ref):
-          plgpu.wgmma(acc_ref, ds_t.astype(dtype), q_smem.at[slot])
-        dk = pl.run_state(dk_fn)(plgpu.ACC.init(dk))
+        def dk_dq_fn(refs):   # dK += dSᵀ Q and dQ_tile = dS K, dS from shared memory
+          dk_ref, dq_ref = refs
+          plgpu.wgmma(dk_ref, ds_smem, q_smem.at[slot])
+          plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_smem, (1, 0)), k_smem)
+        dq_zeros = plgpu.layout_cast(jnp.full((bq, d), 0, jnp.float32), plgpu.Layout.WGMMA)
+        dk, dq_tile = pl.run_state(dk_dq_fn)((plgpu.ACC.init(dk), plgpu.ACC.init(dq_zeros)))
         plgpu.barrier_arrive(used.at[slot])
+        # The previous tile's reduce-add must have read the staging buffer before it is reused.
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        dq_stage[...] = dq_tile
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(dq_stage, dq_acc_ref.at[batch, pl.ds(qb * bq, bq), q_head],
+                                reduction_op="add")
         return dk, dv
 
       carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), (dk, dv))
@@ -185,13 +226,16 @@ def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
 
       feed_ring(n_tot, mcs, issue, (used,))
 
-  def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dk_ref, dv_ref):
+  def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, *refs):
+    dq_acc_ref, dk_ref, dv_ref = refs if fused else (None, *refs)
     scratch = (tiled_smem((2, bkv, d), dtype), tiled_smem((2, bkv, d), dtype),
                tiled_smem((mcs, bq, d), dtype), tiled_smem((mcs, bq, d), dtype),
                plgpu.SMEM((mcs, bq), jnp.float32), plgpu.SMEM((mcs, bq), jnp.float32))
+    if fused:   # dS and the fp32 dQ staging, one each per compute warpgroup
+      scratch += (tiled_smem((2, bkv, bq), dtype), plgpu.SMEM((2, bq, d), jnp.float32))
     pl.run_scoped(
-        lambda *a: kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dk_ref, dv_ref,
-                          a),
+        lambda *a: kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_acc_ref,
+                          dk_ref, dv_ref, a),
         scratch,
         (plgpu.Barrier(num_barriers=2),) * 2,
         (plgpu.Barrier(num_barriers=mcs),) * 4,
@@ -200,14 +244,23 @@ def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
     )
 
   per_head = jax.ShapeDtypeStruct((B, T, hq, d), dtype)
-  dk_h, dv_h = launch(entry, [per_head, per_head], (hq, T // (2 * bkv), B),
-                      ("heads", "kv_seq", "batch"), q, k, v, do, lse2, delta, tab)
-  if g == 1:
+  grid, names = (hq, T // (2 * bkv), B), ("heads", "kv_seq", "batch")
+  args = (q, k, v, do, lse2, delta, tab)
+  if fused:
+    # ``pl.kernel`` rather than ``plgpu.kernel`` (``launch``): the latter's batching wrapper does
+    # not take a mutable array operand. ``pl.kernel`` aliases it in and out of the kernel.
+    dq_acc = jax.new_ref(jnp.zeros((B, T, hq, d), jnp.float32))
+    mesh = plgpu.Mesh(grid=grid, grid_names=names, num_threads=3, thread_name="wg")
+    dk_h, dv_h = pl.kernel(entry, out_type=[per_head, per_head], mesh=mesh,
+                           compiler_params=plgpu.CompilerParams(approx_math=True))(*args, dq_acc)
+  else:
+    dk_h, dv_h = launch(entry, [per_head, per_head], grid, names, *args)
+  if g > 1:   # one dK/dV per query head: sum each group in fp32
+    dk_h, dv_h = (x.reshape(B, T, hkv, g, d).astype(jnp.float32).sum(axis=3).astype(dtype)
+                  for x in (dk_h, dv_h))
+  if not fused:
     return dk_h, dv_h
-
-  def group_sum(x):
-    return x.reshape(B, T, hkv, g, d).astype(jnp.float32).sum(axis=3).astype(dtype)
-  return group_sum(dk_h), group_sum(dv_h)
+  return (jax.freeze(dq_acc) * sc).astype(dtype), dk_h, dv_h
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from longgen_jax.infer import slots
+from longgen_jax.infer import forward, slots
 from longgen_jax.infer.engine import Engine
 from longgen_jax.infer.errors import InferError
 from longgen_jax.infer.sampling import SamplingParams, filter_logits, sample
 from longgen_jax.model.config import ModelConfig
 from longgen_jax.model.llama import Llama
 from longgen_jax.model.params import to_canonical
+from pallas_kernels.spec import as_spec
 
 SINK, FULL, STRIDED = "sink_window:4:32@16", "full@16", "strided:2:4@16"
 
@@ -116,5 +117,14 @@ def test_bad_requests_raise_clear_errors():
     engine.generate([], max_new_tokens=1)
   with pytest.raises(InferError, match="sparse pattern"):
     Engine(cfg, params, kv_drop="full")
+  with pytest.raises(InferError, match="contradict"):
+    Engine(cfg, params, kv_drop=SINK, serve_full=True)
   with pytest.raises(InferError, match="multiple of 64"):
     Engine(cfg, params, prefill_chunk=48)
+
+
+def test_serve_full_serves_every_layer_with_the_models_full_spec():
+  cfg, params = model((SINK, FULL, STRIDED))
+  assert Engine(cfg, params, serve_full=True, prefill_chunk=64).specs == (as_spec(FULL),) * 3
+  sparse_only, _ = model((SINK, "strided:2:4@32"))   # no full layer: full at the largest block
+  assert forward.serving_specs(sparse_only, serve_full=True) == (as_spec("full@32"),) * 2

@@ -62,16 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-def served_full(cfg):
-  """``cfg`` with every layer full attention (the model's own full spec, else one at its sparse
-  layers' largest block): the same weights, no sparse mask."""
-  import dataclasses  # pylint: disable=import-outside-toplevel
-  from pallas_kernels.spec import AttentionSpec  # pylint: disable=import-outside-toplevel
-  full = next((s for s in cfg.layers if s.is_full),
-              AttentionSpec.full(block=max(s.block for s in cfg.layers)))
-  return dataclasses.replace(cfg, layers=(full,) * cfg.n_layers)
-
-
 def parse_depths(text: str) -> list[float]:
   try:
     ds = [float(t) / 100.0 for t in text.split(",") if t.strip()]
@@ -115,9 +105,8 @@ def run(args) -> dict:
   model = load_model(args.checkpoint, tokenizer=args.tokenizer)
   tok = model.tokenizer
   add_bos = model.add_bos if args.add_bos == "auto" else args.add_bos == "yes"
-  cfg = served_full(model.cfg) if args.serve_full else model.cfg
-  engine = Engine(cfg, model.params, kv_drop=kv_drop, prefill_chunk=args.prefill_chunk,
-                  paged=args.paged, backend=args.backend)
+  engine = Engine(model.cfg, model.params, kv_drop=kv_drop, serve_full=args.serve_full,
+                  prefill_chunk=args.prefill_chunk, paged=args.paged, backend=args.backend)
   stop = [tok.eos_id] if tok.eos_id is not None else []
   served = (f"kv_drop {kv_drop}" if kv_drop else "") or ("served full" if args.serve_full else "")
   label = f"{os.path.basename(os.path.normpath(args.checkpoint))}" + (

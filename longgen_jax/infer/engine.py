@@ -12,7 +12,8 @@
   only the new token ids come back to the host (stop tokens, streaming).
 * The cache capacity (positions per row) is bucketed too (``buckets.bucket_len``) unless given.
 * ``kv_drop``: serve every full layer with a sparse pattern instead (inference-time KV dropping,
-  the StreamingLLM-style baseline); the model runs unchanged otherwise.
+  the StreamingLLM-style baseline); ``serve_full``: serve every layer as full attention (the
+  reverse). The model runs unchanged otherwise.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class Engine:
   Args:
     cfg: the model config; params: canonical parameters (any float dtype).
     kv_drop: a sparse spec (or its string) served in place of every full layer.
+    serve_full: serve every layer as full attention (``forward.serving_specs``).
     prefill_chunk: tokens per row per prefill chunk (a multiple of ``buckets.chunk_multiple``;
       default ``buckets.default_chunk``: 16384 rounded up to a valid chunk).
     min_prompt_bucket: smallest padded prompt length.
@@ -108,7 +110,7 @@ class Engine:
   """
 
   def __init__(self, cfg: ModelConfig, params, *, kv_drop: AttentionSpec | str | None = None,
-               prefill_chunk: int | None = None, min_prompt_bucket: int = 64, cache_dtype=None,
+               serve_full: bool = False, prefill_chunk: int | None = None, min_prompt_bucket: int = 64, cache_dtype=None,
                paged: bool = False, page_size: int = 128, num_pages: int | None = None,
                backend: str = "auto", decode_impl: str = "auto", block_k: int = 512,
                per_octave: int = 4, max_capacity: int | None = None, cast: bool = True):
@@ -116,7 +118,9 @@ class Engine:
     self.kv_drop = None if kv_drop is None else as_spec(kv_drop)
     if self.kv_drop is not None and self.kv_drop.is_full:
       raise InferError(f"kv_drop must be a sparse pattern, got {self.kv_drop}")
-    self.specs = forward.serving_specs(cfg, self.kv_drop)
+    if self.kv_drop is not None and serve_full:
+      raise InferError("kv_drop and serve_full contradict each other: give one")
+    self.specs = forward.serving_specs(cfg, self.kv_drop, serve_full=serve_full)
     self.paged = bool(paged)
     self.page_size = int(page_size)
     if self.paged and (self.page_size < 8 or self.page_size & (self.page_size - 1)):

@@ -133,10 +133,16 @@ def decode_step(cfg: ModelConfig, params, cache: HybridCache, tokens, *, kv_buck
   return logits, HybridCache(tuple(new_layers), pos + 1, cache.page_table)
 
 
-def serving_specs(cfg: ModelConfig, kv_drop: AttentionSpec | None = None
-                  ) -> tuple[AttentionSpec, ...]:
+def serving_specs(cfg: ModelConfig, kv_drop: AttentionSpec | None = None, *,
+                  serve_full: bool = False) -> tuple[AttentionSpec, ...]:
   """The pattern each layer is SERVED with: the model's, or ``kv_drop`` in place of every full
-  layer (inference-time KV dropping, e.g. StreamingLLM-style ``sink_window:64:4096``)."""
+  layer (inference-time KV dropping, e.g. StreamingLLM-style ``sink_window:64:4096``), or with
+  ``serve_full`` full attention in every layer (the model's own full spec, else one at its sparse
+  layers' largest block): what a sparse or hybrid model's sparse layers cost it."""
+  if serve_full:
+    full = next((s for s in cfg.layers if s.is_full),
+                AttentionSpec.full(block=max(s.block for s in cfg.layers)))
+    return (full,) * len(cfg.layers)
   if kv_drop is None:
     return tuple(cfg.layers)
   return tuple(kv_drop if s.is_full else s for s in cfg.layers)

@@ -1,13 +1,14 @@
 """The Mosaic GPU backward's tile algorithm, replayed in numpy on CPU.
 
-``pallas_kernels/backends/pallas_gpu_mosaic_bwd.py`` cannot run here (no Mosaic GPU interpret
-mode in this jax). This replays its loops in numpy: the same block tables in the same orientation
-(``.bwd`` for dK/dV with (block_q, 2 * block_kv) tiles, ``.fwd`` for dQ with (2 * block_q,
-block_kv)), two warpgroups per CTA, full entries unmasked and partial ones through
+The kernels of ``pallas_kernels/backends/pallas_gpu_mosaic_bwd.py`` themselves run on CPU in
+``tests/test_mosaic_interpret.py`` (Mosaic GPU interpret mode, seconds per call). This replays
+their loops in numpy, fast enough for more patterns (chunked) and GQA groups: the same block
+tables in the same orientation (``.bwd`` for dK/dV with (block_q, 2 * block_kv) tiles, ``.fwd``
+for dQ with (2 * block_q, block_kv)), two warpgroups per CTA, full entries unmasked and partial ones through
 ``spec.allowed``, base-2 lse with ``+inf`` on rows that see nothing, and the scale applied at the
 end. It is checked against the dense reference gradients. A change to the kernels' tables,
-masks or formulas must be mirrored here. Numerics of the kernels themselves are checked on the
-GPU (``tests/gpu/test_gpu_pallas_gpu.py -k mosaic_bwd``).
+masks or formulas must be mirrored here. Numerics on the hardware are checked on the GPU
+(``tests/gpu/test_gpu_pallas_gpu.py -k mosaic_bwd``).
 """
 
 import math

@@ -60,9 +60,9 @@ class TritonConfig:
   it applies (sm_90, bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets, Tq == Tk,
   T % 128 == 0, not interpreting) and the Triton forward otherwise; ``"mosaic"`` raises where it
   does not apply; ``"triton"`` always takes Triton. On an H100 the Mosaic forward is ~1.3-1.4x
-  faster than Triton's (docs/kernels.md). ``"mosaic_overlap"`` (opt-in, not yet run on a GPU)
-  takes the Mosaic forward with intra-warpgroup overlap (``pallas_gpu_mosaic_overlap.py``), with
-  the same limits; it raises where they do not apply.
+  faster than Triton's (docs/kernels.md). ``"mosaic_overlap"`` (opt-in; checked on CPU in Mosaic
+  GPU interpret mode, not yet run on a GPU) takes the Mosaic forward with intra-warpgroup overlap
+  (``pallas_gpu_mosaic_overlap.py``), with the same limits; it raises where they do not apply.
 
   ``bwd_impl``: ``"auto"`` (default) runs the Mosaic GPU dQ and dK/dV kernels of
   ``pallas_gpu_mosaic_bwd.py`` where they apply (the Mosaic forward's limits, lengths a multiple
@@ -70,9 +70,10 @@ class TritonConfig:
   ``"triton"`` always takes Triton. On an H200 the Mosaic backward makes forward+backward
   1.1-1.3x faster than Triton's for every pattern, MHA and GQA (docs/benchmarks.md, issue 14), and
   passes the GPU reference tests (``tests/gpu/test_gpu_pallas_gpu.py -k mosaic_bwd``).
-  ``"mosaic_fused"`` (opt-in, not yet run on a GPU) takes the single-pass Mosaic backward
-  ``pallas_gpu_mosaic_bwd.sparse_attention_bwd`` instead (5 matmuls per tile instead of 7, dQ
-  reduce-added in fp32), with the same limits; it raises where they do not apply.
+  ``"mosaic_fused"`` (opt-in; checked on CPU in Mosaic GPU interpret mode, not yet run on a GPU)
+  takes the single-pass Mosaic backward ``pallas_gpu_mosaic_bwd.sparse_attention_bwd`` instead
+  (5 matmuls per tile instead of 7, dQ reduce-added in fp32), with the same limits; it raises
+  where they do not apply.
   """
 
   block_q: int = 128

@@ -19,7 +19,8 @@ Limits (``shape_limits``, the one list the backward kernels share): bf16/f16, he
 no segment ids, q_offset == kv_offset == 0, Tq == Tk, T a multiple of ``2 * block_q`` and
 ``block_kv``; GQA by ``q_head // (Hq // Hkv)``.
 Rows that see no key get a zero output and lse -inf (finite running-max start, as in Triton).
-CPU: it lowers for CUDA (tested), but Mosaic GPU interpret mode cannot run it (no ``run_state``).
+CPU: it lowers for CUDA, and runs against the dense reference in Mosaic GPU interpret mode
+(``pallas_kernels/mosaic_interpret.py``; ``tests/test_mosaic_interpret.py``).
 """
 
 from __future__ import annotations
@@ -92,15 +93,30 @@ def feed_ring(n_tot, mcs, issue, used):
     issue(e + mcs, slot)
 
 
-def stream_kv(refs, smem, bars, used, tab_ref, *, row, batch, kv_head, n_tot, bkv, mcs):
+def stream_kv(refs, smem, bars, used, tab_ref, *, row, batch, kv_head, n_tot, bkv, mcs,
+              split=False):
   """The memory warpgroup of the forward and dQ kernels: the K/V tiles of the CTA's visit list
   (``tab_ref[row]``, block indices from column 2) into the ring. ``refs``, ``smem``, ``bars``
-  and ``used`` are (K, V) pairs."""
-  def issue(e, slot):
+  and ``used`` are (K, V) pairs. By default a slot is refilled with K and V once both are
+  released. With ``split`` each is refilled as soon as its own ``used`` barrier releases it: the
+  overlapped forward releases V one step after K, and waiting for both there deadlocks its two
+  warpgroups on a 2-slot ring (``pallas_gpu_mosaic_overlap``'s docstring)."""
+  def issue(e, slot, streams=(0, 1)):
     src = (batch, pl.ds(tab_ref[row, e + 2] * bkv, bkv), kv_head)
-    for ref, buf, bar in zip(refs, smem, bars):
-      plgpu.copy_gmem_to_smem(ref.at[src], buf.at[slot], bar.at[slot])
-  feed_ring(n_tot, mcs, issue, used)
+    for i in streams:
+      plgpu.copy_gmem_to_smem(refs[i].at[src], smem[i].at[slot], bars[i].at[slot])
+  if not split:
+    feed_ring(n_tot, mcs, issue, used)
+    return
+  for i in range(mcs):
+    pl.when(i < n_tot)(functools.partial(issue, i, i))
+
+  @pl.loop(0, jnp.maximum(n_tot - mcs, 0))
+  def _(e):
+    slot = lax.rem(e, jnp.array(mcs, e.dtype))
+    for i, bar in enumerate(used):
+      plgpu.barrier_wait(bar.at[slot])
+      issue(e + mcs, slot, (i,))
 
 
 def launch(entry, out_type, grid, grid_names, *args):
@@ -110,11 +126,13 @@ def launch(entry, out_type, grid, grid_names, *args):
                       compiler_params=plgpu.CompilerParams(approx_math=True))(*args)
 
 
-def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | None, loop):
+def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | None, loop, *,
+            split_release: bool = False):
   """The frame the Mosaic GPU forwards share: argument checks, the visit table, the memory
   warpgroup, each compute warpgroup's Q load and epilogue (normalise; out and base-2 lse to global
   memory), the launch. ``loop(w)`` is a compute warpgroup's walk over its visit list (``w``: its
-  refs, indices and constants); it returns the unnormalised (acc, m_i, l_i).
+  refs, indices and constants); it returns the unnormalised (acc, m_i, l_i). ``split_release``:
+  the memory warpgroup refills K and V slots separately (``stream_kv``'s ``split``).
 
   Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2)."""
   B, T, hq, d = q.shape
@@ -170,7 +188,7 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
       plgpu.set_max_registers(40, action="decrease")
       stream_kv((k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar), (k_used, v_used), tab_ref,
                 row=row, batch=batch, kv_head=lax.div(q_head, jnp.array(g, q_head.dtype)),
-                n_tot=n_tot, bkv=bkv, mcs=mcs)
+                n_tot=n_tot, bkv=bkv, mcs=mcs, split=split_release)
 
   def entry(q_ref, k_ref, v_ref, tab_ref, out_ref, lse_ref):
     scratch = [tiled_smem((2, bq, d), dtype), tiled_smem((mcs, bkv, d), dtype),

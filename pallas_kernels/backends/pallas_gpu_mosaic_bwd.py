@@ -30,10 +30,12 @@ K/V swapped:
 - Each query head writes its own dK/dV (``[B, T, Hq, D]``); GQA groups are summed after the kernel
   in fp32.
 
-``sparse_attention_bwd`` (opt-in ``bwd_impl="mosaic_fused"``, not yet run on a GPU) is the same
-dK/dV kernel with dQ added (FA3's single pass, 5 matmuls per tile instead of 7): dSᵀ goes to
-shared memory, dK and dQ_tile = dS K both read it there, and dQ_tile is TMA reduce-added into an
-fp32 accumulator in global memory.
+``sparse_attention_bwd`` (opt-in ``bwd_impl="mosaic_fused"``) is the same dK/dV kernel with dQ
+added (FA3's single pass, 5 matmuls per tile instead of 7): dSᵀ goes to shared memory, dK and
+dQ_tile = dS K both read it there, and dQ_tile is TMA reduce-added into an fp32 accumulator in
+global memory. It needs ``block_q`` a multiple of 64. It has not run on a GPU; on CPU it matches
+the dense reference in Mosaic GPU interpret mode, as do the dQ and dK/dV kernels
+(``tests/test_mosaic_interpret.py``).
 
 Limits (``unsupported`` says which): bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets,
 Tq == Tk, T a multiple of ``2 * block_kv`` and ``2 * block_q``. Rows that see no key carry lse
@@ -119,6 +121,9 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, *, fused: bool):
   B, T, hq, hkv, d, g, sc, c = _check(q, k, v, do, config, scale)
   dtype = q.dtype
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
+  if fused and bq % 64:
+    raise ValueError(f"the fused Mosaic backward needs block_q a multiple of 64 (dS is staged in "
+                     f"(8, 64)-tiled shared memory), not {bq}")
   tab = jnp.asarray(kernel_tables(spec, T, T, bq, 2 * bkv).bwd)
 
   def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_acc_ref, dk_ref, dv_ref,

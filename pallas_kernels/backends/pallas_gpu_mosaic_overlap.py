@@ -16,11 +16,17 @@ take turns issuing their wgmma pair through a schedule barrier. Only this comput
 here: checks, tables, the memory warpgroup, the Q load, the epilogue and the launch are
 ``pallas_gpu_mosaic.forward``'s, so the outputs (out, base-2 lse) and limits are the same.
 
-Opt-in through ``TritonConfig(fwd_impl="mosaic_overlap")``. Written 2026-12-04, it lowers to
-Mosaic GPU on CPU (``tests/test_attention_pallas_gpu.py -k overlap``) and has not run on a GPU:
-``tests/gpu/test_gpu_pallas_gpu.py -k overlap`` checks it against the dense reference and
-``benchmarks/attention.py`` times it (rows ``pallas_gpu_overlap_fwd``). It becomes the default
-forward only if both say so.
+The memory warpgroup refills K and V separately (``split_release``): V of tile e is released
+one step after K, and with one refill after both releases the two warpgroups deadlock on a 2-slot
+ring (warpgroup 0 waits for K of tile e + 2, which waits for warpgroup 1's release of V of tile e,
+which waits at the schedule barrier for warpgroup 0). Mosaic GPU interpret mode found that on CPU
+on 2026-12-05 (``tests/test_mosaic_interpret.py``, which keeps the deadlock as a test).
+
+Opt-in through ``TritonConfig(fwd_impl="mosaic_overlap")``. Written 2026-12-04; on CPU it lowers
+to Mosaic GPU (``tests/test_attention_pallas_gpu.py -k overlap``) and matches the dense reference
+in Mosaic GPU interpret mode (``tests/test_mosaic_interpret.py``). It has not run on a GPU:
+``tests/gpu/test_gpu_pallas_gpu.py -k overlap`` checks it there and ``benchmarks/attention.py``
+times it (rows ``pallas_gpu_overlap_fwd``). It becomes the default forward only if both say so.
 """
 
 from __future__ import annotations
@@ -117,4 +123,4 @@ def _overlap_loop(w):
 def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = MosaicConfig(),
                          scale: float | None = None):
   """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2), as ``pallas_gpu_mosaic``'s."""
-  return forward(q, k, v, spec, config, scale, _overlap_loop)
+  return forward(q, k, v, spec, config, scale, _overlap_loop, split_release=True)

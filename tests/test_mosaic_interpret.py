@@ -1,0 +1,142 @@
+"""The Mosaic GPU kernels themselves, run on CPU in jax's GPU interpret mode, against the dense
+reference: both forwards (default and ``mosaic_overlap``), the dQ and dK/dV kernels and the
+single-pass fused backward, outputs and all gradients.
+
+``pallas_kernels/mosaic_interpret.py`` says what the interpreter checks (tables, indexing, masks,
+formulas, barrier pairing, shared-memory races between warpgroups) and what it cannot (wgmma and
+TMA run synchronously). Small tiles (16 rows, head_dim 64) keep it to seconds per call; the
+lengths make the K/V ring wrap and give CTAs with both full and partial entries.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels.backends import pallas_gpu_mosaic as pm
+from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
+from pallas_kernels.backends import pallas_gpu_mosaic_overlap as mo
+from pallas_kernels.mosaic_interpret import interpret_mode
+from pallas_kernels.reference import reference_attention
+from pallas_kernels.spec import AttentionSpec
+
+# One xdist worker runs them all: jax's interpreter keeps process-global state.
+pytestmark = pytest.mark.xdist_group("mosaic_interpret")
+
+FWD = pm.MosaicConfig(block_q=16, block_kv=16, max_concurrent_steps=2)
+BWD = mb.MosaicBwdConfig(block_q=16, block_kv=16, max_concurrent_steps=2)
+# The fused kernel stages dS in (8, 64)-tiled shared memory: block_q a multiple of 64. T_FUSED
+# gives 4 query tiles, so the ring wraps there too.
+FUSED = mb.MosaicBwdConfig(block_q=64, block_kv=16, max_concurrent_steps=2)
+T_FUSED = 256
+SPECS = ["sink_window:16:48@16", "strided:2:3@16", "full@16"]
+T, D = 128, 64
+
+
+def _inputs(hq=1, hkv=1, seed=0, t=T):
+  ks = jax.random.split(jax.random.PRNGKey(seed), 4)
+  shapes = [(1, t, hq, D), (1, t, hkv, D), (1, t, hkv, D), (1, t, hq, D)]
+  return [jax.random.normal(kk, s, jnp.float32).astype(jnp.bfloat16) for kk, s in zip(ks, shapes)]
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def _reference(q, k, v, do, spec):
+  """fp32 dense out, natural-log lse and (dq, dk, dv) for cotangent ``do``."""
+  f32 = [x.astype(jnp.float32) for x in (q, k, v, do)]
+  (out, lse), vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, spec, return_lse=True),
+                            *f32[:3])
+  grads = vjp((f32[3], jnp.zeros_like(lse)))
+  return out, lse, grads
+
+
+def _bwd_stats(out, lse, do):
+  """lse2 (base 2, ``+inf`` where a row sees nothing) and delta, as ``pallas_gpu._bwd`` passes."""
+  lse2 = jnp.where(jnp.isfinite(lse), lse / math.log(2), jnp.inf)
+  delta = jnp.einsum("bthd,bthd->bht", do.astype(jnp.float32), out)
+  return lse2, jnp.where(jnp.isfinite(lse), delta, 0.0)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("module", [pm, mo], ids=["mosaic", "mosaic_overlap"])
+def test_forward_vs_reference(module, spec):
+  spec = AttentionSpec.parse(spec)
+  q, k, v, do = _inputs()
+  want, want_lse, _ = _reference(q, k, v, do, spec)
+  with interpret_mode(detect_races=True):
+    out, lse2 = module.sparse_attention_fwd(q, k, v, spec, FWD)
+  assert out.dtype == q.dtype and out.shape == q.shape
+  assert _rel(out, want) < 1e-2
+  lse = np.asarray(lse2) * math.log(2)
+  assert np.abs(lse - np.asarray(want_lse)).max() < 2e-2
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("fused", [False, True], ids=["dq_dkv", "fused"])
+def test_backward_vs_reference(spec, fused):
+  spec = AttentionSpec.parse(spec)
+  q, k, v, do = _inputs(seed=1, t=T_FUSED if fused else T)
+  out, lse, want = _reference(q, k, v, do, spec)
+  lse2, delta = _bwd_stats(out, lse, do)
+  with interpret_mode(detect_races=True):
+    if fused:
+      got = mb.sparse_attention_bwd(q, k, v, do, lse2, delta, spec, FUSED)
+    else:
+      got = (mb.sparse_attention_dq(q, k, v, do, lse2, delta, spec, BWD),
+             *mb.sparse_attention_dkv(q, k, v, do, lse2, delta, spec, BWD))
+  for name, g, w, x in zip("qkv", got, want, (q, k, v)):
+    assert g.shape == x.shape, name
+    assert _rel(g, w) < 2e-2, name
+
+
+def test_gqa_forward_and_fused_backward():
+  """Two query heads on one K/V head: the kernels' head mapping and the GQA sum. (The other
+  cases use one head: each grid point is interpreted in turn, so heads cost time.)"""
+  spec = AttentionSpec.parse("sink_window:16:48@16")
+  q, k, v, do = _inputs(hq=2, hkv=1, seed=2, t=T_FUSED)
+  out_w, lse, want = _reference(q, k, v, do, spec)
+  lse2, delta = _bwd_stats(out_w, lse, do)
+  with interpret_mode():
+    out, _ = pm.sparse_attention_fwd(q, k, v, spec, FWD)
+    got = mb.sparse_attention_bwd(q, k, v, do, lse2, delta, spec, FUSED)
+  assert _rel(out, out_w) < 1e-2
+  for name, g, w in zip("qkv", got, want):
+    assert _rel(g, w) < 2e-2, name
+
+
+def test_overlap_forward_deadlocks_with_a_joint_refill():
+  """Why the overlapped forward's memory warpgroup refills K and V separately: with one refill
+  after both releases, its two warpgroups wait on each other on a 2-slot ring (found here, before
+  the kernel ever ran on a GPU). The interpreter must report that as a deadlock, not hang."""
+  spec = AttentionSpec.parse("full@16")
+  q, k, v, _ = _inputs()
+  joint = lambda q, k, v: pm.forward(q, k, v, spec, FWD, None, mo._overlap_loop,
+                                     split_release=False)
+  with pytest.raises(Exception, match="deadlocks"):
+    with interpret_mode(wait_s=5):
+      jax.block_until_ready(jax.jit(joint)(q, k, v))
+
+
+def test_fused_refuses_narrow_query_tiles():
+  q, k, v, do = _inputs()
+  lse2 = delta = jnp.zeros((1, 1, T), jnp.float32)
+  with pytest.raises(ValueError, match="block_q a multiple of 64"):
+    mb.sparse_attention_bwd(q, k, v, do, lse2, delta, AttentionSpec.full(16), BWD)
+
+
+def test_interpret_mode_restores_jax():
+  """The additions last only for the ``with`` block."""
+  from jax._src.pallas.mosaic_gpu.interpret import gpu_callbacks, jaxpr_interpret
+  before = (jaxpr_interpret.JaxprInterpreter._interpret_arithmetic_primitive,
+            gpu_callbacks.copy_smem_to_gmem, gpu_callbacks.callback)
+  with pytest.raises(ValueError, match="stop"):
+    with interpret_mode():
+      raise ValueError("stop")
+  after = (jaxpr_interpret.JaxprInterpreter._interpret_arithmetic_primitive,
+           gpu_callbacks.copy_smem_to_gmem, gpu_callbacks.callback)
+  assert before == after

@@ -99,13 +99,23 @@ class _OrderedCallbacks:
     return callback.io_callback(*args, ordered=True, **kwargs)
 
 
+def _memory(device_id, thread_id):
+  """The simulated memory and the calling thread's global id in it (inside a callback)."""
+  shared = _gcb._get_shared_memory()
+  return shared, shared.get_global_thread_id(int(device_id), int(thread_id))
+
+
+def _range(transforms):
+  """The index range of a ref's indexers (its tiling and swizzling dropped, as jax's callbacks
+  do)."""
+  return _iutils.to_range(jax.tree.map(int, _gcb._remove_noop_transforms(transforms)))
+
+
 def _read_whole(self, key, aval):
   """The whole content of one allocation (an accumulator) as a value."""
   def read(*, device_id, thread_id, key):
-    shared = _gcb._get_shared_memory()
-    gtid = shared.get_global_thread_id(int(device_id), int(thread_id))
-    val, _, _ = shared.get_buffer_content(_gcb.HostAllocationKey.from_array(key), (), gtid)
-    return np.array(val, aval.dtype, copy=True)
+    shared, gtid = _memory(device_id, thread_id)
+    return np.array(_view(shared, key, (), gtid), aval.dtype, copy=True)
   return callback.io_callback(read, aval, device_id=self.device_info.device_id,
                               thread_id=self.thread_id, key=key, ordered=True)
 
@@ -113,8 +123,7 @@ def _read_whole(self, key, aval):
 def _store_whole(self, key, val):
   """Overwrites an accumulator allocation with ``val``; returns ``val`` (the primitive's result)."""
   def store(*, device_id, thread_id, key, val):
-    shared = _gcb._get_shared_memory()
-    gtid = shared.get_global_thread_id(int(device_id), int(thread_id))
+    shared, gtid = _memory(device_id, thread_id)
     shared.store_buffer_content(_gcb.HostAllocationKey.from_array(key), (), np.array(val), gtid)
     return np.int32(0)
   callback.io_callback(store, _gcb.TOKEN_SHAPE_DTYPE, device_id=self.device_info.device_id,
@@ -131,23 +140,21 @@ def _run_state(self, eqn, get_invals):
   if not all(eqn.params["is_initialized"]):
     raise NotImplementedError("run_state with uninitialised refs in Mosaic GPU interpret mode")
   token, args, accs = _token(), [], []
+  regs = _gcb.get_memory_space_idx(_mgpu_core.MemorySpace.REGS)
+  tid = _gcb.get_thread_id_for_collective_allocation_key(   # registers: this thread's own
+      thread_id=jnp.int32(self.thread_id), axes_dims=self.thread_cluster_shape,
+      is_last_thread_axis_collective=False)
   for var, val, out in zip(jaxpr.invars, get_invals(), eqn.outvars):
-    aval = var.aval
     if isinstance(out.aval, _state_types.AbstractRef):  # a ref the body closed over
       args.append(val)
       continue
-    space = _mgpu_core.MemorySpace.REGS
-    tid = _gcb.get_thread_id_for_collective_allocation_key(
-        thread_id=jnp.int32(self.thread_id), axes_dims=self.thread_cluster_shape,
-        is_last_thread_axis_collective=False)
     token, request = _gcb.call_make_allocation_request_array(
-        token=token, device_id=jnp.int32(self.device_info.device_id),
-        memory_space_id=_gcb.get_memory_space_idx(space), thread_id=jnp.int32(tid),
-        initial_ref_count=1)
+        token=token, device_id=jnp.int32(self.device_info.device_id), memory_space_id=regs,
+        thread_id=jnp.int32(tid), initial_ref_count=1)
     token, key = _gcb.call_allocate_buffer(
         token=token, device_id=jnp.int32(self.device_info.device_id),
         grid_point_coords=self.grid_point_coords, thread_id=self.thread_id,
-        allocation_request_as_array=request, value=jnp.asarray(val, aval.inner_aval.dtype),
+        allocation_request_as_array=request, value=jnp.asarray(val, var.aval.inner_aval.dtype),
         source_info=eqn.source_info)
     args.append(key)
     accs.append(len(args) - 1)
@@ -165,13 +172,13 @@ def _run_state(self, eqn, get_invals):
 def _view(shared, key, transforms, gtid):
   """The content of an allocation seen through ``transforms``: indexers, then transposes (what
   ``plgpu.transpose_ref`` adds; jax's interpreter reads indexers only)."""
-  transforms = jax.tree.map(int, _gcb._remove_noop_transforms(transforms))
+  transforms = _gcb._remove_noop_transforms(transforms)
   n = next((i for i, t in enumerate(transforms)
             if isinstance(t, _state_types.TransposeTransform)), len(transforms))
   if not all(isinstance(t, _state_types.TransposeTransform) for t in transforms[n:]):
     raise NotImplementedError(f"an indexer after a transpose in interpret mode: {transforms}")
   val, _, _ = shared.get_buffer_content(_gcb.HostAllocationKey.from_array(key),
-                                        _iutils.to_range(transforms[:n]), gtid)
+                                        _range(transforms[:n]), gtid)
   val = np.asarray(val)
   for t in transforms[n:]:
     val = np.transpose(val, t.permutation)
@@ -182,12 +189,11 @@ def _wgmma(*, device_id, thread_id, acc_key, acc_transforms, acc_dtype, a, a_is_
            b_key, b_transforms):
   """``gpu_callbacks.wgmma`` that also takes transposed operands and a left operand in
   registers (``a`` a value when ``a_is_ref`` is False)."""
-  shared = _gcb._get_shared_memory()
-  gtid = shared.get_global_thread_id(int(device_id), int(thread_id))
+  shared, gtid = _memory(device_id, thread_id)
   a = _view(shared, a, a_transforms, gtid) if a_is_ref else np.asarray(a)
   b = _view(shared, b_key, b_transforms, gtid)
   acc_key = _gcb.HostAllocationKey.from_array(acc_key)
-  acc_range = _iutils.to_range(jax.tree.map(int, _gcb._remove_noop_transforms(acc_transforms)))
+  acc_range = _range(acc_transforms)
   acc, _, _ = shared.get_buffer_content(acc_key, acc_range, gtid)
   shared.store_buffer_content(acc_key, acc_range, acc + np.matmul(a, b, dtype=acc_dtype), gtid)
   return np.int32(0)
@@ -243,14 +249,10 @@ def _copy_smem_to_gmem_reduce(orig, **kw):
     raise NotImplementedError(f"reduction_op {kw['reduction_op']!r} in interpret mode")
   if kw.get("predicate") is not None:
     raise NotImplementedError("predicate in interpret mode")
-  shared = _gcb._get_shared_memory()
-  gtid = shared.get_global_thread_id(int(kw["device_id"]), int(kw["thread_id"]))
-  strip = lambda t: jax.tree.map(int, _gcb._remove_noop_transforms(t))
-  src, _, _ = shared.get_buffer_content(
-      _gcb.HostAllocationKey.from_array(kw["src_allocation_key_as_array"]),
-      _iutils.to_range(strip(kw["src_transforms"])), gtid)
+  shared, gtid = _memory(kw["device_id"], kw["thread_id"])
+  src = _view(shared, kw["src_allocation_key_as_array"], kw["src_transforms"], gtid)
   dst_key = _gcb.HostAllocationKey.from_array(kw["dst_allocation_key_as_array"])
-  dst_range = _iutils.to_range(strip(kw["dst_transforms"]))
+  dst_range = _range(kw["dst_transforms"])
   with _REDUCE_LOCK:   # atomic, as TMA's reduce-add: warpgroups add into the same rows
     dst, _, _ = shared.get_buffer_content(dst_key, dst_range, gtid)
     shared.store_buffer_content(dst_key, dst_range, (dst + src).astype(dst.dtype), gtid)

@@ -78,16 +78,23 @@ def tiled_smem(shape, dtype):
                     transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128)))
 
 
-def feed_ring(n_tot, mcs, issue, used):
+def feed_ring(n_tot, mcs, issue, used, split=False):
   """The memory warpgroup's loop: ``issue(e, slot)`` for the visit-list entries ``0..n_tot-1``
   into a ring of ``mcs`` shared-memory slots; entry ``e >= mcs`` first waits until every barrier
-  of ``used`` has released its slot."""
+  of ``used`` has released its slot. With ``split``, stream ``i`` of entry ``e >= mcs``
+  (``issue(e, slot, (i,))``) waits only for ``used[i]``: each stream refills its slot as soon as
+  its own consumer releases it."""
   for i in range(mcs):
     pl.when(i < n_tot)(functools.partial(issue, i, i))
 
   @pl.loop(0, jnp.maximum(n_tot - mcs, 0))
   def _(e):
     slot = lax.rem(e, jnp.array(mcs, e.dtype))
+    if split:
+      for i, bar in enumerate(used):
+        plgpu.barrier_wait(bar.at[slot])
+        issue(e + mcs, slot, (i,))
+      return
     for bar in used:
       plgpu.barrier_wait(bar.at[slot])
     issue(e + mcs, slot)
@@ -98,25 +105,14 @@ def stream_kv(refs, smem, bars, used, tab_ref, *, row, batch, kv_head, n_tot, bk
   """The memory warpgroup of the forward and dQ kernels: the K/V tiles of the CTA's visit list
   (``tab_ref[row]``, block indices from column 2) into the ring. ``refs``, ``smem``, ``bars``
   and ``used`` are (K, V) pairs. By default a slot is refilled with K and V once both are
-  released. With ``split`` each is refilled as soon as its own ``used`` barrier releases it: the
-  overlapped forward releases V one step after K, and waiting for both there deadlocks its two
-  warpgroups on a 2-slot ring (``pallas_gpu_mosaic_overlap``'s docstring)."""
+  released. With ``split`` (``feed_ring``'s) each is refilled as soon as its own ``used`` barrier
+  releases it: the overlapped forward releases V one step after K, and waiting for both there
+  deadlocks its two warpgroups on a 2-slot ring (``pallas_gpu_mosaic_overlap``'s docstring)."""
   def issue(e, slot, streams=(0, 1)):
     src = (batch, pl.ds(tab_ref[row, e + 2] * bkv, bkv), kv_head)
     for i in streams:
       plgpu.copy_gmem_to_smem(refs[i].at[src], smem[i].at[slot], bars[i].at[slot])
-  if not split:
-    feed_ring(n_tot, mcs, issue, used)
-    return
-  for i in range(mcs):
-    pl.when(i < n_tot)(functools.partial(issue, i, i))
-
-  @pl.loop(0, jnp.maximum(n_tot - mcs, 0))
-  def _(e):
-    slot = lax.rem(e, jnp.array(mcs, e.dtype))
-    for i, bar in enumerate(used):
-      plgpu.barrier_wait(bar.at[slot])
-      issue(e + mcs, slot, (i,))
+  feed_ring(n_tot, mcs, issue, used, split=split)
 
 
 def launch(entry, out_type, grid, grid_names, *args):

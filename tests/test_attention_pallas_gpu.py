@@ -82,6 +82,21 @@ def test_segments_and_gqa():
   _compare(AttentionSpec.strided(2, 2, 32), q, k, v, w, atol=2e-5, segment_ids=jnp.asarray(seg))
 
 
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_packed_lists_with_offsets(contiguous):
+  """Segment ids make the visit lists per batch row (``gpu_tables.segment_visits``: tiles across
+  documents skipped): a later query chunk against a longer key range, separate key ids, ragged
+  lengths; contiguous documents (many tiles skipped) and arbitrary ids (few)."""
+  q, k, v, w = _inputs(5, 72, 2, 1, 32, Tk=130, B=2)
+  rng = np.random.default_rng(0)
+  kvseg = (np.repeat([[0, 1, 2, 3]], [40, 23, 1, 66], axis=1).repeat(2, 0) if contiguous
+           else rng.integers(0, 3, (2, 130)))
+  kvseg[1, 100:] = 7
+  seg = kvseg[:, 58:]            # the queries are keys 58..129
+  _compare(AttentionSpec.strided(2, 3, 16), q, k, v, w, atol=2e-5, q_offset=58, kv_offset=0,
+           segment_ids=jnp.asarray(seg), kv_segment_ids=jnp.asarray(kvseg))
+
+
 def test_offsets_and_rows_that_see_nothing():
   # Keys start at absolute position 40: the first 40 queries see no key (zero row, lse -inf).
   q, k, v, w = _inputs(2, 72, 2, 1, 32, Tk=60)
@@ -196,36 +211,45 @@ def test_mosaic_forward_needs_a_hopper_gpu():
     pallas_gpu.TritonConfig(fwd_impl="cuda")
 
 
+SEG = jax.ShapeDtypeStruct((1, 512), jnp.int32)
+
+
+@pytest.mark.parametrize("seg", [False, True], ids=["", "segments"])
 @pytest.mark.parametrize("module", ["pallas_gpu_mosaic", "pallas_gpu_mosaic_overlap"])
 @pytest.mark.parametrize("spec,hkv", [("sink_window:64:256", 2), ("strided:4:4", 4), ("full", 1)])
-def test_mosaic_forward_lowers_for_cuda(module, spec, hkv):
-  """The Mosaic GPU forwards (default and intra-warpgroup overlap) lower to Mosaic GPU IR with
-  the outputs' shapes (no GPU needed; numerics: tests/gpu/test_gpu_pallas_gpu.py)."""
+def test_mosaic_forward_lowers_for_cuda(module, spec, hkv, seg):
+  """The Mosaic GPU forwards (default and intra-warpgroup overlap), with and without segment
+  ids, lower to Mosaic GPU IR with the outputs' shapes (no GPU needed; numerics:
+  tests/test_mosaic_interpret.py and tests/gpu/test_gpu_pallas_gpu.py)."""
   import importlib  # pylint: disable=g-import-not-at-top
   mod = importlib.import_module(f"pallas_kernels.backends.{module}")
   q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
   k = jax.ShapeDtypeStruct((1, 512, hkv, 128), jnp.bfloat16)
-  traced = jax.jit(lambda q, k, v: mod.sparse_attention_fwd(
-      q, k, v, AttentionSpec.parse(spec))).trace(q, k, k)
+  traced = jax.jit(lambda q, k, v, *s: mod.sparse_attention_fwd(
+      q, k, v, AttentionSpec.parse(spec), segment_ids=s[0] if s else None,
+      kv_segment_ids=s[0] if s else None)).trace(q, k, k, *((SEG,) if seg else ()))
   assert "mosaic_gpu" in traced.lower(lowering_platforms=("cuda",)).as_text()
   assert [(o.shape, o.dtype) for o in jax.tree.leaves(traced.out_info)] == [
       (q.shape, q.dtype), ((1, 4, 512), jnp.float32)]
 
 
+@pytest.mark.parametrize("seg", [False, True], ids=["", "segments"])
 @pytest.mark.parametrize("kernel", ["sparse_attention_dq", "sparse_attention_dkv",
                                     "sparse_attention_bwd"])
 @pytest.mark.parametrize("spec,hkv", [("sink_window:64:256", 2), ("strided:4:4", 4), ("full", 1)])
-def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel):
-  """The Mosaic GPU dQ and dK/dV, and the single-pass (fused) backward, lower to Mosaic GPU IR
-  for each pattern, MHA and GQA (no GPU needed; numerics are checked on the GPU:
-  tests/gpu/test_gpu_pallas_gpu.py -k mosaic)."""
+def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel, seg):
+  """The Mosaic GPU dQ and dK/dV, and the single-pass (fused) backward, with and without
+  segment ids, lower to Mosaic GPU IR for each pattern, MHA and GQA (no GPU needed; numerics:
+  tests/test_mosaic_interpret.py, and on the GPU tests/gpu/test_gpu_pallas_gpu.py -k mosaic)."""
   from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # noqa: E402
   fn = getattr(mb, kernel)
   q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
   k = jax.ShapeDtypeStruct((1, 512, hkv, 128), jnp.bfloat16)
   stat = jax.ShapeDtypeStruct((1, 4, 512), jnp.float32)
-  jf = jax.jit(lambda q, k, v, do, lse, dl: fn(q, k, v, do, lse, dl, AttentionSpec.parse(spec)))
-  traced = jf.trace(q, k, k, q, stat, stat)
+  jf = jax.jit(lambda q, k, v, do, lse, dl, *s: fn(
+      q, k, v, do, lse, dl, AttentionSpec.parse(spec), segment_ids=s[0] if s else None,
+      kv_segment_ids=s[0] if s else None))
+  traced = jf.trace(q, k, k, q, stat, stat, *((SEG,) if seg else ()))
   text = traced.lower(lowering_platforms=("cuda",)).as_text()
   assert "mosaic_gpu" in text
   want = {"sparse_attention_dq": [q], "sparse_attention_dkv": [k, k],
@@ -239,9 +263,16 @@ def test_mosaic_bwd_limits_and_config():
   assert mb.unsupported(1024, 1024, 128, jnp.bfloat16) is None
   assert "bf16/f16" in mb.unsupported(1024, 1024, 128, jnp.float32)
   assert "head_dim" in mb.unsupported(1024, 1024, 96, jnp.bfloat16)
-  assert "segment ids" in mb.unsupported(1024, 1024, 128, jnp.bfloat16, has_segment_ids=True)
   assert mb.unsupported(1000, 1000, 128, jnp.bfloat16) == \
       "the Mosaic backward cannot take length 1000 (needs a multiple of 128)"
+  # ragged lengths: fine once padded to a multiple of the step (every pattern is causal)
+  from pallas_kernels.backends import pallas_gpu_mosaic as pm  # noqa: E402
+  assert pm.shape_limits(1000, 1000, 128, jnp.bfloat16, step=128, padded_len=1024) is None
+  assert pm.shape_limits(1000, 1000, 128, jnp.bfloat16, step=256, padded_len=1024) is None
+  assert pm.shape_limits(1000, 1000, 128, jnp.bfloat16, step=128, padded_len=1088) == \
+      "length 1000 padded to 1088 (needs a multiple of 128)"
+  assert pallas_gpu.padded_lengths(1000, 1000, 128, jnp.bfloat16) == (1024, 1024)
+  assert pallas_gpu.padded_lengths(100, 60, 64, jnp.bfloat16) == (128, 64)
   assert "offsets" in mb.unsupported(1024, 1024, 128, jnp.bfloat16, offsets=True)
   assert "offsets" in mb.unsupported(1024, 2048, 128, jnp.bfloat16)
   # the step follows each kernel's tiles; one list of limits serves the forward and backward
@@ -287,13 +318,16 @@ def test_bwd_impl_dispatch(monkeypatch, bwd_impl, mosaic_applies, expect):
       return None if mosaic_applies else "stand-in: does not apply"
     return real(*a, step=step, **kw)
   calls = []
-  def fake_dq(q, k, v, do, lse2, delta, spec, scale=None):
+  def fake_dq(q, k, v, do, lse2, delta, spec, scale=None, segment_ids=None,
+              kv_segment_ids=None):
     calls.append("dq")
     return jnp.full_like(q, 7)
-  def fake_dkv(q, k, v, do, lse2, delta, spec, scale=None):
+  def fake_dkv(q, k, v, do, lse2, delta, spec, scale=None, segment_ids=None,
+               kv_segment_ids=None):
     calls.append("dkv")
     return jnp.full_like(k, 7), jnp.full_like(v, 7)
-  def fake_fused(q, k, v, do, lse2, delta, spec, scale=None):
+  def fake_fused(q, k, v, do, lse2, delta, spec, scale=None, segment_ids=None,
+                 kv_segment_ids=None):
     calls.append("fused")
     return jnp.full_like(q, 7), jnp.full_like(k, 7), jnp.full_like(v, 7)
   jax.clear_caches()  # traces cached by earlier calls must not stand in for this one's
@@ -328,7 +362,7 @@ def test_fwd_impl_dispatch(monkeypatch, fwd_impl, expect):
     return None if step is None else real(*a, step=step, **kw)   # only the forward's question
   calls = []
   def fake(name):
-    def fwd(q, k, v, spec, scale=None):
+    def fwd(q, k, v, spec, scale=None, segment_ids=None, kv_segment_ids=None):
       calls.append(name)
       return jnp.full_like(q, 3), jnp.zeros((q.shape[0], q.shape[2], q.shape[1]), jnp.float32)
     return fwd

@@ -9,6 +9,10 @@ a list of the blocks it must visit. This module turns the analytic block tables 
 with the ``n_full`` entries that need no token mask first and the partial ones (diagonal, window or
 sink edge, ragged tail) after them, so a kernel runs two loops: an unmasked one over
 ``[0, n_full)`` and a masked one over ``[n_full, n_total)``. Padding repeats the last valid entry.
+
+Packed rows (segment ids): ``segment_visits`` filters such a matrix per batch row on the device,
+dropping the tiles whose query and key blocks share no segment id and masking the ones that
+straddle a document boundary (the Mosaic GPU kernels take it).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.block_tables import block_tables
@@ -89,3 +94,43 @@ def kernel_tables(spec: AttentionSpec, q_len: int, kv_len: int, block_q: int, bl
                       bwd_force)
   return KernelTables(block_q=block_q, block_k=block_k, n_q_blocks=n_q, n_kv_blocks=n_k, fwd=fwd,
                       bwd=bwd, visited=int(np.sum(bt.fwd_cnt)))
+
+
+def segment_visits(rows, row_seg, entry_seg, row_block: int, entry_block: int):
+  """Per-batch visit lists for packed rows: int32 ``[B, R, 2 + W]``, each row laid out as
+  ``rows[i]`` (``[n_full, n_total, blk...]``, full entries first, ascending inside each part).
+
+  ``rows``: a ``KernelTables`` ``fwd`` or ``bwd`` matrix ``[R, 2 + W]`` whose row ``i`` covers
+  tokens ``[i * row_block, (i + 1) * row_block)`` and whose entry ``j`` covers
+  ``[j * entry_block, (j + 1) * entry_block)``. ``row_seg`` / ``entry_seg``: the segment ids of
+  those tokens, ``[B, >= R * row_block]`` and ``[B, >= N * entry_block]`` (any integers; longer
+  ids, e.g. padded to a larger tile, are cut to whole blocks). A tile whose
+  two blocks' segment-id ranges do not overlap shares no id, so it is dropped; one stays full
+  (unmasked) only if it was full and both blocks carry one and the same id; every other kept
+  tile is partial, and the kernel masks it by pattern and segment id. Exact for any ids; for
+  packed (contiguous) documents it visits only the tiles that hold same-document pairs, plus the
+  ones straddling a boundary. Runs in XLA (traced), once per call.
+  """
+  rows = jnp.asarray(rows)
+  width = rows.shape[1] - 2
+  batch = row_seg.shape[0]
+  row_seg = row_seg[:, :rows.shape[0] * row_block]
+  entry_seg = entry_seg[:, :entry_seg.shape[1] // entry_block * entry_block]
+
+  def ranges(seg, block):
+    seg = seg.reshape(batch, -1, block)
+    return seg.min(axis=-1), seg.max(axis=-1)
+
+  r_lo, r_hi = ranges(row_seg, row_block)        # [B, R]
+  e_lo, e_hi = ranges(entry_seg, entry_block)    # [B, N]
+  idx = rows[:, 2:]
+  pos = jnp.arange(width)[None, :]
+  lo, hi = e_lo[:, idx], e_hi[:, idx]            # [B, R, W]
+  r_lo, r_hi = r_lo[:, :, None], r_hi[:, :, None]
+  keep = (pos < rows[:, 1:2]) & (lo <= r_hi) & (r_lo <= hi)
+  full = keep & (pos < rows[:, 0:1]) & (lo == hi) & (r_lo == r_hi) & (lo == r_lo)
+  key = jnp.where(full, 0, jnp.where(keep, 1, 2))
+  order = jnp.argsort(key, axis=-1, stable=True)
+  blocks = jnp.take_along_axis(jnp.broadcast_to(idx, key.shape), order, axis=-1)
+  head = jnp.stack([full.sum(axis=-1), keep.sum(axis=-1)], axis=-1)
+  return jnp.concatenate([head, blocks], axis=-1).astype(jnp.int32)

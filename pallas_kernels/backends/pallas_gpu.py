@@ -8,7 +8,9 @@ and a zero row for a query that sees no key). Differentiable in q, k, v (and thr
 
 How it works (kernel bodies in ``pallas_gpu_kernels.py``, visit lists in ``gpu_tables.py``):
 * the analytic block tables (§3) give, per query block, the KV blocks to visit; they are reordered
-  full-first so each kernel runs an unmasked loop and a masked loop (partial tiles only);
+  full-first so each kernel runs an unmasked loop and a masked loop (partial tiles only); with
+  segment ids the lists are per batch row and skip tiles across documents
+  (``gpu_tables.segment_visits``);
 * forward: grid (q block, batch, q head), online softmax in fp32 with exp2, bf16 MMA inputs;
 * backward: delta = rowsum(dO * O) - dlse in XLA, a dQ kernel over the forward lists, and a
   dK/dV kernel over the transposed lists that loops over the G query heads of its KV head (GQA
@@ -34,7 +36,7 @@ from jax.experimental.pallas import triton as plgpu
 from pallas_kernels.backends import _frame, gpu_smem
 from pallas_kernels.backends import pallas_gpu_kernels as K
 from pallas_kernels._common import next_pow2
-from pallas_kernels.backends.gpu_tables import kernel_tables
+from pallas_kernels.backends.gpu_tables import kernel_tables, segment_visits
 from pallas_kernels.spec import AttentionSpec, as_spec
 
 _LN2 = math.log(2.0)
@@ -57,16 +59,17 @@ class TritonConfig:
   lengths. Defaults: tuned on an H100 for D=128 bf16 (docs/kernels.md).
 
   ``fwd_impl``: ``"auto"`` (default) takes the Mosaic GPU forward of ``pallas_gpu_mosaic.py`` where
-  it applies (sm_90, bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets, Tq == Tk,
-  T % 128 == 0, not interpreting) and the Triton forward otherwise; ``"mosaic"`` raises where it
-  does not apply; ``"triton"`` always takes Triton. On an H100 the Mosaic forward is ~1.3-1.4x
-  faster than Triton's (docs/kernels.md). ``"mosaic_overlap"`` (opt-in; checked on CPU in Mosaic
+  it applies (sm_90, bf16/f16, head_dim % 64 == 0, zero offsets, Tq == Tk, the padded length a
+  multiple of 128, not interpreting; segment ids too, skipping cross-document tiles) and the
+  Triton forward otherwise; ``"mosaic"`` raises where it does not apply; ``"triton"`` always
+  takes Triton. On an H100 the Mosaic forward is ~1.3-1.4x faster than Triton's
+  (docs/kernels.md). ``"mosaic_overlap"`` (opt-in; checked on CPU in Mosaic
   GPU interpret mode, not yet run on a GPU) takes the Mosaic forward with intra-warpgroup overlap
   (``pallas_gpu_mosaic_overlap.py``), with the same limits; it raises where they do not apply.
 
   ``bwd_impl``: ``"auto"`` (default) runs the Mosaic GPU dQ and dK/dV kernels of
-  ``pallas_gpu_mosaic_bwd.py`` where they apply (the Mosaic forward's limits, lengths a multiple
-  of 128) and the Triton ones otherwise; ``"mosaic"`` raises where they do not apply;
+  ``pallas_gpu_mosaic_bwd.py`` where they apply (the Mosaic forward's limits) and the Triton
+  ones otherwise; ``"mosaic"`` raises where they do not apply;
   ``"triton"`` always takes Triton. On an H200 the Mosaic backward makes forward+backward
   1.1-1.3x faster than Triton's for every pattern, MHA and GQA (docs/benchmarks.md, issue 14), and
   passes the GPU reference tests (``tests/gpu/test_gpu_pallas_gpu.py -k mosaic_bwd``).
@@ -141,6 +144,17 @@ def _tables(prob: _frame.Problem, block_q, block_k):
                        prob.kv_offset)
 
 
+def _visits(rows, row_seg, entry_seg, row_block, entry_block, row_of):
+  """A kernel's visit table and its BlockSpec (grid (row, batch, head); ``row_of``: grid index ->
+  table row): the static ``rows``, or with segment ids the per-batch lists of
+  ``gpu_tables.segment_visits`` (cross-document tiles skipped)."""
+  width = rows.shape[1]
+  if row_seg is None:
+    return jnp.asarray(rows), pl.BlockSpec((None, width), lambda i, b, h: (row_of(i), 0))
+  return (segment_visits(rows, row_seg, entry_seg, row_block, entry_block),
+          pl.BlockSpec((None, None, width), lambda i, b, h: (b, row_of(i), 0)))
+
+
 def _params(num_warps, num_stages):
   return plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
 
@@ -156,13 +170,14 @@ def _fwd_call(cs: _frame.Problem, q, k, v, qseg, kseg):
   nq = t.n_q_blocks
   st = _kernel_static(cs, bq, bk, nq, tk_pad, qseg is not None, g)
   rev = lambda i: nq - 1 - i  # noqa: E731
+  tab, tab_spec = _visits(t.fwd, qseg, kseg, bq, bk, rev)
   in_specs = [
-      pl.BlockSpec((None, t.fwd.shape[1]), lambda i, b, h: (rev(i), 0)),
+      tab_spec,
       pl.BlockSpec((None, bq, None, d), lambda i, b, h: (b, rev(i), h, 0)),
       pl.BlockSpec((None, tk_pad, None, d), lambda i, b, h: (b, 0, h // g, 0)),
       pl.BlockSpec((None, tk_pad, None, d), lambda i, b, h: (b, 0, h // g, 0)),
   ]
-  args = [jnp.asarray(t.fwd), q, k, v]
+  args = [tab, q, k, v]
   if qseg is not None:
     in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, rev(i))),
                  pl.BlockSpec((None, tk_pad), lambda i, b, h: (b, 0))]
@@ -194,9 +209,9 @@ def _dq_call(cs: _frame.Problem, q, k, v, qseg, kseg, do, lse2, delta):
   q_spec = pl.BlockSpec((None, bq, None, d), lambda i, b, h: (b, rev(i), h, 0))
   kv_spec = pl.BlockSpec((None, tk_pad, None, d), lambda i, b, h: (b, 0, h // g, 0))
   row_spec = pl.BlockSpec((None, None, bq), lambda i, b, h: (b, h, rev(i)))
-  in_specs = [pl.BlockSpec((None, t.fwd.shape[1]), lambda i, b, h: (rev(i), 0)),
-              q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
-  args = [jnp.asarray(t.fwd), q, k, v, do, lse2, delta]
+  tab, tab_spec = _visits(t.fwd, qseg, kseg, bq, bk, rev)
+  in_specs = [tab_spec, q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
+  args = [tab, q, k, v, do, lse2, delta]
   if qseg is not None:
     in_specs += [pl.BlockSpec((None, bq), lambda i, b, h: (b, rev(i))),
                  pl.BlockSpec((None, tk_pad), lambda i, b, h: (b, 0))]
@@ -225,9 +240,9 @@ def _dkv_call(cs: _frame.Problem, q, k, v, qseg, kseg, do, lse2, delta):
   q_spec = pl.BlockSpec((None, tq_pad, g, d), lambda j, b, h: (b, 0, h, 0))
   kv_spec = pl.BlockSpec((None, bk, None, d), lambda j, b, h: (b, j, h, 0))
   row_spec = pl.BlockSpec((None, g, tq_pad), lambda j, b, h: (b, h, 0))
-  in_specs = [pl.BlockSpec((None, t.bwd.shape[1]), lambda j, b, h: (j, 0)),
-              q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
-  args = [jnp.asarray(t.bwd), q, k, v, do, lse2, delta]
+  tab, tab_spec = _visits(t.bwd, kseg, qseg, bk, bq, lambda j: j)
+  in_specs = [tab_spec, q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec]
+  args = [tab, q, k, v, do, lse2, delta]
   if qseg is not None:
     in_specs += [pl.BlockSpec((None, tq_pad), lambda j, b, h: (b, 0)),
                  pl.BlockSpec((None, bk), lambda j, b, h: (b, j))]
@@ -244,29 +259,36 @@ def _dkv_call(cs: _frame.Problem, q, k, v, qseg, kseg, do, lse2, delta):
   )(*args)
 
 
-def mosaic_unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *,
-                       has_segment_ids: bool = False, q_offset: int = 0, kv_offset: int = 0,
-                       interpret: bool = False, step: int | None = None) -> str | None:
+def mosaic_unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *, q_offset: int = 0,
+                       kv_offset: int = 0, interpret: bool = False, step: int | None = None,
+                       padded_len: int | None = None) -> str | None:
   """Why the Mosaic GPU kernels cannot run a call with these static facts (None when they can):
   the device here, the shapes in ``pallas_gpu_mosaic.shape_limits``. ``step``: the kernel's
-  length multiple (default: the forward's). Used by ``fwd_impl`` and ``bwd_impl`` (every value
-  but ``"triton"``) here and by the ``split_gpu`` backend's ``supports``."""
+  length multiple (default: the forward's). ``padded_len``: the length ``attention`` pads the
+  call to (default: with ``DEFAULT_CONFIG``'s tiles). Segment ids (packed rows) are taken. Used by
+  ``fwd_impl`` and ``bwd_impl`` (every value but ``"triton"``) here and by the ``split_gpu``
+  backend's ``supports``."""
   if interpret:
     return "interpret mode (Mosaic GPU kernels run on Hopper GPUs only)"
   dev = jax.devices()[0]
   if getattr(dev, "compute_capability", None) != "9.0":
     return f"device {dev.device_kind!r} is not sm_90 (Hopper)"
   from pallas_kernels.backends import pallas_gpu_mosaic as pm  # pylint: disable=g-import-not-at-top
+  if padded_len is None:
+    try:
+      padded_len = padded_lengths(q_len, kv_len, head_dim, dtype)[0]
+    except PallasGpuError as e:
+      return str(e)
   return pm.shape_limits(q_len, kv_len, head_dim, dtype,
                          step=pm.fwd_step(pm.MosaicConfig()) if step is None else step,
-                         has_segment_ids=has_segment_ids, offsets=bool(q_offset or kv_offset))
+                         offsets=bool(q_offset or kv_offset), padded_len=padded_len)
 
 
-def _mosaic_unsupported(cs: _frame.Problem, q, k, has_seg, step: int | None = None) -> str | None:
-  """``mosaic_unsupported`` of a call (its padded head dim; padded lengths must agree too)."""
-  why = mosaic_unsupported(cs.q_len, cs.kv_len, q.shape[-1], q.dtype, has_segment_ids=has_seg,
-                           q_offset=cs.q_offset, kv_offset=cs.kv_offset,
-                           interpret=cs.option("interpret"), step=step)
+def _mosaic_unsupported(cs: _frame.Problem, q, k, step: int | None = None) -> str | None:
+  """``mosaic_unsupported`` of a call (its padded head dim and lengths, which must agree)."""
+  why = mosaic_unsupported(cs.q_len, cs.kv_len, q.shape[-1], q.dtype, q_offset=cs.q_offset,
+                           kv_offset=cs.kv_offset, interpret=cs.option("interpret"), step=step,
+                           padded_len=q.shape[1])
   if why is None and q.shape[1] != k.shape[1]:
     return "offsets or Tq != Tk"
   return why
@@ -276,14 +298,15 @@ def _forward(cs: _frame.Problem, q, k, v, qseg, kseg):
   """(out, lse2) from the Mosaic or the Triton forward (``config.fwd_impl``)."""
   impl = cs.option("config").fwd_impl
   if impl != "triton":
-    why = _mosaic_unsupported(cs, q, k, qseg is not None)
+    why = _mosaic_unsupported(cs, q, k)
+    seg = dict(segment_ids=qseg, kv_segment_ids=kseg)
     if why is None and impl == "mosaic_overlap":
       # pylint: disable-next=g-import-not-at-top
       from pallas_kernels.backends import pallas_gpu_mosaic_overlap as mo
-      return mo.sparse_attention_fwd(q, k, v, cs.spec, scale=cs.scale)
+      return mo.sparse_attention_fwd(q, k, v, cs.spec, scale=cs.scale, **seg)
     if why is None:
       from pallas_kernels.backends import pallas_gpu_mosaic  # pylint: disable=g-import-not-at-top
-      return pallas_gpu_mosaic.sparse_attention_fwd(q, k, v, cs.spec, scale=cs.scale)
+      return pallas_gpu_mosaic.sparse_attention_fwd(q, k, v, cs.spec, scale=cs.scale, **seg)
     if impl != "auto":
       raise PallasGpuError(f"fwd_impl={impl!r} cannot run this call: {why}")
   return _fwd_call(cs, q, k, v, qseg, kseg)
@@ -305,12 +328,13 @@ def _bwd(q, k, v, qseg, kseg, out, lse, do, dlse, cs: _frame.Problem):
   if impl != "triton":
     # pylint: disable-next=g-import-not-at-top
     from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
-    why = _mosaic_unsupported(cs, q, k, qseg is not None, step=mb.step())
+    why = _mosaic_unsupported(cs, q, k, step=mb.step())
+    seg = dict(scale=cs.scale, segment_ids=qseg, kv_segment_ids=kseg)
     if why is None and impl == "mosaic_fused":
-      return mb.sparse_attention_bwd(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)
+      return mb.sparse_attention_bwd(q, k, v, do, lse2, delta, cs.spec, **seg)
     if why is None:
-      dq = mb.sparse_attention_dq(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)
-      dk, dv = mb.sparse_attention_dkv(q, k, v, do, lse2, delta, cs.spec, scale=cs.scale)
+      dq = mb.sparse_attention_dq(q, k, v, do, lse2, delta, cs.spec, **seg)
+      dk, dv = mb.sparse_attention_dkv(q, k, v, do, lse2, delta, cs.spec, **seg)
       return dq, dk, dv
     if impl != "auto":
       raise PallasGpuError(f"bwd_impl={impl!r} cannot run this call: {why}")
@@ -361,18 +385,31 @@ def attention(q, k, v, spec, *, segment_ids=None, kv_segment_ids=None, q_offset:
   kv_segment_ids = _check(q, k, v, segment_ids, kv_segment_ids, q_offset, kv_offset, scale,
                           interpret)
   tq, d, tk = q.shape[1], q.shape[3], k.shape[1]
-  cfg = _clamp(config or DEFAULT_CONFIG, tq, tk)
-  cfg, why = gpu_smem.fit_config(cfg, max(16, next_pow2(d)), q.dtype, gpu_smem.smem_limit())
-  if cfg is None:
-    raise PallasGpuError(why)
-  step_q = max(cfg.block_q, cfg.block_q_dq, cfg.block_q_dkv)
-  step_k = max(cfg.block_k, cfg.block_k_dq, cfg.block_k_dkv)
+  cfg, step_q, step_k = _tiles(config, tq, tk, d, q.dtype)
   prob = _frame.make_problem(spec, q, k, q_offset=q_offset, kv_offset=kv_offset, scale=scale,
                              block_q=step_q, block_k=step_k,
                              options=(("config", cfg), ("interpret", bool(interpret))))
   return _frame.run_padded(_fwd, _bwd, prob, q, k, v, segment_ids, kv_segment_ids, return_lse,
                            tq_pad=prob.n_q * step_q, tk_pad=prob.n_kv * step_k,
                            d_pad=max(16, next_pow2(d)))
+
+
+def _tiles(config: TritonConfig | None, tq: int, tk: int, d: int, dtype):
+  """(config clamped and fitted to shared memory, query step, key step): ``attention`` pads the
+  lengths to multiples of the steps."""
+  cfg = _clamp(config or DEFAULT_CONFIG, tq, tk)
+  cfg, why = gpu_smem.fit_config(cfg, max(16, next_pow2(d)), dtype, gpu_smem.smem_limit())
+  if cfg is None:
+    raise PallasGpuError(why)
+  return (cfg, max(cfg.block_q, cfg.block_q_dq, cfg.block_q_dkv),
+          max(cfg.block_k, cfg.block_k_dq, cfg.block_k_dkv))
+
+
+def padded_lengths(q_len: int, kv_len: int, head_dim: int, dtype,
+                   config: TritonConfig | None = None) -> tuple[int, int]:
+  """The (query, key) lengths ``attention`` zero-pads a call to."""
+  _, step_q, step_k = _tiles(config, q_len, kv_len, head_dim, dtype)
+  return -(-q_len // step_q) * step_q, -(-kv_len // step_k) * step_k
 
 
 def supports(platform, spec, shapes, dtype, smem_limit: int | None = None) -> str | None:

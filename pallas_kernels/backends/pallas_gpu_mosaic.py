@@ -16,8 +16,15 @@ applies ``spec.allowed``. Both warpgroups take the same number of steps, so the 
 pairs up without the causal epilogue of the original.
 
 Limits (``shape_limits``, the one list the backward kernels share): bf16/f16, head_dim % 64 == 0,
-no segment ids, q_offset == kv_offset == 0, Tq == Tk, T a multiple of ``2 * block_q`` and
-``block_kv``; GQA by ``q_head // (Hq // Hkv)``.
+q_offset == kv_offset == 0, Tq == Tk, T a multiple of ``2 * block_q`` and ``block_kv``
+(``pallas_gpu`` zero-pads ragged lengths to that: exact, as every pattern is causal); GQA by
+``q_head // (Hq // Hkv)``.
+Packed rows (segment ids, since 2026-12-05): the visit lists become per batch row
+(``gpu_tables.segment_visits``, built in XLA): tiles whose query and key blocks share no document
+are dropped, tiles inside one document stay full, and tiles straddling a boundary are masked by
+pattern and segment id (``Segments``: each compute warpgroup loads its rows' ids once, the memory
+warpgroup streams each tile's ids with it). Without segment ids the kernels are unchanged (their
+Mosaic GPU IR is identical to before).
 Rows that see no key get a zero output and lse -inf (finite running-max start, as in Triton).
 CPU: it lowers for CUDA, and runs against the dense reference in Mosaic GPU interpret mode
 (``pallas_kernels/mosaic_interpret.py``; ``tests/test_mosaic_interpret.py``).
@@ -36,7 +43,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.backends.gpu_tables import kernel_tables
+from pallas_kernels.backends.gpu_tables import kernel_tables, segment_visits
 from pallas_kernels.spec import AttentionSpec
 
 M_INIT = -1e30
@@ -50,20 +57,22 @@ class MosaicConfig:
 
 
 def shape_limits(q_len: int, kv_len: int, head_dim: int, dtype, *, step: int,
-                 has_segment_ids: bool = False, offsets: bool = False) -> str | None:
+                 offsets: bool = False, padded_len: int | None = None) -> str | None:
   """Why the Mosaic GPU kernels here and in ``pallas_gpu_mosaic_bwd`` cannot take a call with
   these static facts, the device aside (None when they can). ``step``: the length multiple a
-  kernel's tiles need (``fwd_step``, ``pallas_gpu_mosaic_bwd.step``). The one list of limits."""
+  kernel's tiles need (``fwd_step``, ``pallas_gpu_mosaic_bwd.step``). ``padded_len``: the length
+  the caller zero-pads both to (``pallas_gpu`` does; exact, as every pattern is causal: no real
+  query sees a padded key). The one list of limits."""
   if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
     return f"dtype {jnp.dtype(dtype).name} (needs bf16/f16)"
   if head_dim % 64:
     return f"head_dim {head_dim} (needs a multiple of 64)"
-  if has_segment_ids:
-    return "segment ids"
   if offsets or q_len != kv_len:
     return "offsets or Tq != Tk"
-  if q_len % step:
-    return f"length {q_len} (needs a multiple of {step})"
+  n = q_len if padded_len is None else padded_len
+  if n % step:
+    padded = "" if n == q_len else f" padded to {n}"
+    return f"length {q_len}{padded} (needs a multiple of {step})"
   return None
 
 
@@ -100,19 +109,80 @@ def feed_ring(n_tot, mcs, issue, used, split=False):
     issue(e + mcs, slot)
 
 
-def stream_kv(refs, smem, bars, used, tab_ref, *, row, batch, kv_head, n_tot, bkv, mcs,
-              split=False):
+def stream_kv(refs, smem, bars, used, visit, *, batch, kv_head, n_tot, bkv, mcs, split=False,
+              seg=None):
   """The memory warpgroup of the forward and dQ kernels: the K/V tiles of the CTA's visit list
-  (``tab_ref[row]``, block indices from column 2) into the ring. ``refs``, ``smem``, ``bars``
-  and ``used`` are (K, V) pairs. By default a slot is refilled with K and V once both are
-  released. With ``split`` (``feed_ring``'s) each is refilled as soon as its own ``used`` barrier
-  releases it: the overlapped forward releases V one step after K, and waiting for both there
-  deadlocks its two warpgroups on a 2-slot ring (``pallas_gpu_mosaic_overlap``'s docstring)."""
+  (``visit(i)``: its column ``i``, block indices from column 2) into the ring. ``refs``,
+  ``smem``, ``bars`` and ``used`` are (K, V) pairs. By default a slot is refilled with K and V
+  once both are released. With ``split`` (``feed_ring``'s) each is refilled as soon as its own
+  ``used`` barrier releases it: the overlapped forward releases V one step after K, and waiting
+  for both there deadlocks its two warpgroups on a 2-slot ring (``pallas_gpu_mosaic_overlap``'s
+  docstring). ``seg`` (packed rows): a ``Segments``; each tile's key segment ids travel with K
+  (released with K)."""
   def issue(e, slot, streams=(0, 1)):
-    src = (batch, pl.ds(tab_ref[row, e + 2] * bkv, bkv), kv_head)
+    blk = pl.ds(visit(e + 2) * bkv, bkv)
     for i in streams:
-      plgpu.copy_gmem_to_smem(refs[i].at[src], smem[i].at[slot], bars[i].at[slot])
+      plgpu.copy_gmem_to_smem(refs[i].at[batch, blk, kv_head], smem[i].at[slot], bars[i].at[slot])
+    if seg is not None and 0 in streams:
+      seg.issue(batch, blk, slot)
   feed_ring(n_tot, mcs, issue, used, split=split)
+
+
+@dataclasses.dataclass
+class Segments:
+  """A kernel's segment ids (packed rows), for the tiles its visit list masks.
+
+  ``own_ref`` / ``own_smem`` / ``own_bar``: the ids of the rows a compute warpgroup owns (its
+  query rows in the forward and dQ, its keys in dK/dV), loaded once, one buffer per warpgroup.
+  ``ring_ref`` / ``ring_smem`` / ``ring_bar``: the ids of the streamed tiles (keys, or queries
+  in dK/dV), one ring slot per K/V (or Q) slot, issued with every tile and waited for at every
+  step (full tiles too: the barrier phases must pair up), read only by masked steps. In every
+  kernel the owned ids run along the tile's rows (dK/dV computes the transposed tile) and the
+  streamed ones along its columns."""
+  own_ref: object
+  ring_ref: object
+  own_smem: object
+  ring_smem: object
+  own_bar: object
+  ring_bar: object
+
+  @staticmethod
+  def scratch(n_own, mcs, n_ring):
+    """The ``run_scoped`` groups: (own and ring buffers), (own and ring barriers)."""
+    return ((plgpu.SMEM((2, n_own), jnp.int32), plgpu.SMEM((mcs, n_ring), jnp.int32)),
+            (plgpu.Barrier(num_barriers=2), plgpu.Barrier(num_barriers=mcs)))
+
+  @classmethod
+  def of(cls, refs, scoped):
+    """From the two id refs and the two ``scratch`` groups (None when ``refs`` is None)."""
+    if refs is None:
+      return None
+    (own_smem, ring_smem), (own_bar, ring_bar) = scoped
+    return cls(*refs, own_smem, ring_smem, own_bar, ring_bar)
+
+  def issue(self, batch, blk, slot):
+    """Memory warpgroup: the streamed tile's ids (tokens ``blk``) into ring slot ``slot``."""
+    plgpu.copy_gmem_to_smem(self.ring_ref.at[batch, blk], self.ring_smem.at[slot],
+                            self.ring_bar.at[slot])
+
+  def load_own(self, batch, wg, rows):
+    """Compute warpgroup ``wg``: its own rows' ids (tokens ``rows``) into registers."""
+    plgpu.copy_gmem_to_smem(self.own_ref.at[batch, rows], self.own_smem.at[wg],
+                            self.own_bar.at[wg])
+    plgpu.barrier_wait(self.own_bar.at[wg])
+    return plgpu.load(self.own_smem.at[wg], (), layout=plgpu.Layout.WGMMA.reduce(1))
+
+  def ring(self, slot, masked):
+    """A step's wait for its streamed ids; masked steps get them (registers), others None.
+    Call before the step releases the slot."""
+    plgpu.barrier_wait(self.ring_bar.at[slot])
+    if not masked:
+      return None
+    return plgpu.load(self.ring_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
+
+  def same(self, own, ring, shape):
+    """Tile mask: the owned and streamed ids agree (``shape``: the tile)."""
+    return lax.broadcast_in_dim(own, shape, [0]) == lax.broadcast_in_dim(ring, shape, [1])
 
 
 def launch(entry, out_type, grid, grid_names, *args):
@@ -122,13 +192,44 @@ def launch(entry, out_type, grid, grid_names, *args):
                       compiler_params=plgpu.CompilerParams(approx_math=True))(*args)
 
 
+def segment_args(segment_ids, kv_segment_ids, batch: int, q_len: int, kv_len: int):
+  """Checked int32 (q ids, kv ids) for a Mosaic kernel, or None (no segment ids)."""
+  if segment_ids is None and kv_segment_ids is None:
+    return None
+  if segment_ids is None or kv_segment_ids is None:
+    raise ValueError("pass both segment_ids and kv_segment_ids (or neither)")
+  for name, x, t in (("segment_ids", segment_ids, q_len), ("kv_segment_ids", kv_segment_ids,
+                                                          kv_len)):
+    if tuple(x.shape) != (batch, t) or not jnp.issubdtype(x.dtype, jnp.integer):
+      raise ValueError(f"{name} must be integers of shape {(batch, t)}, got {x.dtype} "
+                       f"{tuple(x.shape)}")
+  return segment_ids.astype(jnp.int32), kv_segment_ids.astype(jnp.int32)
+
+
+def visit_table(rows, row_seg, entry_seg, row_block, entry_block):
+  """The visit lists a kernel reads: ``rows`` (static, ``[R, 2 + W]``) without segment ids,
+  ``gpu_tables.segment_visits`` (``[B, R, 2 + W]``) with them."""
+  if row_seg is None:
+    return jnp.asarray(rows)
+  return segment_visits(rows, row_seg, entry_seg, row_block, entry_block)
+
+
+def visit_reader(tab_ref, batch, row):
+  """``visit(i)``: column ``i`` of the CTA's visit list in ``visit_table``'s table."""
+  if len(tab_ref.shape) == 3:
+    return lambda i: tab_ref[batch, row, i]
+  return lambda i: tab_ref[row, i]
+
+
 def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | None, loop, *,
-            split_release: bool = False):
+            split_release: bool = False, segment_ids=None, kv_segment_ids=None):
   """The frame the Mosaic GPU forwards share: argument checks, the visit table, the memory
   warpgroup, each compute warpgroup's Q load and epilogue (normalise; out and base-2 lse to global
   memory), the launch. ``loop(w)`` is a compute warpgroup's walk over its visit list (``w``: its
   refs, indices and constants); it returns the unnormalised (acc, m_i, l_i). ``split_release``:
-  the memory warpgroup refills K and V slots separately (``stream_kv``'s ``split``).
+  the memory warpgroup refills K and V slots separately (``stream_kv``'s ``split``). Segment ids
+  ([B, T] integers, both or neither): the visit lists skip tiles across documents and the
+  masked tiles compare ids (``Segments``; ``w.seg``, ``w.qseg``).
 
   Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2)."""
   B, T, hq, d = q.shape
@@ -139,18 +240,23 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
   why = shape_limits(T, T, d, dtype, step=fwd_step(config))
   if why:
     raise ValueError(f"the Mosaic forward cannot take {why}")
+  seg = segment_args(segment_ids, kv_segment_ids, B, T, T)
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
   g = hq // hkv
-  tab = jnp.asarray(kernel_tables(spec, T, T, 2 * bq, bkv).fwd)
+  tab = visit_table(kernel_tables(spec, T, T, 2 * bq, bkv).fwd, *(seg or (None, None)), 2 * bq,
+                    bkv)
   c = (d ** -0.5 if scale is None else scale) * math.log2(math.e)
 
-  def kernel(q_ref, k_ref, v_ref, tab_ref, out_ref, lse_ref, scoped):
+  def kernel(q_ref, k_ref, v_ref, tab_ref, seg_refs, out_ref, lse_ref, scoped):
     batch = lax.axis_index("batch")
     q_head = lax.axis_index("heads")
     row = lax.axis_index("q_seq")
-    (qo_smem2, k_smem, v_smem, lse_smem2), (k_bar, v_bar, q_bar), (k_used, v_used), sched = scoped
+    (qo_smem2, k_smem, v_smem, lse_smem2), (k_bar, v_bar, q_bar), (k_used, v_used), sched = (
+        scoped[:4])
+    sg = Segments.of(seg_refs, scoped[4:])
     wg = lax.axis_index("wg")
-    n_full, n_tot = tab_ref[row, 0], tab_ref[row, 1]
+    visit = visit_reader(tab_ref, batch, row)
+    n_full, n_tot = visit(0), visit(1)
 
     def schedule_barrier():
       plgpu.barrier_arrive(sched)
@@ -163,11 +269,12 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
       q_base = row * (2 * bq) + wg * bq
       plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(q_base, bq), q_head], qo_smem, q_bar.at[wg])
       plgpu.barrier_wait(q_bar.at[wg])
+      qseg = None if sg is None else sg.load_own(batch, wg, pl.ds(q_base, bq))
       w = types.SimpleNamespace(
           qo_smem=qo_smem, k_smem=k_smem, v_smem=v_smem, k_bar=k_bar, v_bar=v_bar,
           k_used=k_used, v_used=v_used, sched=sched, schedule_barrier=schedule_barrier,
-          tab_ref=tab_ref, row=row, wg=wg, q_base=q_base, n_full=n_full, n_tot=n_tot, spec=spec,
-          c=c, bq=bq, bkv=bkv, d=d, dtype=dtype, mcs=mcs)
+          visit=visit, wg=wg, q_base=q_base, n_full=n_full, n_tot=n_tot, spec=spec,
+          c=c, bq=bq, bkv=bkv, d=d, dtype=dtype, mcs=mcs, seg=sg, qseg=qseg)
       acc, m_i, l_i = loop(w)
       seen = l_i > 0
       l_safe = jnp.where(seen, l_i, 1.0)
@@ -182,34 +289,38 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
     @pl.when(wg == 2)
     def _memory():
       plgpu.set_max_registers(40, action="decrease")
-      stream_kv((k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar), (k_used, v_used), tab_ref,
-                row=row, batch=batch, kv_head=lax.div(q_head, jnp.array(g, q_head.dtype)),
-                n_tot=n_tot, bkv=bkv, mcs=mcs, split=split_release)
+      stream_kv((k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar), (k_used, v_used), visit,
+                batch=batch, kv_head=lax.div(q_head, jnp.array(g, q_head.dtype)),
+                n_tot=n_tot, bkv=bkv, mcs=mcs, split=split_release, seg=sg)
 
-  def entry(q_ref, k_ref, v_ref, tab_ref, out_ref, lse_ref):
+  def entry(q_ref, k_ref, v_ref, tab_ref, *refs):
+    seg_refs, (out_ref, lse_ref) = (refs[:2], refs[2:]) if seg else (None, refs)
     scratch = [tiled_smem((2, bq, d), dtype), tiled_smem((mcs, bkv, d), dtype),
                tiled_smem((mcs, bkv, d), dtype), plgpu.SMEM((2, bq), jnp.float32)]
     pl.run_scoped(
-        lambda *a: kernel(q_ref, k_ref, v_ref, tab_ref, out_ref, lse_ref, a),
+        lambda *a: kernel(q_ref, k_ref, v_ref, tab_ref, seg_refs, out_ref, lse_ref, a),
         scratch,
         (plgpu.Barrier(num_barriers=mcs), plgpu.Barrier(num_barriers=mcs),
          plgpu.Barrier(num_barriers=2)),
         (plgpu.Barrier(num_arrivals=2, num_barriers=mcs),) * 2,
         plgpu.Barrier(num_arrivals=2),
+        *(Segments.scratch(bq, mcs, bkv) if seg else ()),
         collective_axes="wg",
     )
 
   return launch(entry, [jax.ShapeDtypeStruct(q.shape, dtype),
                         jax.ShapeDtypeStruct((B, hq, T), jnp.float32)],
-                (hq, T // (2 * bq), B), ("heads", "q_seq", "batch"), q, k, v, tab)
+                (hq, T // (2 * bq), B), ("heads", "q_seq", "batch"), q, k, v, tab, *(seg or ()))
 
 
-def tile_allowed(w, e):
-  """``spec.allowed`` over visit-list entry ``e``'s (query row, key) tile, WGMMA layout."""
-  kb = w.tab_ref[w.row, e + 2]
+def tile_allowed(w, e, kseg=None):
+  """``spec.allowed`` over visit-list entry ``e``'s (query row, key) tile, WGMMA layout; with
+  ``kseg`` (the tile's key segment ids, ``w.seg.ring``) also same-segment pairs only."""
+  kb = w.visit(e + 2)
   qi = plgpu.broadcasted_iota(jnp.int32, (w.bq, w.bkv), 0, layout=plgpu.Layout.WGMMA)
   ki = plgpu.broadcasted_iota(jnp.int32, (w.bq, w.bkv), 1, layout=plgpu.Layout.WGMMA)
-  return w.spec.allowed(qi + w.q_base, ki + kb * w.bkv, xp=jnp)
+  ok = w.spec.allowed(qi + w.q_base, ki + kb * w.bkv, xp=jnp)
+  return ok if kseg is None else ok & w.seg.same(w.qseg, kseg, (w.bq, w.bkv))
 
 
 def _loop(w):
@@ -235,9 +346,10 @@ def _loop(w):
       w.schedule_barrier()
       return acc_ref[...]
     s = pl.run_scoped(qk_fn, plgpu.ACC((bq, bkv), jnp.float32))
+    kseg = None if w.seg is None else w.seg.ring(slot, masked)
     plgpu.barrier_arrive(w.k_used.at[slot])
     if masked:
-      s = jnp.where(tile_allowed(w, e), s, -jnp.inf)
+      s = jnp.where(tile_allowed(w, e, kseg), s, -jnp.inf)
     m_new = jnp.maximum(m_i, s.max(axis=1) * w.c)
     alpha = jnp.exp2(m_i - m_new)
     p = jnp.exp2(s * w.c - lax.broadcast_in_dim(m_new, s.shape, [0]))
@@ -270,6 +382,8 @@ def _loop(w):
 
 @functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
 def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = MosaicConfig(),
-                         scale: float | None = None):
-  """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2); see the module docstring."""
-  return forward(q, k, v, spec, config, scale, _loop)
+                         scale: float | None = None, segment_ids=None, kv_segment_ids=None):
+  """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2); see the module docstring. Segment ids
+  ([B, T] integers, both or neither): packed documents (``forward``)."""
+  return forward(q, k, v, spec, config, scale, _loop, segment_ids=segment_ids,
+                 kv_segment_ids=kv_segment_ids)

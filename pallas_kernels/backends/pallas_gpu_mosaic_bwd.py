@@ -37,9 +37,11 @@ global memory. It needs ``block_q`` a multiple of 64. It has not run on a GPU; o
 the dense reference in Mosaic GPU interpret mode, as do the dQ and dK/dV kernels
 (``tests/test_mosaic_interpret.py``).
 
-Limits (``unsupported`` says which): bf16/f16, head_dim % 64 == 0, no segment ids, zero offsets,
-Tq == Tk, T a multiple of ``2 * block_kv`` and ``2 * block_q``. Rows that see no key carry lse
-``+inf``, so their p is 0.
+Limits (``unsupported`` says which): bf16/f16, head_dim % 64 == 0, zero offsets, Tq == Tk, T a
+multiple of ``2 * block_kv`` and ``2 * block_q``. Rows that see no key carry lse ``+inf``, so
+their p is 0. Segment ids (packed rows): as in the forward (``pallas_gpu_mosaic``'s docstring);
+dK/dV's rows are keys, so its per-batch lists come from the transposed tables and the query tiles'
+ids travel through the ring with Q.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from pallas_kernels.backends.gpu_tables import kernel_tables
-from pallas_kernels.backends.pallas_gpu_mosaic import (feed_ring, launch, shape_limits, stream_kv,
-                                                      tiled_smem)
+from pallas_kernels.backends.pallas_gpu_mosaic import (Segments, feed_ring, launch, segment_args,
+                                                      shape_limits, stream_kv, tiled_smem,
+                                                      visit_reader, visit_table)
 from pallas_kernels.spec import AttentionSpec
 
 
@@ -72,16 +75,15 @@ def step(config: MosaicBwdConfig = MosaicBwdConfig()) -> int:
   return math.lcm(2 * config.block_kv, 2 * config.block_q)
 
 
-def unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *, has_segment_ids: bool = False,
-                offsets: bool = False, config: MosaicBwdConfig = MosaicBwdConfig()) -> str | None:
+def unsupported(q_len: int, kv_len: int, head_dim: int, dtype, *, offsets: bool = False,
+                config: MosaicBwdConfig = MosaicBwdConfig()) -> str | None:
   """Why these backward kernels cannot take a call (``pallas_gpu_mosaic.shape_limits``), or None."""
-  why = shape_limits(q_len, kv_len, head_dim, dtype, step=step(config),
-                     has_segment_ids=has_segment_ids, offsets=offsets)
+  why = shape_limits(q_len, kv_len, head_dim, dtype, step=step(config), offsets=offsets)
   return None if why is None else f"the Mosaic backward cannot take {why}"
 
 
 def _check(q, k, v, do, config: MosaicBwdConfig, scale):
-  """Both kernels' argument checks; returns (B, T, Hq, Hkv, D, group, scale, scale * log2 e)."""
+  """The kernels' argument checks; returns (B, T, Hq, Hkv, D, group, scale, scale * log2 e)."""
   B, T, hq, d = q.shape
   hkv = k.shape[2]
   if k.shape != (B, T, hkv, d) or v.shape != k.shape or do.shape != q.shape or hq % hkv:
@@ -95,46 +97,57 @@ def _check(q, k, v, do, config: MosaicBwdConfig, scale):
 
 @functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
 def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
-                         config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None):
+                         config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None,
+                         segment_ids=None, kv_segment_ids=None):
   """(dk, dv), shaped and typed like k and v.
 
   Args: q, do [B, T, Hq, D]; k, v [B, T, Hkv, D]; lse2 [B, Hq, T] fp32 base-2 log-sum-exp of
   the scaled scores (``+inf`` where a row sees nothing); delta [B, Hq, T] fp32, rowsum(dO * O)
-  (minus the lse cotangent when there is one).
+  (minus the lse cotangent when there is one); segment ids [B, T] integers (packed rows; both or
+  neither): cross-document tiles are skipped, straddling ones masked (``pallas_gpu_mosaic``'s
+  ``Segments``).
   """
-  return _dkv(q, k, v, do, lse2, delta, spec, config, scale, fused=False)
+  return _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_ids,
+              fused=False)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
 def sparse_attention_bwd(q, k, v, do, lse2, delta, spec: AttentionSpec,
-                         config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None):
+                         config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None,
+                         segment_ids=None, kv_segment_ids=None):
   """(dq, dk, dv) in one pass (FA3's structure; ``bwd_impl="mosaic_fused"``, opt-in, not yet run
   on a GPU): the dK/dV kernel also computes dQ_tile = dS K from dS in shared memory and adds it
   into a zero-initialised fp32 accumulator in global memory with a TMA reduce-add, so a visited
   tile costs 5 matmuls instead of 7. Arguments as ``sparse_attention_dkv``. dQ summed with
   atomics is not bit-reproducible from run to run, as in FA3 and FA4."""
-  return _dkv(q, k, v, do, lse2, delta, spec, config, scale, fused=True)
+  return _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_ids,
+              fused=True)
 
 
-def _dkv(q, k, v, do, lse2, delta, spec, config, scale, *, fused: bool):
+def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_ids, *,
+         fused: bool):
   """The dK/dV kernel (module docstring); ``fused`` adds dQ (``sparse_attention_bwd``)."""
   B, T, hq, hkv, d, g, sc, c = _check(q, k, v, do, config, scale)
+  seg = segment_args(segment_ids, kv_segment_ids, B, T, T)
   dtype = q.dtype
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
   if fused and bq % 64:
     raise ValueError(f"the fused Mosaic backward needs block_q a multiple of 64 (dS is staged in "
                      f"(8, 64)-tiled shared memory), not {bq}")
-  tab = jnp.asarray(kernel_tables(spec, T, T, bq, 2 * bkv).bwd)
+  q_seg, kv_seg = seg or (None, None)   # dK/dV's rows are keys, its entries query blocks
+  tab = visit_table(kernel_tables(spec, T, T, bq, 2 * bkv).bwd, kv_seg, q_seg, 2 * bkv, bq)
 
-  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_acc_ref, dk_ref, dv_ref,
-             scoped):
+  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, seg_refs, dq_acc_ref, dk_ref,
+             dv_ref, scoped):
     batch = lax.axis_index("batch")
     q_head = lax.axis_index("heads")
     row = lax.axis_index("kv_seq")
     wg = lax.axis_index("wg")
     ((k_smem2, v_smem2, q_smem, do_smem, lse_smem, dl_smem, *dq_smem),
-     (k_bar, v_bar), (q_bar, do_bar, lse_bar, dl_bar), used) = scoped
-    n_full, n_tot = tab_ref[row, 0], tab_ref[row, 1]
+     (k_bar, v_bar), (q_bar, do_bar, lse_bar, dl_bar), used) = scoped[:4]
+    sg = Segments.of(seg_refs, scoped[4:])
+    visit = visit_reader(tab_ref, batch, row)
+    n_full, n_tot = visit(0), visit(1)
 
     @pl.when(wg < 2)
     def _compute():
@@ -147,15 +160,17 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, *, fused: bool):
       plgpu.copy_gmem_to_smem(v_ref.at[src], v_smem, v_bar.at[wg])
       plgpu.barrier_wait(k_bar.at[wg])
       plgpu.barrier_wait(v_bar.at[wg])
+      kseg = None if sg is None else sg.load_own(batch, wg, pl.ds(kv_base, bkv))
       dk = plgpu.layout_cast(jnp.full((bkv, d), 0, jnp.float32), plgpu.Layout.WGMMA)
       dv = plgpu.layout_cast(jnp.full((bkv, d), 0, jnp.float32), plgpu.Layout.WGMMA)
 
       def step(e, carry, masked):
         dk, dv = carry
         slot = lax.rem(e, jnp.array(mcs, e.dtype))
-        qb = tab_ref[row, e + 2] if fused else None   # fused: dQ's rows; else read when masked
+        qb = visit(e + 2) if fused else None   # fused: dQ's rows; else read when masked
         plgpu.barrier_wait(q_bar.at[slot])
         plgpu.barrier_wait(lse_bar.at[slot])
+        qseg = None if sg is None else sg.ring(slot, masked)
 
         def st_fn(acc_ref):
           plgpu.wgmma(acc_ref, k_smem, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
@@ -164,10 +179,13 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, *, fused: bool):
         lse = plgpu.load(lse_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
         p_t = jnp.exp2(s_t * c - lax.broadcast_in_dim(lse, (bkv, bq), [1]))
         if masked:
-          qb = tab_ref[row, e + 2] if qb is None else qb
+          qb = visit(e + 2) if qb is None else qb
           ki = plgpu.broadcasted_iota(jnp.int32, (bkv, bq), 0, layout=plgpu.Layout.WGMMA)
           qi = plgpu.broadcasted_iota(jnp.int32, (bkv, bq), 1, layout=plgpu.Layout.WGMMA)
-          p_t = jnp.where(spec.allowed(qi + qb * bq, ki + kv_base, xp=jnp), p_t, 0.0)
+          ok = spec.allowed(qi + qb * bq, ki + kv_base, xp=jnp)
+          if sg is not None:
+            ok &= sg.same(kseg, qseg, (bkv, bq))
+          p_t = jnp.where(ok, p_t, 0.0)
         plgpu.barrier_wait(do_bar.at[slot])
 
         def dv_dp_fn(refs):   # two wgmma in one scope: one wait for both
@@ -219,7 +237,7 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, *, fused: bool):
       plgpu.set_max_registers(40, action="decrease")
 
       def issue(e, slot):
-        qb = tab_ref[row, e + 2]
+        qb = visit(e + 2)
         rows = pl.ds(qb * bq, bq)
         plgpu.copy_gmem_to_smem(q_ref.at[batch, rows, q_head], q_smem.at[slot], q_bar.at[slot])
         plgpu.copy_gmem_to_smem(lse_ref.at[batch, q_head, rows], lse_smem.at[slot],
@@ -228,10 +246,13 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, *, fused: bool):
                                 do_bar.at[slot])
         plgpu.copy_gmem_to_smem(dl_ref.at[batch, q_head, rows], dl_smem.at[slot],
                                 dl_bar.at[slot])
+        if sg is not None:
+          sg.issue(batch, rows, slot)
 
       feed_ring(n_tot, mcs, issue, (used,))
 
   def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, *refs):
+    seg_refs, refs = (refs[:2], refs[2:]) if seg else (None, refs)
     dq_acc_ref, dk_ref, dv_ref = refs if fused else (None, *refs)
     scratch = (tiled_smem((2, bkv, d), dtype), tiled_smem((2, bkv, d), dtype),
                tiled_smem((mcs, bq, d), dtype), tiled_smem((mcs, bq, d), dtype),
@@ -239,18 +260,19 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, *, fused: bool):
     if fused:   # dS and the fp32 dQ staging, one each per compute warpgroup
       scratch += (tiled_smem((2, bkv, bq), dtype), plgpu.SMEM((2, bq, d), jnp.float32))
     pl.run_scoped(
-        lambda *a: kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_acc_ref,
-                          dk_ref, dv_ref, a),
+        lambda *a: kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, seg_refs,
+                          dq_acc_ref, dk_ref, dv_ref, a),
         scratch,
         (plgpu.Barrier(num_barriers=2),) * 2,
         (plgpu.Barrier(num_barriers=mcs),) * 4,
         plgpu.Barrier(num_arrivals=2, num_barriers=mcs),
+        *(Segments.scratch(bkv, mcs, bq) if seg else ()),
         collective_axes="wg",
     )
 
   per_head = jax.ShapeDtypeStruct((B, T, hq, d), dtype)
   grid, names = (hq, T // (2 * bkv), B), ("heads", "kv_seq", "batch")
-  args = (q, k, v, do, lse2, delta, tab)
+  args = (q, k, v, do, lse2, delta, tab, *((kv_seg, q_seg) if seg else ()))
   if fused:
     # ``pl.kernel`` rather than ``plgpu.kernel`` (``launch``): the latter's batching wrapper does
     # not take a mutable array operand. ``pl.kernel`` aliases it in and out of the kernel.
@@ -270,7 +292,8 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, *, fused: bool):
 
 @functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
 def sparse_attention_dq(q, k, v, do, lse2, delta, spec: AttentionSpec,
-                        config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None):
+                        config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None,
+                        segment_ids=None, kv_segment_ids=None):
   """dq, shaped and typed like q (arguments as ``sparse_attention_dkv``).
 
   The forward's structure: per CTA two compute warpgroups hold ``block_q`` query rows each (Q,
@@ -279,18 +302,22 @@ def sparse_attention_dq(q, k, v, do, lse2, delta, spec: AttentionSpec,
   tile). Per tile: s = Q Kᵀ, p = exp2(c·s − lse), dP = dO Vᵀ, dS = p (dP − delta), dQ += dS K.
   """
   B, T, hq, hkv, d, g, sc, c = _check(q, k, v, do, config, scale)
+  seg = segment_args(segment_ids, kv_segment_ids, B, T, T)
   dtype = q.dtype
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
-  tab = jnp.asarray(kernel_tables(spec, T, T, 2 * bq, bkv).fwd)
+  tab = visit_table(kernel_tables(spec, T, T, 2 * bq, bkv).fwd, *(seg or (None, None)), 2 * bq,
+                    bkv)
 
-  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_ref, scoped):
+  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, seg_refs, dq_ref, scoped):
     batch = lax.axis_index("batch")
     q_head = lax.axis_index("heads")
     row = lax.axis_index("q_seq")
     wg = lax.axis_index("wg")
     ((q_smem2, do_smem2, lse_smem2, dl_smem2, k_smem, v_smem),
-     (q_bar, do_bar, lse_bar, dl_bar), (k_bar, v_bar), (k_used, v_used)) = scoped
-    n_full, n_tot = tab_ref[row, 0], tab_ref[row, 1]
+     (q_bar, do_bar, lse_bar, dl_bar), (k_bar, v_bar), (k_used, v_used)) = scoped[:4]
+    sg = Segments.of(seg_refs, scoped[4:])
+    visit = visit_reader(tab_ref, batch, row)
+    n_full, n_tot = visit(0), visit(1)
 
     @pl.when(wg < 2)
     def _compute():
@@ -306,6 +333,7 @@ def sparse_attention_dq(q, k, v, do, lse2, delta, spec: AttentionSpec,
         plgpu.barrier_wait(bar.at[wg])
       lse = plgpu.load(lse_smem2.at[wg], (), layout=plgpu.Layout.WGMMA.reduce(1))
       dl = plgpu.load(dl_smem2.at[wg], (), layout=plgpu.Layout.WGMMA.reduce(1))
+      qseg = None if sg is None else sg.load_own(batch, wg, rows)
       dq = plgpu.layout_cast(jnp.full((bq, d), 0, jnp.float32), plgpu.Layout.WGMMA)
 
       def step(e, dq, masked):
@@ -316,12 +344,16 @@ def sparse_attention_dq(q, k, v, do, lse2, delta, spec: AttentionSpec,
           plgpu.wgmma(acc_ref, q_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
           return acc_ref[...]
         s = pl.run_scoped(s_fn, plgpu.ACC((bq, bkv), jnp.float32))
+        kseg = None if sg is None else sg.ring(slot, masked)
         p = jnp.exp2(s * c - lax.broadcast_in_dim(lse, (bq, bkv), [0]))
         if masked:
-          kb = tab_ref[row, e + 2]
+          kb = visit(e + 2)
           qi = plgpu.broadcasted_iota(jnp.int32, (bq, bkv), 0, layout=plgpu.Layout.WGMMA)
           ki = plgpu.broadcasted_iota(jnp.int32, (bq, bkv), 1, layout=plgpu.Layout.WGMMA)
-          p = jnp.where(spec.allowed(qi + q_base, ki + kb * bkv, xp=jnp), p, 0.0)
+          ok = spec.allowed(qi + q_base, ki + kb * bkv, xp=jnp)
+          if sg is not None:
+            ok &= sg.same(qseg, kseg, (bq, bkv))
+          p = jnp.where(ok, p, 0.0)
         plgpu.barrier_wait(v_bar.at[slot])
 
         def dp_fn(acc_ref):
@@ -347,22 +379,25 @@ def sparse_attention_dq(q, k, v, do, lse2, delta, spec: AttentionSpec,
     @pl.when(wg == 2)
     def _memory():
       plgpu.set_max_registers(40, action="decrease")
-      stream_kv((k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar), (k_used, v_used), tab_ref,
-                row=row, batch=batch, kv_head=lax.div(q_head, jnp.array(g, q_head.dtype)),
-                n_tot=n_tot, bkv=bkv, mcs=mcs)
+      stream_kv((k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar), (k_used, v_used), visit,
+                batch=batch, kv_head=lax.div(q_head, jnp.array(g, q_head.dtype)),
+                n_tot=n_tot, bkv=bkv, mcs=mcs, seg=sg)
 
-  def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_ref):
+  def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, *refs):
+    seg_refs, (dq_ref,) = (refs[:2], refs[2:]) if seg else (None, refs)
     scratch = (tiled_smem((2, bq, d), dtype), tiled_smem((2, bq, d), dtype),
                plgpu.SMEM((2, bq), jnp.float32), plgpu.SMEM((2, bq), jnp.float32),
                tiled_smem((mcs, bkv, d), dtype), tiled_smem((mcs, bkv, d), dtype))
     pl.run_scoped(
-        lambda *a: kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, dq_ref, a),
+        lambda *a: kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, seg_refs, dq_ref,
+                          a),
         scratch,
         (plgpu.Barrier(num_barriers=2),) * 4,
         (plgpu.Barrier(num_barriers=mcs),) * 2,
         (plgpu.Barrier(num_arrivals=2, num_barriers=mcs),) * 2,
+        *(Segments.scratch(bq, mcs, bkv) if seg else ()),
         collective_axes="wg",
     )
 
   return launch(entry, jax.ShapeDtypeStruct(q.shape, dtype), (hq, T // (2 * bq), B),
-                ("heads", "q_seq", "batch"), q, k, v, do, lse2, delta, tab)
+                ("heads", "q_seq", "batch"), q, k, v, do, lse2, delta, tab, *(seg or ()))

@@ -52,10 +52,10 @@ def _overlap_loop(w):
   def slot_of(e):
     return lax.rem(e, jnp.array(mcs, e.dtype))
 
-  def softmax(s, e, m_i, l_i, masked):
-    """(p16, m_new, l_new, alpha) of tile ``e``'s scores."""
+  def softmax(s, e, m_i, l_i, masked, kseg):
+    """(p16, m_new, l_new, alpha) of tile ``e``'s scores (``kseg``: its key segment ids)."""
     if masked:
-      s = jnp.where(tile_allowed(w, e), s, -jnp.inf)
+      s = jnp.where(tile_allowed(w, e, kseg), s, -jnp.inf)
     m_new = jnp.maximum(m_i, s.max(axis=1) * c)
     alpha = jnp.exp2(m_i - m_new)
     p = jnp.exp2(s * c - lax.broadcast_in_dim(m_new, s.shape, [0]))
@@ -76,8 +76,9 @@ def _overlap_loop(w):
       plgpu.wgmma(s_ref, w.qo_smem, plgpu.transpose_ref(w.k_smem.at[0], (1, 0)))
       w.schedule_barrier()
       s = plgpu.wgmma_accumulator_load(s_ref, wait_n=0)
+      kseg = None if w.seg is None else w.seg.ring(0, True)
       plgpu.barrier_arrive(w.k_used.at[0])
-      p16, m_new, l_new, _ = softmax(s, e, m_i, l_i, masked=True)
+      p16, m_new, l_new, _ = softmax(s, e, m_i, l_i, True, kseg)
       return p16, m_new, l_new
 
     def step(e, carry, masked):
@@ -90,8 +91,9 @@ def _overlap_loop(w):
       plgpu.wgmma(o_ref, p_prev, w.v_smem.at[pslot])
       w.schedule_barrier()
       s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)   # S done, P V still in flight
+      kseg = None if w.seg is None else w.seg.ring(slot, masked)
       plgpu.barrier_arrive(w.k_used.at[slot])
-      p16, m_new, l_new, alpha = softmax(s, e, m_i, l_i, masked)
+      p16, m_new, l_new, alpha = softmax(s, e, m_i, l_i, masked, kseg)
       o = plgpu.wgmma_accumulator_load(o_ref, wait_n=0)
       plgpu.barrier_arrive(w.v_used.at[pslot])
       o_ref[...] = o * lax.broadcast_in_dim(alpha, (bq, d), [0])
@@ -121,6 +123,8 @@ def _overlap_loop(w):
 
 @functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
 def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = MosaicConfig(),
-                         scale: float | None = None):
-  """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2), as ``pallas_gpu_mosaic``'s."""
-  return forward(q, k, v, spec, config, scale, _overlap_loop, split_release=True)
+                         scale: float | None = None, segment_ids=None, kv_segment_ids=None):
+  """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2), as ``pallas_gpu_mosaic``'s (segment
+  ids too)."""
+  return forward(q, k, v, spec, config, scale, _overlap_loop, split_release=True,
+                 segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)

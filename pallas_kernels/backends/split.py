@@ -55,8 +55,7 @@ def mosaic_sink_window_supports(platform, spec, shapes, dtype) -> str | None:
   if spec.kind != "sink_window":
     return f"only sink_window (the {spec.kind} pattern has one fastest kernel)"
   why = pallas_gpu.mosaic_unsupported(
-      shapes.q_len, shapes.kv_len, shapes.head_dim, dtype,
-      has_segment_ids=shapes.has_segment_ids, q_offset=shapes.q_offset,
+      shapes.q_len, shapes.kv_len, shapes.head_dim, dtype, q_offset=shapes.q_offset,
       kv_offset=shapes.kv_offset)
   if why:
     return f"the Mosaic GPU forward cannot run it: {why}"

@@ -96,7 +96,7 @@ def test_mosaic_bwd_bf16_vs_reference(spec, D, Hkv):
 @pytest.mark.parametrize("seg", [False, True])
 def test_default_backward_is_mosaic_where_it_applies(seg):
   """``bwd_impl="auto"`` (the default) gives the Mosaic backward's gradients bit for bit on a
-  Hopper GPU, and the Triton backward's when segment ids rule Mosaic out."""
+  Hopper GPU, with and without segment ids."""
   if getattr(jax.devices()[0], "compute_capability", None) != "9.0":
     pytest.skip("the Mosaic GPU kernels need a Hopper GPU")
   q, k, v, w = _inputs(8, 1, 1024, 4, 2, 128, jnp.bfloat16)
@@ -106,18 +106,34 @@ def test_default_backward_is_mosaic_where_it_applies(seg):
     cfg = pallas_gpu.TritonConfig(bwd_impl=bwd_impl)
     return _grads(lambda q, k, v: pallas_gpu.attention(q, k, v, spec, return_lse=True, config=cfg,
                                                        **kw), q, k, v, w)[1]
-  want = grads("triton" if seg else "mosaic")
+  want = grads("mosaic")
   for a, b in zip(grads("auto"), want):
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 
-def test_mosaic_bwd_refuses_segment_ids():
+def test_mosaic_bwd_refuses_offsets():
   q, k, v, w = _inputs(5, 1, 1024, 4, 4, 128, jnp.bfloat16)
-  seg = jnp.zeros((1, 1024), jnp.int32).at[:, 512:].set(1)
   cfg = pallas_gpu.TritonConfig(bwd_impl="mosaic")
   with pytest.raises(pallas_gpu.PallasGpuError, match="bwd_impl='mosaic' cannot run"):
     jax.grad(lambda q: jnp.sum(pallas_gpu.attention(
-        q, k, v, "full", segment_ids=seg, config=cfg).astype(jnp.float32)))(q)
+        q, k, v, "full", q_offset=128, kv_offset=128, config=cfg).astype(jnp.float32)))(q)
+
+
+@pytest.mark.parametrize("impls", [("mosaic", "mosaic"), ("mosaic_overlap", "mosaic_fused")])
+@pytest.mark.parametrize("spec", ["sink_window:64:512", "strided:4:4", "full"])
+def test_mosaic_packed_ragged_gqa(spec, impls):
+  """The Mosaic kernels on packed rows (segment ids; boundaries off the tile grid, a
+  one-token document, a batch row with other documents) at a ragged length (2000, padded to
+  2048), GQA 8/2: cross-document tiles are skipped, straddling ones masked by segment id."""
+  q, k, v, w = _inputs(11, 2, 2000, 8, 2, 128, jnp.bfloat16)
+  seg = np.zeros((2, 2000), np.int32)
+  seg[0, 700:] = 1
+  seg[0, 701:] = 2
+  seg[0, 1333:] = 3
+  seg[1, 1024:] = 5
+  cfg = pallas_gpu.TritonConfig(fwd_impl=impls[0], bwd_impl=impls[1])
+  _check(AttentionSpec.parse(spec), q, k, v, w, tol_out=1e-2, tol_grad=2e-2, config=cfg,
+         segment_ids=jnp.asarray(seg))
 
 
 def test_bf16_segments_ragged_offsets():

@@ -33,8 +33,10 @@ K/V swapped:
 ``sparse_attention_bwd`` (opt-in ``bwd_impl="mosaic_fused"``) is the same dK/dV kernel with dQ
 added (FA3's single pass, 5 matmuls per tile instead of 7): dSᵀ goes to shared memory, dK and
 dQ_tile = dS K both read it there, and dQ_tile is TMA reduce-added into an fp32 accumulator in
-global memory. It needs ``block_q`` a multiple of 64. It has not run on a GPU; on CPU it matches
-the dense reference in Mosaic GPU interpret mode, as do the dQ and dK/dV kernels
+global memory. It needs ``block_q`` a multiple of 64. On an H200 (2026-12-05) it passes the GPU
+reference tests (``-k fused``) but makes forward+backward 16-25% slower than the two kernels
+(docs/benchmarks.md, "Issue 14, 2026-12-05"), so it stays opt-in. On CPU it matches the dense
+reference in Mosaic GPU interpret mode, as do the dQ and dK/dV kernels
 (``tests/test_mosaic_interpret.py``).
 
 Limits (``unsupported`` says which): bf16/f16, head_dim % 64 == 0, zero offsets, Tq == Tk, T a
@@ -115,8 +117,8 @@ def sparse_attention_dkv(q, k, v, do, lse2, delta, spec: AttentionSpec,
 def sparse_attention_bwd(q, k, v, do, lse2, delta, spec: AttentionSpec,
                          config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None,
                          segment_ids=None, kv_segment_ids=None):
-  """(dq, dk, dv) in one pass (FA3's structure; ``bwd_impl="mosaic_fused"``, opt-in, not yet run
-  on a GPU): the dK/dV kernel also computes dQ_tile = dS K from dS in shared memory and adds it
+  """(dq, dk, dv) in one pass (FA3's structure; ``bwd_impl="mosaic_fused"``, opt-in: slower than
+  the two kernels on an H200): the dK/dV kernel also computes dQ_tile = dS K from dS in shared memory and adds it
   into a zero-initialised fp32 accumulator in global memory with a TMA reduce-add, so a visited
   tile costs 5 matmuls instead of 7. Arguments as ``sparse_attention_dkv``. dQ summed with
   atomics is not bit-reproducible from run to run, as in FA3 and FA4."""

@@ -24,9 +24,11 @@ on 2026-12-05 (``tests/test_mosaic_interpret.py``, which keeps the deadlock as a
 
 Opt-in through ``TritonConfig(fwd_impl="mosaic_overlap")``. Written 2026-12-04; on CPU it lowers
 to Mosaic GPU (``tests/test_attention_pallas_gpu.py -k overlap``) and matches the dense reference
-in Mosaic GPU interpret mode (``tests/test_mosaic_interpret.py``). It has not run on a GPU:
-``tests/gpu/test_gpu_pallas_gpu.py -k overlap`` checks it there and ``benchmarks/attention.py``
-times it (rows ``pallas_gpu_overlap_fwd``). It becomes the default forward only if both say so.
+in Mosaic GPU interpret mode (``tests/test_mosaic_interpret.py``). On an H200 (2026-12-05) it
+passes ``tests/gpu/test_gpu_pallas_gpu.py -k overlap`` but is 18-22% slower than the default
+forward (``benchmarks/attention.py`` rows ``pallas_gpu_overlap_fwd``, 64K: 438 vs 541 TFLOP/s
+sink+window; docs/benchmarks.md, "Issue 14, 2026-12-05"; not profiled, likely register spills with
+two live accumulators). So it stays opt-in.
 """
 
 from __future__ import annotations

@@ -63,8 +63,8 @@ class TritonConfig:
   multiple of 128, not interpreting; segment ids too, skipping cross-document tiles) and the
   Triton forward otherwise; ``"mosaic"`` raises where it does not apply; ``"triton"`` always
   takes Triton. On an H100 the Mosaic forward is ~1.3-1.4x faster than Triton's
-  (docs/kernels.md). ``"mosaic_overlap"`` (opt-in: it passes the GPU
-  tests but is 18-22% slower on an H200) takes the Mosaic forward with intra-warpgroup overlap
+  (docs/kernels.md). ``"mosaic_overlap"`` (opt-in: it passes the GPU tests but is 18-22%
+  slower on an H200) takes the Mosaic forward with intra-warpgroup overlap
   (``pallas_gpu_mosaic_overlap.py``), with the same limits; it raises where they do not apply.
 
   ``bwd_impl``: ``"auto"`` (default) runs the Mosaic GPU dQ and dK/dV kernels of
@@ -74,9 +74,9 @@ class TritonConfig:
   1.1-1.3x faster than Triton's for every pattern, MHA and GQA (docs/benchmarks.md, issue 14), and
   passes the GPU reference tests (``tests/gpu/test_gpu_pallas_gpu.py -k mosaic_bwd``).
   ``"mosaic_fused"`` (opt-in: it passes the GPU tests but makes forward+backward 16-25% slower on
-  an H200) takes the single-pass Mosaic backward ``pallas_gpu_mosaic_bwd.sparse_attention_bwd`` instead
-  (5 matmuls per tile instead of 7, dQ reduce-added in fp32), with the same limits; it raises
-  where they do not apply.
+  an H200) takes the single-pass Mosaic backward ``pallas_gpu_mosaic_bwd.sparse_attention_bwd``
+  instead (5 matmuls per tile instead of 7, dQ reduce-added in fp32), with the same limits; it
+  raises where they do not apply.
   """
 
   block_q: int = 128

@@ -118,10 +118,11 @@ def sparse_attention_bwd(q, k, v, do, lse2, delta, spec: AttentionSpec,
                          config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None,
                          segment_ids=None, kv_segment_ids=None):
   """(dq, dk, dv) in one pass (FA3's structure; ``bwd_impl="mosaic_fused"``, opt-in: slower than
-  the two kernels on an H200): the dK/dV kernel also computes dQ_tile = dS K from dS in shared memory and adds it
-  into a zero-initialised fp32 accumulator in global memory with a TMA reduce-add, so a visited
-  tile costs 5 matmuls instead of 7. Arguments as ``sparse_attention_dkv``. dQ summed with
-  atomics is not bit-reproducible from run to run, as in FA3 and FA4."""
+  the two kernels on an H200): the dK/dV kernel also computes dQ_tile = dS K from dS in shared
+  memory and adds it into a zero-initialised fp32 accumulator in global memory with a TMA
+  reduce-add, so a visited tile costs 5 matmuls instead of 7. Arguments as
+  ``sparse_attention_dkv``. dQ summed with atomics is not bit-reproducible from run to run, as in
+  FA3 and FA4."""
   return _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_ids,
               fused=True)
 

@@ -191,6 +191,6 @@ def test_segment_ids_both_or_neither():
   q, k, v, _ = _inputs()
   with pytest.raises(ValueError, match="both segment_ids and kv_segment_ids"):
     pm.sparse_attention_fwd(q, k, v, AttentionSpec.full(16), FWD, segment_ids=_packed(T))
-  with pytest.raises(ValueError, match=r"kv_segment_ids must be integers of shape \(1, 128\)"):
+  with pytest.raises(ValueError, match=r"kv_segment_ids must have shape \(1, 128\), got \(1, 64\)"):
     pm.sparse_attention_fwd(q, k, v, AttentionSpec.full(16), FWD, segment_ids=_packed(T),
                             kv_segment_ids=jnp.zeros((1, 64), jnp.int32))

@@ -89,13 +89,19 @@ def check_inputs(q, k, v, segment_ids=None, kv_segment_ids=None, q_offset=0, kv_
       raise ValueError("kv_segment_ids given without segment_ids")
     return None
   kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
-  for name, s, t in (("segment_ids", segment_ids, q.shape[1]),
-                     ("kv_segment_ids", kv_segment_ids, k.shape[1])):
-    if tuple(s.shape) != (B, t):
-      raise ValueError(f"{name} must have shape {(B, t)}, got {tuple(s.shape)}")
+  check_segment_ids(B, ("segment_ids", segment_ids, q.shape[1]),
+                    ("kv_segment_ids", kv_segment_ids, k.shape[1]))
+  return kv_segment_ids
+
+
+def check_segment_ids(batch: int, *named):
+  """One-line ValueErrors for segment ids: each ``(name, ids, length)`` must be integers of
+  shape ``(batch, length)``."""
+  for name, s, t in named:
+    if tuple(s.shape) != (batch, t):
+      raise ValueError(f"{name} must have shape {(batch, t)}, got {tuple(s.shape)}")
     if not jnp.issubdtype(s.dtype, jnp.integer):
       raise ValueError(f"{name} must be integers, got {s.dtype}")
-  return kv_segment_ids
 
 
 def make_problem(spec, q, k, *, q_offset, kv_offset, scale, block_q=None, block_k=None,

@@ -96,6 +96,14 @@ def kernel_tables(spec: AttentionSpec, q_len: int, kv_len: int, block_q: int, bl
                       bwd=bwd, visited=int(np.sum(bt.fwd_cnt)))
 
 
+def visit_table(rows, row_seg, entry_seg, row_block: int, entry_block: int):
+  """The visit lists a kernel reads: ``rows`` (static, ``[R, 2 + W]``) without segment ids
+  (``row_seg`` None), ``segment_visits`` (``[B, R, 2 + W]``) with them."""
+  if row_seg is None:
+    return jnp.asarray(rows)
+  return segment_visits(rows, row_seg, entry_seg, row_block, entry_block)
+
+
 def segment_visits(rows, row_seg, entry_seg, row_block: int, entry_block: int):
   """Per-batch visit lists for packed rows: int32 ``[B, R, 2 + W]``, each row laid out as
   ``rows[i]`` (``[n_full, n_total, blk...]``, full entries first, ascending inside each part).

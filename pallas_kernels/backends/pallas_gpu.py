@@ -36,7 +36,7 @@ from jax.experimental.pallas import triton as plgpu
 from pallas_kernels.backends import _frame, gpu_smem
 from pallas_kernels.backends import pallas_gpu_kernels as K
 from pallas_kernels._common import next_pow2
-from pallas_kernels.backends.gpu_tables import kernel_tables, segment_visits
+from pallas_kernels.backends.gpu_tables import kernel_tables, visit_table
 from pallas_kernels.spec import AttentionSpec, as_spec
 
 _LN2 = math.log(2.0)
@@ -148,11 +148,10 @@ def _visits(rows, row_seg, entry_seg, row_block, entry_block, row_of):
   """A kernel's visit table and its BlockSpec (grid (row, batch, head); ``row_of``: grid index ->
   table row): the static ``rows``, or with segment ids the per-batch lists of
   ``gpu_tables.segment_visits`` (cross-document tiles skipped)."""
-  width = rows.shape[1]
+  tab = visit_table(rows, row_seg, entry_seg, row_block, entry_block)
   if row_seg is None:
-    return jnp.asarray(rows), pl.BlockSpec((None, width), lambda i, b, h: (row_of(i), 0))
-  return (segment_visits(rows, row_seg, entry_seg, row_block, entry_block),
-          pl.BlockSpec((None, None, width), lambda i, b, h: (b, row_of(i), 0)))
+    return tab, pl.BlockSpec((None, tab.shape[1]), lambda i, b, h: (row_of(i), 0))
+  return tab, pl.BlockSpec((None, None, tab.shape[2]), lambda i, b, h: (b, row_of(i), 0))
 
 
 def _params(num_warps, num_stages):

@@ -43,7 +43,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.backends.gpu_tables import kernel_tables, segment_visits
+from pallas_kernels.backends._frame import check_segment_ids
+from pallas_kernels.backends.gpu_tables import kernel_tables, visit_table
 from pallas_kernels.spec import AttentionSpec
 
 M_INIT = -1e30
@@ -198,24 +199,13 @@ def segment_args(segment_ids, kv_segment_ids, batch: int, q_len: int, kv_len: in
     return None
   if segment_ids is None or kv_segment_ids is None:
     raise ValueError("pass both segment_ids and kv_segment_ids (or neither)")
-  for name, x, t in (("segment_ids", segment_ids, q_len), ("kv_segment_ids", kv_segment_ids,
-                                                          kv_len)):
-    if tuple(x.shape) != (batch, t) or not jnp.issubdtype(x.dtype, jnp.integer):
-      raise ValueError(f"{name} must be integers of shape {(batch, t)}, got {x.dtype} "
-                       f"{tuple(x.shape)}")
+  check_segment_ids(batch, ("segment_ids", segment_ids, q_len),
+                    ("kv_segment_ids", kv_segment_ids, kv_len))
   return segment_ids.astype(jnp.int32), kv_segment_ids.astype(jnp.int32)
 
 
-def visit_table(rows, row_seg, entry_seg, row_block, entry_block):
-  """The visit lists a kernel reads: ``rows`` (static, ``[R, 2 + W]``) without segment ids,
-  ``gpu_tables.segment_visits`` (``[B, R, 2 + W]``) with them."""
-  if row_seg is None:
-    return jnp.asarray(rows)
-  return segment_visits(rows, row_seg, entry_seg, row_block, entry_block)
-
-
 def visit_reader(tab_ref, batch, row):
-  """``visit(i)``: column ``i`` of the CTA's visit list in ``visit_table``'s table."""
+  """``visit(i)``: column ``i`` of the CTA's visit list in ``gpu_tables.visit_table``'s table."""
   if len(tab_ref.shape) == 3:
     return lambda i: tab_ref[batch, row, i]
   return lambda i: tab_ref[row, i]

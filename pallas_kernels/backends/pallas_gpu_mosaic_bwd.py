@@ -58,10 +58,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.backends.gpu_tables import kernel_tables
+from pallas_kernels.backends.gpu_tables import kernel_tables, visit_table
 from pallas_kernels.backends.pallas_gpu_mosaic import (Segments, feed_ring, launch, segment_args,
                                                       shape_limits, stream_kv, tiled_smem,
-                                                      visit_reader, visit_table)
+                                                      visit_reader)
 from pallas_kernels.spec import AttentionSpec
 
 

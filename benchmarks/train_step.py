@@ -179,7 +179,8 @@ def main() -> None:
 
   # The parent only plans (CPU); the children own the accelerator, one at a time.
   os.environ["JAX_PLATFORMS"] = "cpu"
-  env = dict(BASE_ENV, XLA_PYTHON_CLIENT_MEM_FRACTION="0.95",
+  fraction = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # fa4: torch scratch
+  env = dict(BASE_ENV, XLA_PYTHON_CLIENT_MEM_FRACTION=fraction,
              PYTHONPATH=os.pathsep.join(filter(None, [ROOT, BASE_ENV.get("PYTHONPATH")])))
   start, results = time.perf_counter(), []
   version, kind, limit, platform = probe_device(env)

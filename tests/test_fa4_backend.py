@@ -1,0 +1,123 @@
+"""The ``fa4`` backend on the CPU: its block-sparse tables, support checks, and the buffer-callback
+plumbing and custom gradient through ``impl="emulate"`` (a dense torch stand-in given exactly what
+the FA4 call is given). The kernels themselves: tests/gpu/test_gpu_fa4.py."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pallas_kernels import api
+from pallas_kernels.backends import fa4, fa4_tables
+from pallas_kernels.spec import AttentionSpec
+from pallas_kernels.testing import Case, assert_close, run_against_reference
+
+SPECS = [AttentionSpec.sink_window(8, 128, block=64), AttentionSpec.sink_window(130, 256),
+         AttentionSpec.strided(1, 3, block=64), AttentionSpec.strided(2, 2),
+         AttentionSpec.chunked(256), AttentionSpec.full()]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+@pytest.mark.parametrize("L", [200, 640, 1000])
+def test_tables_are_exactly_the_pattern(spec, L):
+  fwd, bwd = fa4_tables.sparse_arrays(spec, L)
+  pos = np.arange(L)
+  want = spec.allowed(pos[:, None], pos[None, :]) & np.ones((L, L), bool)
+  np.testing.assert_array_equal(fa4_tables.token_mask(spec, L, fwd), want)
+  np.testing.assert_array_equal(fa4_tables.token_mask(spec, L, bwd, transposed=True), want)
+  n = -(-L // fa4_tables.BLOCK)
+  for arr in (fwd, bwd):
+    assert arr.mask_cnt.shape == arr.full_cnt.shape == (n,)
+    assert arr.mask_idx.shape[1] == max(int(arr.mask_cnt.max()), 1)   # compact
+    assert arr.full_idx.shape[1] == max(int(arr.full_cnt.max()), 1)
+    for cnt, idx in ((arr.mask_cnt, arr.mask_idx), (arr.full_cnt, arr.full_idx)):
+      for r in range(n):
+        row = idx[r, :cnt[r]]
+        assert np.all(np.diff(row) > 0) and np.all((row >= 0) & (row < n))
+
+
+def test_token_mask_catches_a_wrong_full_block():
+  spec = AttentionSpec.sink_window(8, 128)
+  fwd, _ = fa4_tables.sparse_arrays(spec, 512)
+  full_cnt, full_idx = fwd.full_cnt.copy(), np.zeros((4, 4), np.int32)
+  full_idx[:, :fwd.full_idx.shape[1]] = fwd.full_idx
+  full_cnt[3] += 1                      # claim KV block 1 of query block 3 is entirely visible
+  full_idx[3, full_cnt[3] - 1] = 1
+  bad = fwd._replace(full_cnt=full_cnt, full_idx=full_idx)
+  pos = np.arange(512)
+  assert not np.array_equal(fa4_tables.token_mask(spec, 512, bad),
+                            spec.allowed(pos[:, None], pos[None, :]))
+
+
+@pytest.mark.parametrize("spec", [SPECS[0], SPECS[2], SPECS[4], SPECS[5]], ids=str)
+@pytest.mark.parametrize("T,Hq,Hkv", [(300, 4, 2), (256, 2, 2)])
+def test_emulated_call_matches_reference(spec, T, Hq, Hkv):
+  case = Case(spec, T=T, Hq=Hq, Hkv=Hkv, D=16)
+  attn = lambda *a, **kw: fa4.fa4_attention(*a, impl="emulate", **kw)  # noqa: E731
+  got, want = run_against_reference(attn, case)
+  assert_close(got, want, case.dtype, label=str(spec))
+
+
+@pytest.mark.parametrize("spec", [SPECS[0], SPECS[3], SPECS[5]], ids=str)
+@pytest.mark.parametrize("B,T", [(2, 300), (1, 512)])
+def test_emulated_packed_rows_match_reference(spec, B, T):
+  """Segment ids: per-row lists from ``segment_visits``, the mask_mod's id test (emulated)."""
+  case = Case(spec, T=T, Hq=4, Hkv=2, D=16, B=B, seg=True)
+  attn = lambda *a, **kw: fa4.fa4_attention(*a, impl="emulate", **kw)  # noqa: E731
+  got, want = run_against_reference(attn, case)
+  assert_close(got, want, case.dtype, label=f"{spec} packed")
+
+
+def test_packed_lists_drop_cross_document_tiles():
+  spec = AttentionSpec.full()
+  seg = jnp.asarray(np.repeat(np.arange(4), 256)[None], jnp.int32)     # 4 documents x 2 blocks
+  plan = fa4._Plan(spec, 1.0, "emulate", True)  # pylint: disable=protected-access
+  extra = fa4._extra_inputs(plan, seg, seg, 1024, backward=False)
+  mask_cnt, full_cnt = extra[0], extra[2]
+  # each query block sees the (1 or 2) blocks of its own document only: 1 diagonal + 1 full max
+  np.testing.assert_array_equal(np.asarray(mask_cnt)[0, 0], [1] * 8)
+  np.testing.assert_array_equal(np.asarray(full_cnt)[0, 0], [0, 1] * 4)
+
+
+def test_output_without_lse_and_default_scale():
+  spec = AttentionSpec.strided(1, 2, block=64)
+  q = jnp.asarray(np.random.default_rng(0).standard_normal((1, 256, 2, 32)), jnp.float32)
+  out = fa4.fa4_attention(q, q, q, spec, impl="emulate")
+  ref = api.attention(q, q, q, spec, backend="reference")
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(q_offset=128), "q_offset == kv_offset == 0"),
+    (dict(kv_len=512), "Tq == Tk"),
+    (dict(dtype=jnp.float32), "bf16/fp16"),
+    (dict(head_dim=256), "head_dim"),
+    (dict(q_heads=3), "multiple of kv heads"),
+])
+def test_unsupported_reasons(kw, msg):
+  facts = dict(q_len=256, kv_len=256, q_heads=4, kv_heads=2, head_dim=128, dtype=jnp.bfloat16)
+  assert fa4.unsupported_reason(AttentionSpec.full(), check_platform=False, **facts) is None
+  reason = fa4.unsupported_reason(AttentionSpec.full(), check_platform=False, **{**facts, **kw})
+  assert reason and msg in reason and "\n" not in reason
+
+
+def test_cpu_refuses_in_one_line_and_auto_skips_it():
+  q = jnp.zeros((1, 256, 2, 64), jnp.bfloat16)
+  with pytest.raises(fa4.Fa4Error, match="fa4 backend: FA4 needs a CUDA GPU"):
+    fa4.fa4_attention(q, q, q, AttentionSpec.full())
+  with pytest.raises(fa4.Fa4Error, match="impl must be"):
+    fa4.fa4_attention(q, q, q, AttentionSpec.full(), impl="dense")
+  shapes = api.AttentionShapes(1, 256, 256, 2, 2, 64, 0, 0, False)
+  assert api.select_backend(AttentionSpec.full(), shapes, jnp.bfloat16, platform="cpu") != "fa4"
+  assert "CUDA GPU" in fa4.registry_supports("cpu", AttentionSpec.full(), shapes, jnp.bfloat16)
+  with pytest.raises(ValueError, match="fa4"):
+    api.select_backend(AttentionSpec.full(), shapes, jnp.bfloat16, platform="cpu", backend="fa4")
+
+
+def test_auto_never_takes_it_even_where_it_would_run(monkeypatch):
+  """fa4 is opt-in: ``auto`` keeps our kernels on a GPU where FA4 supports the call."""
+  monkeypatch.setattr(fa4, "_platform_problem", lambda: None)
+  shapes = api.AttentionShapes(1, 2048, 2048, 8, 2, 128, 0, 0, False)
+  for spec in (AttentionSpec.full(), AttentionSpec.sink_window(64, 512)):
+    assert fa4.registry_supports("gpu", spec, shapes, jnp.bfloat16) is None
+    assert api.select_backend(spec, shapes, jnp.bfloat16, platform="gpu") != "fa4"
+    assert api.select_backend(spec, shapes, jnp.bfloat16, platform="gpu", backend="fa4") == "fa4"

@@ -17,6 +17,7 @@ planner's estimate next to it, and the hybrid/full step-time ratio.
   python benchmarks/train_step.py                    # ~6-8 min on one H100, table + JSON
   python benchmarks/train_step.py --tiny --seq_lens=1024,512   # smoke test on CPU
   python benchmarks/train_step.py --seq_lens=32768 --steps=5 --json_out=/tmp/bench.json
+  python benchmarks/train_step.py --seq_lens=131072 --no_segment_ids --backend=fa4   # [fa4] extra
 
 Needs only jax, flax, optax (no grain / ml_collections).
 """
@@ -36,10 +37,11 @@ BASE_ENV = dict(os.environ)   # what the children get (the parent pins itself to
 
 
 
-def model_config(layout: str, seq_len: int, remat: str, tiny: bool = False):
+def model_config(layout: str, seq_len: int, remat: str, tiny: bool = False,
+                 backend: str = "auto"):
   from longgen_jax.model import llama2_7b  # pylint: disable=import-outside-toplevel
   common = dict(n_layers=6, max_seq_len=seq_len, dtype="bfloat16", param_dtype="float32",
-                remat=remat, scan_layers=True, attention_backend="auto",
+                remat=remat, scan_layers=True, attention_backend=backend,
                 rope={"theta": 5e6})
   if tiny:  # smoke test of the script itself (CPU): same layout, toy widths
     common.update(d_model=256, n_heads=4, n_kv_heads=4, ffn_dim=512, vocab_size=1024)
@@ -82,7 +84,7 @@ def _planner_platform(platform: str) -> str:
 
 # ------------------------------------------------------------------------------- one config
 def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: float,
-            tiny: bool = False, segment_ids: bool = True) -> dict:
+            tiny: bool = False, segment_ids: bool = True, backend: str = "auto") -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -94,7 +96,7 @@ def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: fl
   from longgen_jax.training import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
   from longgen_jax.training.step import make_step  # pylint: disable=import-outside-toplevel
 
-  cfg = model_config(layout, seq_len, remat, tiny)
+  cfg = model_config(layout, seq_len, remat, tiny, backend)
   dev = jax.devices()[0]
   tx = optax.chain(optax.clip_by_global_norm(1.0),
                    optax.adamw(2e-5, b1=0.9, b2=0.95, weight_decay=0.1))
@@ -140,7 +142,7 @@ def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: fl
                         seq_len=seq_len, global_batch=1, loss_chunk=4096,
                         platform=_planner_platform(dev.platform))
   return {"layout": layout, "seq_len": seq_len, "remat": remat, "segment_ids": segment_ids,
-          "doc_lens": doc_lens,
+          "backend": backend, "doc_lens": doc_lens,
           "step_s": step_s,
           "step_times": times, "tokens_per_s": tok_s, "gflop_per_token": fl.total / 1e9,
           "model_tflops": tok_s * fl.total / 1e12,
@@ -168,17 +170,25 @@ def main() -> None:
                   help="one document per row (default: 4 packed documents with segment ids)")
   ap.add_argument("--budget_s", type=float, default=480.0,
                   help="skip configs that would start after this many seconds")
+  ap.add_argument("--backend", default="auto",
+                  help="attention backend of every layer (pallas_kernels.api name, e.g. fa4)")
   ap.add_argument("--json_out", default="")
   ap.add_argument("--child", default="", help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.child:
     a = json.loads(args.child)
     print("RESULT " + json.dumps(run_one(a["layout"], a["seq_len"], a["remat"], a["steps"],
-                                         a["peak"], a["tiny"], a["segment_ids"])), flush=True)
+                                         a["peak"], a["tiny"], a["segment_ids"],
+                                         a["backend"])), flush=True)
     return
 
   # The parent only plans (CPU); the children own the accelerator, one at a time.
   os.environ["JAX_PLATFORMS"] = "cpu"
+  if args.backend != "auto":
+    from pallas_kernels import api  # pylint: disable=import-outside-toplevel
+    if args.backend not in api.available_backends():
+      ap.error(f"--backend {args.backend!r} is not a registered attention backend; "
+               f"choose auto or one of {api.available_backends()}")
   fraction = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # fa4: torch scratch
   env = dict(BASE_ENV, XLA_PYTHON_CLIENT_MEM_FRACTION=fraction,
              PYTHONPATH=os.pathsep.join(filter(None, [ROOT, BASE_ENV.get("PYTHONPATH")])))
@@ -186,7 +196,8 @@ def main() -> None:
   version, kind, limit, platform = probe_device(env)
   budget = limit if limit > 0 else 0.94 * 80e9
   print(f"jax {version} on {kind}; usable device memory {budget / 2 ** 30:.1f} GiB; segment ids "
-        f"{'on (4 packed documents)' if args.segment_ids else 'off (one document)'}", flush=True)
+        f"{'on (4 packed documents)' if args.segment_ids else 'off (one document)'}; attention "
+        f"backend {args.backend}", flush=True)
   for seq_len in [int(x) for x in args.seq_lens.split(",")]:
     remat = (args.remat if args.remat != "auto"
              else pick_remat(seq_len, budget, args.tiny, platform)[0])
@@ -197,7 +208,7 @@ def main() -> None:
         continue
       child = json.dumps({"layout": layout, "seq_len": seq_len, "remat": remat,
                           "steps": args.steps, "peak": args.peak_tflops, "tiny": args.tiny,
-                          "segment_ids": args.segment_ids})
+                          "segment_ids": args.segment_ids, "backend": args.backend})
       proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", child],
                             env=env, capture_output=True, text=True, check=False)
       lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -234,7 +245,8 @@ def main() -> None:
   for seq_len, ratio in ratios.items():
     print(f"hybrid/full step-time ratio at {seq_len}: {ratio:.3f} (speed-up {1 / ratio:.2f}x)")
   out = {"results": results, "hybrid_over_full_step_time": {str(k): v for k, v in ratios.items()},
-         "segment_ids": args.segment_ids, "total_s": time.perf_counter() - start}
+         "segment_ids": args.segment_ids, "backend": args.backend,
+         "total_s": time.perf_counter() - start}
   print("JSON " + json.dumps(out))
   if args.json_out:
     with open(args.json_out, "w", encoding="utf-8") as f:

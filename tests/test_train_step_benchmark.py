@@ -15,8 +15,8 @@ def test_tiny_benchmark_measures_both_layouts(tmp_path, packed):
   out = tmp_path / "train_step.json"
   cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "train_step.py"), "--tiny",
          "--seq_lens", "256", "--budget_s", "200", "--json_out", str(out)]
-  if not packed:
-    cmd.append("--no_segment_ids")
+  if not packed:   # and an explicit backend (what --backend=fa4 does on a GPU)
+    cmd += ["--no_segment_ids", "--backend", "xla"]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   subprocess.run(cmd, cwd=ROOT, env=env, check=True, timeout=600, capture_output=True)
   res = json.loads(out.read_text())
@@ -25,7 +25,16 @@ def test_tiny_benchmark_measures_both_layouts(tmp_path, packed):
   for r in rows.values():
     assert "error" not in r, r
     assert r["step_s"] > 0 and r["segment_ids"] == packed
+    assert r["backend"] == ("auto" if packed else "xla")
     assert (r["doc_lens"] is not None) == packed
     if packed:
       assert sum(r["doc_lens"]) == 256 and len(r["doc_lens"]) == 4
   assert "256" in res["hybrid_over_full_step_time"]
+
+
+def test_unknown_backend_is_one_line_error():
+  cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "train_step.py"), "--tiny",
+         "--backend", "fast"]
+  p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300,
+                     capture_output=True, text=True, check=False)
+  assert p.returncode == 2 and "'fast' is not a registered attention backend" in p.stderr

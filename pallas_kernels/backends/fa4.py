@@ -2,9 +2,12 @@
 
 Optional: ``pip install 'longgen_jax[fa4]'`` (flash-attn-4 and the CUTLASS DSL; they pull torch).
 Opt-in: ``backend="fa4"`` (model configs: ``attention_backend="fa4"``); ``auto`` never takes it.
-Through PyTorch (Flex's FLASH backend) FA4's kernels measured 6-15% faster than ours on an H200,
-but bound into the 128K training step here they made it slower on an H100 (hybrid 4.675 s vs
-4.499 s, full 8.394 s vs 7.842 s; docs/benchmarks.md, 2026-12-05), so our kernels stay the default.
+Per kernel it is the fastest we measured (H100, 64K: 5-21% faster than our best kernel per
+pattern, forward and forward+backward; as fast as FA4 driven from torch). But the 128K training
+step with it was 4-7% slower on an H100: each layer's FA4 forward ran twice, once more in the
+backward (12 forwards for 6 layers, ``benchmarks/fa4_step_probe.py``; on CPU the same step runs
+it once). So our kernels stay the default until that is understood and fixed
+(docs/benchmarks.md, 2026-12-05 and 2026-12-06).
 
 How it runs. Each pattern is one FA4 call, the way FlexAttention's FLASH backend drives FA4:
 * ``full``: FA4's own causal kernel;

@@ -35,9 +35,9 @@ BACKENDS = (
     # runs the first when the call is not differentiated and the second under autodiff.
     dict(name="split_gpu", fn=_P + "split:split_gpu_attention",
          supports=_P + "split:mosaic_sink_window_supports", priority=80, platforms=GPU),
-    # FlashAttention-4 (optional extra ``fa4``) bound through a buffer callback: opt-in only. In the
-    # 128K training step on an H100 it was slower than the kernels above (docs/benchmarks.md,
-    # 2026-12-05), so ``auto`` keeps ours; ``backend="fa4"`` runs it.
+    # FlashAttention-4 (optional extra ``fa4``) bound through a buffer callback: opt-in only. The
+    # fastest kernel per call, but the 128K training step with it was slower on an H100 (its
+    # forward ran twice per layer; docs/benchmarks.md, 2026-12-06), so ``auto`` keeps ours.
     dict(name="fa4", fn=_P + "fa4:fa4_attention", supports=_P + "fa4:registry_supports",
          auto=False, platforms=GPU),
 )

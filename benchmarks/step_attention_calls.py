@@ -1,0 +1,87 @@
+"""Count the attention kernel calls XLA keeps in the compiled training step (compile only).
+
+Compiles ``benchmarks/train_step.py``'s step (one document per row) for each ``--backends``
+entry and counts the custom calls in the optimised HLO by target, plus XLA's temp-memory size.
+With the layers scanned, a kernel called once per layer appears once per loop body: a forward
+target counted in both the forward and the backward loop means XLA re-runs the forward in the
+backward (its own rematerialisation under memory pressure), whatever the remat policy saved.
+
+  python benchmarks/step_attention_calls.py --seq_len 131072 --backends auto fa4
+
+Writes each optimised HLO to ``--hlo_dir`` when given. ``--assume_fa4`` compiles the ``fa4`` step
+where flash-attn-4 is not installed (its Python callback only runs when the step runs, never here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def count_targets(hlo_text: str) -> dict[str, int]:
+  return dict(collections.Counter(re.findall(r'custom_call_target="([^"]+)"', hlo_text)))
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--layout", default="full", choices=("full", "hybrid"))
+  ap.add_argument("--seq_len", type=int, default=131072)
+  ap.add_argument("--remat", default="save_attention")
+  ap.add_argument("--backends", nargs="+", default=["auto"])
+  ap.add_argument("--tiny", action="store_true", help="toy widths (CPU smoke test)")
+  ap.add_argument("--hlo_dir", default="")
+  ap.add_argument("--assume_fa4", action="store_true",
+                  help="treat flash-attn-4 as installed (compile only; nothing calls it)")
+  args = ap.parse_args()
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  import train_step  # pylint: disable=import-outside-toplevel
+  from longgen_jax.model import Llama  # pylint: disable=import-outside-toplevel
+  from longgen_jax.training.step import make_step  # pylint: disable=import-outside-toplevel
+  from pallas_kernels import api  # pylint: disable=import-outside-toplevel
+  if args.assume_fa4:
+    from pallas_kernels.backends import fa4  # pylint: disable=import-outside-toplevel
+    fa4._import_problem.cache_clear()
+    fa4._import_problem = lambda: None  # pylint: disable=protected-access
+  for backend in args.backends:
+    if backend != "auto" and backend not in api.available_backends():
+      ap.error(f"--backends: {backend!r} is not a registered attention backend")
+
+  L, results = args.seq_len, {}
+  for backend in args.backends:
+    cfg = train_step.model_config(args.layout, L, args.remat, args.tiny, backend)
+    tx = optax.adamw(2e-5)
+    graphdef, params, rest = nnx.split(Llama(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params,
+             "opt_state": jax.jit(tx.init)(params)}
+    batch = {"inputs": jnp.zeros((1, L), jnp.int32), "targets": jnp.zeros((1, L), jnp.int32),
+             "positions": jnp.arange(L, dtype=jnp.int32)[None],
+             "loss_mask": jnp.ones((1, L), jnp.float32)}
+    step = jax.jit(make_step(graphdef, tx, optax.constant_schedule(2e-5), grad_accum=1,
+                             loss_chunk=min(4096, L)), donate_argnums=(0,))
+    compiled = step.lower(state, rest, batch).compile()
+    text = compiled.as_text()
+    mem = compiled.memory_analysis()
+    results[backend] = {"custom_calls": count_targets(text),
+                        "temp_gib": getattr(mem, "temp_size_in_bytes", 0) / 2 ** 30}
+    print(f"{backend}: {json.dumps(results[backend])}", flush=True)
+    if args.hlo_dir:
+      os.makedirs(args.hlo_dir, exist_ok=True)
+      with open(os.path.join(args.hlo_dir, f"step_{args.layout}_{L}_{backend}.hlo.txt"), "w",
+                encoding="utf-8") as f:
+        f.write(text)
+    del state, params, rest, compiled
+  print("JSON " + json.dumps({"layout": args.layout, "seq_len": L, "remat": args.remat,
+                              "device": jax.devices()[0].device_kind, "results": results}))
+
+
+if __name__ == "__main__":
+  main()

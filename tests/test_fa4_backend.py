@@ -2,6 +2,7 @@
 plumbing and custom gradient through ``impl="emulate"`` (a dense torch stand-in given exactly what
 the FA4 call is given). The kernels themselves: tests/gpu/test_gpu_fa4.py."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -121,3 +122,35 @@ def test_auto_never_takes_it_even_where_it_would_run(monkeypatch):
     assert fa4.registry_supports("gpu", spec, shapes, jnp.bfloat16) is None
     assert api.select_backend(spec, shapes, jnp.bfloat16, platform="gpu") != "fa4"
     assert api.select_backend(spec, shapes, jnp.bfloat16, platform="gpu", backend="fa4") == "fa4"
+
+
+@pytest.mark.parametrize("remat,fwd_per_layer", [("save_attention", 1), ("full", 2)])
+def test_step_runs_the_forward_once_per_layer_when_saved(monkeypatch, remat, fwd_per_layer):
+  """The training step through the callback (emulated FA4 registered as a CPU backend): under
+  ``save_attention`` JAX keeps ``attn_out`` / ``attn_lse`` and the backward does not call the
+  forward again; under ``full`` it does. (On an H100 the forward ran twice under
+  ``save_attention``: docs/benchmarks.md, 2026-12-06.)"""
+  import collections  # pylint: disable=import-outside-toplevel
+  import functools  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+  import train_step  # pylint: disable=import-outside-toplevel
+  calls = collections.Counter()
+  fwd, bwd = fa4._fwd_callback, fa4._bwd_callback
+  monkeypatch.setattr(fa4, "_fwd_callback", lambda *a: (calls.update(["fwd"]), fwd(*a))[1])
+  monkeypatch.setattr(fa4, "_bwd_callback", lambda *a: (calls.update(["bwd"]), bwd(*a))[1])
+  fa4._callbacks.cache_clear()
+  jax.clear_caches()                      # traces holding another test's callbacks
+  name = f"fa4_emulated_{remat}"
+  api.register_backend(name, functools.partial(fa4.fa4_attention, impl="emulate"), None,
+                       auto=False, platforms=("cpu",))
+  try:
+    train_step.run_one("full", 256, remat, 1, 0.0, tiny=True, segment_ids=False, backend=name)
+  finally:
+    api.unregister_backend(name)
+    fa4._callbacks.cache_clear()
+    jax.clear_caches()
+  layers = train_step.model_config("full", 256, remat, tiny=True).n_layers
+  runs = 2                                                        # warm-up + 1 timed step
+  assert calls == {"fwd": fwd_per_layer * layers * runs, "bwd": layers * runs}

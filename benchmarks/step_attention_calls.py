@@ -1,7 +1,8 @@
 """Count the attention kernel calls XLA keeps in the compiled training step (compile only).
 
 Compiles ``benchmarks/train_step.py``'s step (one document per row) for each ``--backends``
-entry and counts the custom calls in the optimised HLO by target, plus XLA's temp-memory size.
+entry and counts the custom calls by target, in the module JAX lowers (``lowered_custom_calls``)
+and in XLA's optimised HLO (``custom_calls``), plus XLA's temp-memory size.
 With the layers scanned, a kernel called once per layer appears once per loop body: a forward
 target counted in both the forward and the backward loop means XLA re-runs the forward in the
 backward (its own rematerialisation under memory pressure), whatever the remat policy saved.
@@ -26,6 +27,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def count_targets(hlo_text: str) -> dict[str, int]:
   return dict(collections.Counter(re.findall(r'custom_call_target="([^"]+)"', hlo_text)))
+
+
+def count_lowered_targets(mlir_text: str) -> dict[str, int]:
+  """Custom calls in the module JAX hands XLA (before any XLA pass): StableHLO text."""
+  found = re.findall(r'stablehlo\.custom_call @([\w$.\-]+)\(', mlir_text)
+  found += re.findall(r'call_target_name = "([^"]+)"', mlir_text)
+  return dict(collections.Counter(found))
 
 
 def main() -> None:
@@ -67,10 +75,12 @@ def main() -> None:
              "loss_mask": jnp.ones((1, L), jnp.float32)}
     step = jax.jit(make_step(graphdef, tx, optax.constant_schedule(2e-5), grad_accum=1,
                              loss_chunk=min(4096, L)), donate_argnums=(0,))
-    compiled = step.lower(state, rest, batch).compile()
+    lowered = step.lower(state, rest, batch)
+    compiled = lowered.compile()
     text = compiled.as_text()
     mem = compiled.memory_analysis()
     results[backend] = {"custom_calls": count_targets(text),
+                        "lowered_custom_calls": count_lowered_targets(lowered.as_text()),
                         "temp_gib": getattr(mem, "temp_size_in_bytes", 0) / 2 ** 30}
     print(f"{backend}: {json.dumps(results[backend])}", flush=True)
     if args.hlo_dir:

@@ -90,17 +90,23 @@ def test_attention_report_ratios_and_rename(tmp_path):
 
 def test_step_attention_calls_counts_targets_and_runs_tiny(env, tmp_path):
   sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-  from step_attention_calls import count_targets  # pylint: disable=import-outside-toplevel
+  from step_attention_calls import count_lowered_targets, count_targets  # pylint: disable=import-outside-toplevel,line-too-long
   hlo = ('%a = custom-call(%q), custom_call_target="xla_buffer_python_gpu_callback"\n'
          '%b = custom-call(%q), custom_call_target="__cudnn$fmhaSoftmax"\n'
          '%c = custom-call(%g), custom_call_target="xla_buffer_python_gpu_callback"\n')
   assert count_targets(hlo) == {"xla_buffer_python_gpu_callback": 2, "__cudnn$fmhaSoftmax": 1}
+  mlir = ('%0:2 = stablehlo.custom_call @xla_buffer_python_gpu_callback(%q) {api_version = 4 : i32}\n'
+          '%1 = "stablehlo.custom_call"(%q) <{call_target_name = "__cudnn$fmhaSoftmax"}>\n'
+          '%2 = stablehlo.custom_call @xla_buffer_python_gpu_callback(%g)\n')
+  assert count_lowered_targets(mlir) == {"xla_buffer_python_gpu_callback": 2,
+                                         "__cudnn$fmhaSoftmax": 1}
   p = subprocess.run([sys.executable, "benchmarks/step_attention_calls.py", "--tiny", "--seq_len",
                       "256", "--backends", "xla", "--hlo_dir", str(tmp_path)], env=env, cwd=ROOT,
                      capture_output=True, text=True, timeout=600, check=False)
   assert p.returncode == 0, p.stderr[-2000:]
   res = json.loads(p.stdout.split("JSON ", 1)[1])
   assert res["results"]["xla"]["custom_calls"] == {}        # the XLA backend is plain HLO
+  assert res["results"]["xla"]["lowered_custom_calls"] == {}
   assert (tmp_path / "step_full_256_xla.hlo.txt").read_text().startswith("HloModule")
   p = subprocess.run([sys.executable, "benchmarks/step_attention_calls.py", "--tiny",
                       "--backends", "fast"], env=env, cwd=ROOT, capture_output=True, text=True,

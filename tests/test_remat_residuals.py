@@ -149,3 +149,32 @@ def test_saved_residuals_are_named_and_not_doubled(capsys):
     if "attention" in name:
       got = saved(name)
       assert {ATTN_OUT, ATTN_LSE} <= got and "context" not in got, (name, got)
+
+
+def _remat3():
+  """JAX's opt-in newer remat (``jax_remat3``), which applies policies to the primal trace only."""
+  from jax._src import config  # pylint: disable=import-outside-toplevel
+  flag = getattr(config, "remat3", None)
+  if flag is None:
+    pytest.skip("this JAX has no jax_remat3")
+  return flag(True)
+
+
+@pytest.mark.parametrize("backend", ("xla", "pallas_gpu_interpret"))
+def test_forward_not_recomputed_under_remat3(backend):
+  """The names sit in the primal computation (``_frame.differentiable``), so ``jax_remat3`` sees
+  them: ``save_attention`` keeps the kernel forward out of the backward there too (with the tags
+  inside the custom_vjp forward rule it re-ran the forward), ``full`` still re-runs it."""
+  attend = _xla(SPECS[1]) if backend == "xla" else _triton(SPECS[0])
+  x, w = _params()
+  grad = lambda policy: jax.grad(functools.partial(_loss, attend, policy), (0, 1))
+  with _remat3():
+    n_fwd = _hlo_whiles(functools.partial(_layer, attend), x, w)
+    n_none = _hlo_whiles(grad("none"), x, w)
+    assert n_fwd > 0 and n_none > n_fwd
+    assert _hlo_whiles(grad("full"), x, w) == n_none + n_fwd
+    assert _hlo_whiles(grad("save_context"), x, w) == n_none + n_fwd
+    for policy in ("save_attention", "save_attention_qkv"):
+      assert _hlo_whiles(grad(policy), x, w) == n_none, policy
+    got = _grads(attend, "save_attention")
+  jax.tree.map(np.testing.assert_array_equal, got, _grads(attend, "full"))

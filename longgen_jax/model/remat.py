@@ -20,9 +20,16 @@
 * ``everything_saveable``: save everything (remat boundary only; for debugging).
 
 Names tagged with ``jax.ad_checkpoint.checkpoint_name`` inside a layer: ``query_proj``,
-``key_proj``, ``value_proj``, ``context``, ``mlp_gate``, ``mlp_up`` (``layers.py``), and, inside
-every attention backend's ``custom_vjp`` forward rule (``pallas_kernels._common.tag_residuals``;
-also the ring's), ``attn_out`` / ``attn_lse``: the kernel output and lse the backward reads.
+``key_proj``, ``value_proj``, ``context``, ``mlp_gate``, ``mlp_up`` (``layers.py``), and, on every
+attention backend's forward outputs (``pallas_kernels._common.tag_residuals``, in the primal
+computation next to the backend's ``custom_vjp``; also the ring's), ``attn_out`` / ``attn_lse``:
+the kernel output and lse the backward reads.
+
+Under JAX's opt-in ``jax_remat3`` only name policies keep their meaning: its policies see
+``checkpoint_name`` tags in the primal trace, while ``dots_*`` and the ``save_from_both_policies``
+combinations (``minimal*``) act as ``full`` there (on CPU, jax 0.10.2: ``minimal_with_attention``
+re-runs the kernel forward under ``jax_remat3``, ``save_attention`` does not;
+``tests/test_remat_residuals.py``).
 
 Why the kernel names: the attention backward needs the forward's ``out`` and ``lse`` (plus q, k,
 v). Policies that do not save ``attn_out`` / ``attn_lse`` -- ``full``, ``save_context``,

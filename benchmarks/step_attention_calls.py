@@ -4,8 +4,10 @@ Compiles ``benchmarks/train_step.py``'s step (one document per row) for each ``-
 entry and counts the custom calls by target, in the module JAX lowers (``lowered_custom_calls``)
 and in XLA's optimised HLO (``custom_calls``), plus XLA's temp-memory size.
 With the layers scanned, a kernel called once per layer appears once per loop body: a forward
-target counted in both the forward and the backward loop means XLA re-runs the forward in the
-backward (its own rematerialisation under memory pressure), whatever the remat policy saved.
+target counted more often than JAX lowered it means XLA made the copy (on an H100 its
+dynamic-slice fusion cloned the FA4 forward callback into the residual stack's update,
+docs/benchmarks.md 2026-12-06); more forward calls already in the lowered module mean JAX's remat
+re-runs the forward.
 
   python benchmarks/step_attention_calls.py --seq_len 131072 --backends auto fa4
 

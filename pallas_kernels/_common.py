@@ -19,10 +19,9 @@ ATTN_LSE = "attn_lse"
 def tag_residuals(out, lse):
   """``(out, lse)`` tagged ``ATTN_OUT`` / ``ATTN_LSE``.
 
-  Call it on the kernel's raw outputs in the PRIMAL computation, outside any custom_vjp forward
-  rule (``jax_remat3`` applies policies to the primal trace only), and derive BOTH the outputs
-  and the backward's residuals from the tagged values (``backends._frame.differentiable``): if
-  anything still read the untagged arrays, the recomputation would have to run the kernel again.
+  Call it in a custom_vjp forward rule on the kernel's raw outputs and derive BOTH the primal
+  outputs and the residuals from the tagged values: if anything still read the untagged
+  arrays, the recomputation would have to run the kernel again.
   """
   return checkpoint_name(out, ATTN_OUT), checkpoint_name(lse, ATTN_LSE)
 

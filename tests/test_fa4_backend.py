@@ -128,8 +128,9 @@ def test_auto_never_takes_it_even_where_it_would_run(monkeypatch):
 def test_step_runs_the_forward_once_per_layer_when_saved(monkeypatch, remat, fwd_per_layer):
   """The training step through the callback (emulated FA4 registered as a CPU backend): under
   ``save_attention`` JAX keeps ``attn_out`` / ``attn_lse`` and the backward does not call the
-  forward again; under ``full`` it does. (On an H100 the forward ran twice under
-  ``save_attention``: docs/benchmarks.md, 2026-12-06.)"""
+  forward again; under ``full`` it does. (On an H100 it ran twice under ``save_attention``
+  before ``fa4._fwd``'s optimization barrier: XLA:GPU's dynamic-slice fusion cloned the call,
+  docs/benchmarks.md, 2026-12-06; XLA:CPU has no such pass.)"""
   import collections  # pylint: disable=import-outside-toplevel
   import functools  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
@@ -154,3 +155,14 @@ def test_step_runs_the_forward_once_per_layer_when_saved(monkeypatch, remat, fwd
   layers = train_step.model_config("full", 256, remat, tiny=True).n_layers
   runs = 2                                                        # warm-up + 1 timed step
   assert calls == {"fwd": fwd_per_layer * layers * runs, "bwd": layers * runs}
+
+
+def test_forward_outputs_pass_an_optimization_barrier():
+  """XLA:GPU's dynamic-slice fusion cloned the forward callback when its outputs were stored in a
+  scanned residual stack (each FA4 forward ran twice on an H100; XLA:CPU has no such pass, so only
+  the guard is checkable here): the callback's outputs go through an optimization barrier."""
+  q = jnp.zeros((1, 256, 2, 64), jnp.bfloat16)
+  f = lambda q: fa4.fa4_attention(q, q, q, AttentionSpec.full(), impl="emulate", return_lse=True)
+  text = jax.jit(f).lower(q).as_text()
+  call = text.index("xla_buffer_python_cpu_callback")
+  assert "stablehlo.optimization_barrier" in text[call:]

@@ -20,16 +20,14 @@
 * ``everything_saveable``: save everything (remat boundary only; for debugging).
 
 Names tagged with ``jax.ad_checkpoint.checkpoint_name`` inside a layer: ``query_proj``,
-``key_proj``, ``value_proj``, ``context``, ``mlp_gate``, ``mlp_up`` (``layers.py``), and, on every
-attention backend's forward outputs (``pallas_kernels._common.tag_residuals``, in the primal
-computation next to the backend's ``custom_vjp``; also the ring's), ``attn_out`` / ``attn_lse``:
-the kernel output and lse the backward reads.
+``key_proj``, ``value_proj``, ``context``, ``mlp_gate``, ``mlp_up`` (``layers.py``), and, inside
+every attention backend's ``custom_vjp`` forward rule (``pallas_kernels._common.tag_residuals``;
+also the ring's), ``attn_out`` / ``attn_lse``: the kernel output and lse the backward reads.
 
-Under JAX's opt-in ``jax_remat3`` only name policies keep their meaning: its policies see
-``checkpoint_name`` tags in the primal trace, while ``dots_*`` and the ``save_from_both_policies``
-combinations (``minimal*``) act as ``full`` there (on CPU, jax 0.10.2: ``minimal_with_attention``
-re-runs the kernel forward under ``jax_remat3``, ``save_attention`` does not;
-``tests/test_remat_residuals.py``).
+JAX's opt-in ``jax_remat3`` (off by default in jax 0.10.2; its default in 0.11.2 was not read
+here) sees neither the kernel names (they sit in custom_vjp forward rules, which it does not
+trace) nor the ``dots_*`` policies: ``remat_policy`` warns for the policies in
+``REMAT3_UNSEEN`` when it is on.
 
 Why the kernel names: the attention backward needs the forward's ``out`` and ``lse`` (plus q, k,
 v). Policies that do not save ``attn_out`` / ``attn_lse`` -- ``full``, ``save_context``,
@@ -55,6 +53,7 @@ The memory planner (``longgen_jax.parallel.memory.saved_bytes_per_token``) uses 
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import jax
@@ -84,8 +83,33 @@ REMAT_POLICIES: dict[str, Callable[[], Callable[..., bool] | None]] = {
 }
 
 
+# Policies JAX's opt-in ``jax_remat3`` does not honour: it applies a policy to the primal trace
+# only, where a custom_vjp's forward rule (home of the kernels' ``attn_out`` / ``attn_lse`` tags)
+# is not traced, and it knows name policies only (``dots_*`` act as ``full`` there).
+REMAT3_UNSEEN = tuple(n for n in REMAT_POLICIES if "attention" in n or "dots" in n
+                      or n.startswith("minimal"))
+
+
+def jax_remat3_on() -> bool:
+  """Whether JAX's newer remat (``jax_remat3``; opt-in in jax 0.10.2) is switched on."""
+  from jax._src import config as jax_config  # pylint: disable=g-import-not-at-top
+  flag = getattr(jax_config, "remat3", None)
+  return bool(flag is not None and flag.value)
+
+
 def remat_policy(name: str) -> Callable[..., bool] | None:
-  """The ``jax.checkpoint`` policy of ``name`` (None for ``"none"``: caller skips remat)."""
+  """The ``jax.checkpoint`` policy of ``name`` (None for ``"none"``: caller skips remat).
+
+  Warns when ``jax_remat3`` is on and ``name`` is one it does not honour: on CPU, jax 0.10.2, the
+  step then runs each attention kernel forward twice under ``save_attention``
+  (``tests/test_remat_residuals.py``).
+  """
   if name not in REMAT_POLICIES:
     raise ValueError(f"unknown remat policy {name!r}; known: {tuple(REMAT_POLICIES)}")
+  if name in REMAT3_UNSEEN and jax_remat3_on():
+    warnings.warn(
+        f"remat {name!r} under jax_remat3 (JAX_REMAT3): that remat does not see the attention "
+        "kernels' attn_out/attn_lse tags (custom_vjp forward rules) nor dots policies, so layers "
+        "recompute more than the policy says; switch jax_remat3 off for the documented policies",
+        stacklevel=2)
   return REMAT_POLICIES[name]()

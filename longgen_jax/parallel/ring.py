@@ -161,24 +161,15 @@ def _ring_forward(cfg: RingConfig, q, k, v, qs, ks):
   return o.astype(q.dtype), lse
 
 
-def _ring(cfg, q, k, v, qs, ks):
-  # The ring forward runs on stop_gradient inputs OUTSIDE the custom_vjp, its out / lse named like
-  # the kernels' residuals (``_frame.differentiable`` says why): ``save_attention`` keeps the ring
-  # forward out of the backward's recomputation (saving only the local out / lse), under the
-  # classic remat and ``jax_remat3`` alike.
-  sg = lax.stop_gradient
-  out, lse = tag_residuals(*_ring_forward(cfg, sg(q), sg(k), sg(v), qs, ks))
-  return _attach(cfg, q, k, v, qs, ks, out, lse)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attach(cfg, q, k, v, qs, ks, out, lse):
-  del cfg, q, k, v, qs, ks
-  return out, lse
+def _ring(cfg, q, k, v, qs, ks):
+  return _ring_forward(cfg, q, k, v, qs, ks)
 
 
-def _attach_fwd(cfg, q, k, v, qs, ks, out, lse):
-  del cfg
+def _ring_fwd(cfg, q, k, v, qs, ks):
+  # Named like the kernels' residuals: ``save_attention`` keeps the ring forward out of the
+  # backward's recomputation too (saving only the local out / lse).
+  out, lse = tag_residuals(*_ring_forward(cfg, q, k, v, qs, ks))
   return (out, lse), (q, k, v, qs, ks, out, lse)
 
 
@@ -202,11 +193,10 @@ def _ring_bwd(cfg, res, g):
   zeros = lambda x: x.astype(F32) * 0.0   # keeps x's varying mesh axes (shard_map typing)
   init = ((k, v, ks), (zeros(k), zeros(v)), zeros(q))
   (_, (dk, dv), dq), _ = lax.scan(body, init, jnp.arange(n))
-  # out / lse come from stop_gradient inputs: no cotangent for them (None = zero).
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None, None
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 
 
-_attach.defvjp(_attach_fwd, _ring_bwd)
+_ring.defvjp(_ring_fwd, _ring_bwd)
 
 
 def ring_attention(q, k, v, q_segment_ids, kv_segment_ids, cfg: RingConfig):

@@ -11,10 +11,9 @@ A backend supplies two functions working on *padded* arrays and a hashable stati
 ``q_seg`` / ``kv_seg`` are integer side inputs (segment ids, or any pytree of integer arrays such
 as cuDNN's packing; None when absent): they get no cotangent.
 
-``differentiable`` makes the pair one differentiable function per backend (the lse output is
-differentiable too: ring attention merges partial results by lse): the forward's out / lse are
-tagged ``attn_out`` / ``attn_lse`` (``_common.tag_residuals``) in the primal computation and a
-``jax.custom_vjp`` hands them to ``bwd``. ``run_padded`` pads the
+``differentiable`` wraps the pair in one ``jax.custom_vjp`` per backend (the lse output is
+differentiable too: ring attention merges partial results by lse); its forward rule tags the
+residual out / lse ``attn_out`` / ``attn_lse`` (``_common.tag_residuals``). ``run_padded`` pads the
 lengths (and optionally head_dim) to what the kernels need, runs it and slices the padding off;
 ``run_blocked`` is ``run_padded`` at whole ``Problem`` tiles. Padded keys and queries are masked
 through the block tables' ``partial`` flags (padded query rows get a zero cotangent, so they add
@@ -156,43 +155,27 @@ def pad_axis(x, size, axis):
 
 @functools.lru_cache(maxsize=None)
 def differentiable(fwd: Callable, bwd: Callable, with_lse: bool = True):
-  """``attn(q, k, v, q_seg, kv_seg, static)`` -> ``(out, lse)`` (``with_lse``) or ``out``: a
-  flash-style backward from the saved output and lse.
+  """``attn(q, k, v, q_seg, kv_seg, static)`` -> ``(out, lse)`` (``with_lse``) or ``out``, under
+  one ``custom_vjp``: a flash-style backward from the saved output and lse."""
 
-  The kernel forward runs OUTSIDE the ``custom_vjp``, on ``stop_gradient`` inputs, and its outputs
-  are tagged ``attn_out`` / ``attn_lse`` there, in the primal computation. The ``custom_vjp``
-  (``attach``) only hands (q, k, v, out, lse) to the backward: its primal is the identity on
-  ``out`` / ``lse``. So a remat policy that saves the two names skips the kernel forward in the
-  backward under either JAX remat: the classic one, which also sees names inside forward rules,
-  and ``jax_remat3`` (opt-in in jax 0.10.2), which applies the policy to the primal trace only and
-  re-ran every kernel forward when the names sat inside the forward rule
-  (``tests/test_remat_residuals.py``).
-  """
-
-  def attach(q, k, v, q_seg, kv_seg, out, lse, static):
-    del q, k, v, q_seg, kv_seg, static
+  def primal(q, k, v, q_seg, kv_seg, static):
+    out, lse = fwd(q, k, v, q_seg, kv_seg, static)
     return (out, lse) if with_lse else out
 
-  attach = jax.custom_vjp(attach, nondiff_argnums=(7,))
+  attn = jax.custom_vjp(primal, nondiff_argnums=(5,))
 
-  def attach_fwd(q, k, v, q_seg, kv_seg, out, lse, static):
-    del static
+  def attn_fwd(q, k, v, q_seg, kv_seg, static):
+    # Named residuals: a remat policy saving them skips this forward in the backward.
+    out, lse = tag_residuals(*fwd(q, k, v, q_seg, kv_seg, static))
     return ((out, lse) if with_lse else out), (q, k, v, q_seg, kv_seg, out, lse)
 
-  def attach_bwd(static, res, cts):
+  def attn_bwd(static, res, cts):
     q, k, v, q_seg, kv_seg, out, lse = res
     d_out, d_lse = cts if with_lse else (cts, None)
     dq, dk, dv = bwd(q, k, v, q_seg, kv_seg, out, lse, d_out, d_lse, static)
-    # out / lse come from stop_gradient inputs: their cotangents go nowhere (None = zero).
-    return dq, dk, dv, _no_cotangent(q_seg), _no_cotangent(kv_seg), None, None
+    return dq, dk, dv, _no_cotangent(q_seg), _no_cotangent(kv_seg)
 
-  attach.defvjp(attach_fwd, attach_bwd)
-
-  def attn(q, k, v, q_seg, kv_seg, static):
-    sg = jax.lax.stop_gradient
-    out, lse = tag_residuals(*fwd(sg(q), sg(k), sg(v), q_seg, kv_seg, static))
-    return attach(q, k, v, q_seg, kv_seg, out, lse, static)
-
+  attn.defvjp(attn_fwd, attn_bwd)
   return attn
 
 

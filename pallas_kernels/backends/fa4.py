@@ -3,11 +3,11 @@
 Optional: ``pip install 'longgen_jax[fa4]'`` (flash-attn-4 and the CUTLASS DSL; they pull torch).
 Opt-in: ``backend="fa4"`` (model configs: ``attention_backend="fa4"``); ``auto`` never takes it.
 Per kernel it is the fastest we measured (H100, 64K: 5-21% faster than our best kernel per
-pattern, forward and forward+backward; as fast as FA4 driven from torch). But the 128K training
-step with it was 4-7% slower on an H100: each layer's FA4 forward ran twice, once more in the
-backward (12 forwards for 6 layers, ``benchmarks/fa4_step_probe.py``; on CPU the same step runs
-it once). So our kernels stay the default until that is understood and fixed
-(docs/benchmarks.md, 2026-12-05 and 2026-12-06).
+pattern, forward and forward+backward; as fast as FA4 driven from torch). The 128K full-layout
+training step with it is 1.11x faster than with our kernels on an H100, since ``_fwd``'s
+optimization barrier stopped XLA:GPU from cloning the forward callback; before, each layer's
+forward ran twice (``benchmarks/fa4_step_probe.py``). Opt-in until the hybrid step and the GPU
+tests are re-run with that fix (docs/benchmarks.md, 2026-12-05 and 2026-12-06).
 
 How it runs. Each pattern is one FA4 call, the way FlexAttention's FLASH backend drives FA4:
 * ``full``: FA4's own causal kernel;

@@ -36,8 +36,9 @@ BACKENDS = (
     dict(name="split_gpu", fn=_P + "split:split_gpu_attention",
          supports=_P + "split:mosaic_sink_window_supports", priority=80, platforms=GPU),
     # FlashAttention-4 (optional extra ``fa4``) bound through a buffer callback: opt-in only. The
-    # fastest kernel per call, but the 128K training step with it was slower on an H100 (its
-    # forward ran twice per layer; docs/benchmarks.md, 2026-12-06), so ``auto`` keeps ours.
+    # fastest kernel per call and, since the forward is no longer cloned by XLA, 1.11x faster on
+    # the 128K full step (H100); ``auto`` keeps ours until the hybrid step and the GPU tests are
+    # re-run with that fix (docs/benchmarks.md, 2026-12-06).
     dict(name="fa4", fn=_P + "fa4:fa4_attention", supports=_P + "fa4:registry_supports",
          auto=False, platforms=GPU),
 )

@@ -9,11 +9,6 @@ call (prefill, evaluation) and the forward rule under ``grad``/``vjp`` (training
 forward recomputed under remat), so each use gets its fastest kernel. The two kernels compute the
 same function; their outputs differ by rounding only (both are checked against the dense reference
 in the tests of each backend).
-
-Under JAX's opt-in ``jax_remat3`` a split backend inside a remat'ed layer loses the saved
-residuals: that remat runs the primal (``infer``) in the forward and the forward rule (``train``,
-whose ``attn_out`` / ``attn_lse`` tags it cannot see) again in the backward. The single backends
-keep their tags in the primal computation and do not (``_frame.differentiable``).
 """
 
 from __future__ import annotations

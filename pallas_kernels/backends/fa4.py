@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.backends import _frame, gpu_tables
-from pallas_kernels.backends.fa4_tables import BLOCK, sparse_arrays
+from pallas_kernels.backends.fa4_tables import BLOCK, SparseArrays, sparse_arrays, token_mask
 from pallas_kernels.spec import AttentionSpec, as_spec
 
 FA4_VERSION = "4.0.0b36"
@@ -262,21 +262,17 @@ def _emulated_mask(plan: _Plan, L: int, extra, backward: bool = False):
   causal = pos[None, :] <= pos[:, None]
   if plan.native_causal:
     return causal[None]
-  mask_cnt, mask_idx, full_cnt, full_idx = (t.cpu() for t in extra[:4])
-  allowed = plan.spec.allowed(pos[:, None], pos[None, :]) & causal
-  allowed = allowed[None].repeat(mask_cnt.shape[0], 1, 1)
-  if plan.packed:
-    q_ids, kv_ids = (t.cpu()[:, :L] for t in extra[4:6])
-    allowed &= q_ids[:, :, None] == kv_ids[:, None, :]
-  m = torch.zeros_like(allowed)
-  for b in range(m.shape[0]):
-    for row in range(mask_cnt.shape[2]):
-      for idx, cnt, full in ((mask_idx, mask_cnt, False), (full_idx, full_cnt, True)):
-        for col in idx[b, 0, row, :cnt[b, 0, row]].tolist():
-          qb, kb = (col, row) if backward else (row, col)
-          qs, ks = slice(qb * BLOCK, (qb + 1) * BLOCK), slice(kb * BLOCK, (kb + 1) * BLOCK)
-          m[b, qs, ks] = True if full else allowed[b, qs, ks]
-  return m
+  lists = [t.cpu().numpy() for t in extra[:4]]          # [B, 1, n] / [B, 1, n, w]
+  allowed = (plan.spec.allowed(pos[:, None], pos[None, :]) & causal).numpy()
+  masks = []
+  for b in range(lists[0].shape[0]):
+    row_allowed = allowed
+    if plan.packed:
+      q_ids, kv_ids = (t.cpu().numpy()[b, :L] for t in extra[4:6])
+      row_allowed = allowed & (q_ids[:, None] == kv_ids[None, :])
+    arrays = SparseArrays(*(a[b, 0] for a in lists))
+    masks.append(token_mask(plan.spec, L, arrays, transposed=backward, allowed=row_allowed))
+  return torch.from_numpy(np.stack(masks))
 
 
 def _emulate(plan: _Plan, q, k, v, extra, backward: bool = False):

@@ -53,13 +53,15 @@ def sparse_arrays(spec, seq_len: int, block: int = BLOCK) -> tuple[SparseArrays,
 
 
 def token_mask(spec, seq_len: int, arrays: SparseArrays, *, transposed: bool = False,
-               block: int = BLOCK) -> np.ndarray:
+               block: int = BLOCK, allowed: np.ndarray | None = None) -> np.ndarray:
   """Bool ``[L, L]`` (query, key) mask that FA4 computes from ``arrays`` (full blocks whole,
-  masked blocks through ``spec.allowed``, keys past the end dropped): the tests' check that the
-  tables lose and add nothing. O(L^2): small L only."""
+  masked blocks through the mask_mod, keys past the end dropped): the tests' check that the
+  tables lose and add nothing, and the emulated FA4's pairs. ``allowed``: the mask_mod as a bool
+  ``[L, L]`` matrix (default ``spec.allowed``). O(L^2): small L only."""
   L = int(seq_len)
-  pos = np.arange(L)
-  allowed = spec.allowed(pos[:, None], pos[None, :]) & np.ones((L, L), bool)
+  if allowed is None:
+    pos = np.arange(L)
+    allowed = spec.allowed(pos[:, None], pos[None, :]) & np.ones((L, L), bool)
   m = np.zeros((L, L), bool)
   n = arrays.mask_cnt.size
   for row in range(n):

@@ -1,6 +1,6 @@
 """Count the attention kernel calls XLA keeps in the compiled training step (compile only).
 
-Compiles ``benchmarks/train_step.py``'s step (one document per row) for each ``--backends``
+Compiles ``benchmarks/train_step.py``'s step (``build_step``, one document per row) for each ``--backends``
 entry and counts the custom calls by target, in the module JAX lowers (``lowered_custom_calls``)
 and in XLA's optimised HLO (``custom_calls``), plus XLA's temp-memory size.
 With the layers scanned, a kernel called once per layer appears once per loop body: a forward
@@ -50,12 +50,7 @@ def main() -> None:
                   help="treat flash-attn-4 as installed (compile only; nothing calls it)")
   args = ap.parse_args()
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
   import train_step  # pylint: disable=import-outside-toplevel
-  from longgen_jax.model import Llama  # pylint: disable=import-outside-toplevel
-  from longgen_jax.training.step import make_step  # pylint: disable=import-outside-toplevel
   from pallas_kernels import api  # pylint: disable=import-outside-toplevel
   if args.assume_fa4:
     from pallas_kernels.backends import fa4  # pylint: disable=import-outside-toplevel
@@ -67,16 +62,8 @@ def main() -> None:
 
   L, results = args.seq_len, {}
   for backend in args.backends:
-    cfg = train_step.model_config(args.layout, L, args.remat, args.tiny, backend)
-    tx = optax.adamw(2e-5)
-    graphdef, params, rest = nnx.split(Llama(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params,
-             "opt_state": jax.jit(tx.init)(params)}
-    batch = {"inputs": jnp.zeros((1, L), jnp.int32), "targets": jnp.zeros((1, L), jnp.int32),
-             "positions": jnp.arange(L, dtype=jnp.int32)[None],
-             "loss_mask": jnp.ones((1, L), jnp.float32)}
-    step = jax.jit(make_step(graphdef, tx, optax.constant_schedule(2e-5), grad_accum=1,
-                             loss_chunk=min(4096, L)), donate_argnums=(0,))
+    _, step, state, rest, batch, _ = train_step.build_step(args.layout, L, args.remat, args.tiny,
+                                                           segment_ids=False, backend=backend)
     lowered = step.lower(state, rest, batch)
     compiled = lowered.compile()
     text = compiled.as_text()
@@ -90,7 +77,7 @@ def main() -> None:
       with open(os.path.join(args.hlo_dir, f"step_{args.layout}_{L}_{backend}.hlo.txt"), "w",
                 encoding="utf-8") as f:
         f.write(text)
-    del state, params, rest, compiled
+    del state, rest, batch, lowered, compiled
   print("JSON " + json.dumps({"layout": args.layout, "seq_len": L, "remat": args.remat,
                               "device": jax.devices()[0].device_kind, "results": results}))
 

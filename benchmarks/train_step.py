@@ -83,21 +83,22 @@ def _planner_platform(platform: str) -> str:
 
 
 # ------------------------------------------------------------------------------- one config
-def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: float,
-            tiny: bool = False, segment_ids: bool = True, backend: str = "auto") -> dict:
+def build_step(layout: str, seq_len: int, remat: str, tiny: bool = False,
+               segment_ids: bool = True, backend: str = "auto"):
+  """The benchmarked training step and its inputs: ``(cfg, step, state, rest, batch, seg)``.
+
+  ``step`` is jitted (state donated), not yet compiled; ``seg`` [1, seq_len] numpy ids (all 1
+  without ``segment_ids``: one document per row, and the batch carries no ids).
+  """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from longgen_jax.model import Llama  # pylint: disable=import-outside-toplevel
-  from longgen_jax.model.flops import flops_per_token  # pylint: disable=import-outside-toplevel
-  from longgen_jax.parallel import memory  # pylint: disable=import-outside-toplevel
-  from longgen_jax.training import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
   from longgen_jax.training.step import make_step  # pylint: disable=import-outside-toplevel
 
   cfg = model_config(layout, seq_len, remat, tiny, backend)
-  dev = jax.devices()[0]
   tx = optax.chain(optax.clip_by_global_norm(1.0),
                    optax.adamw(2e-5, b1=0.9, b2=0.95, weight_decay=0.1))
   graphdef, params, rest = nnx.split(Llama(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
@@ -119,6 +120,20 @@ def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: fl
     batch["segment_ids"] = jnp.asarray(seg)
   step = jax.jit(make_step(graphdef, tx, optax.constant_schedule(2e-5), grad_accum=1,
                            loss_chunk=4096), donate_argnums=(0,))
+  return cfg, step, state, rest, batch, seg
+
+
+def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: float,
+            tiny: bool = False, segment_ids: bool = True, backend: str = "auto") -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from longgen_jax.model.flops import flops_per_token  # pylint: disable=import-outside-toplevel
+  from longgen_jax.parallel import memory  # pylint: disable=import-outside-toplevel
+  from longgen_jax.training import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+
+  cfg, step, state, rest, batch, seg = build_step(layout, seq_len, remat, tiny, segment_ids,
+                                                  backend)
+  dev = jax.devices()[0]
   t0 = time.perf_counter()
   compiled = step.lower(state, rest, batch).compile()
   compile_s = time.perf_counter() - t0

@@ -165,22 +165,11 @@ def test_remat3_warns_and_reruns_the_kernel_forward():
   from pallas_kernels import api  # pylint: disable=import-outside-toplevel
   from pallas_kernels.backends import fa4  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
-  import optax  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
   import train_step  # pylint: disable=import-outside-toplevel
-  from longgen_jax.model import Llama  # pylint: disable=import-outside-toplevel
-  from longgen_jax.training.step import make_step  # pylint: disable=import-outside-toplevel
 
   def callback_sites(remat3: bool) -> int:
-    cfg = train_step.model_config("full", 256, "save_attention", tiny=True, backend="fa4_em3")
-    tx = optax.adamw(1e-3)
-    graphdef, params, rest = nnx.split(Llama(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-    batch = {k: jnp.zeros((1, 256), d) for k, d in (("inputs", jnp.int32), ("targets", jnp.int32),
-                                                    ("loss_mask", jnp.float32))}
-    batch["positions"] = jnp.arange(256, dtype=jnp.int32)[None]
-    step = jax.jit(make_step(graphdef, tx, optax.constant_schedule(1e-3), grad_accum=1,
-                             loss_chunk=256))
+    _, step, state, rest, batch, _ = train_step.build_step(
+        "full", 256, "save_attention", tiny=True, segment_ids=False, backend="fa4_em3")
     with config.remat3(remat3):
       text = step.lower(state, rest, batch).as_text()
     return text.count("xla_buffer_python_cpu_callback")

@@ -51,14 +51,14 @@ def main() -> None:
   args = ap.parse_args()
   import jax  # pylint: disable=import-outside-toplevel
   import train_step  # pylint: disable=import-outside-toplevel
-  from pallas_kernels import api  # pylint: disable=import-outside-toplevel
   if args.assume_fa4:
     from pallas_kernels.backends import fa4  # pylint: disable=import-outside-toplevel
     fa4._import_problem.cache_clear()
     fa4._import_problem = lambda: None  # pylint: disable=protected-access
   for backend in args.backends:
-    if backend != "auto" and backend not in api.available_backends():
-      ap.error(f"--backends: {backend!r} is not a registered attention backend")
+    problem = train_step.unknown_backend(backend)
+    if problem:
+      ap.error(f"--backends: {problem}")
 
   L, results = args.seq_len, {}
   for backend in args.backends:

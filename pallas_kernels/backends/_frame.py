@@ -13,7 +13,8 @@ as cuDNN's packing; None when absent): they get no cotangent.
 
 ``differentiable`` wraps the pair in one ``jax.custom_vjp`` per backend (the lse output is
 differentiable too: ring attention merges partial results by lse); its forward rule tags the
-residual out / lse ``attn_out`` / ``attn_lse`` (``_common.tag_residuals``). ``run_padded`` pads the
+residual out / lse ``attn_out`` / ``attn_lse`` (``_common.tag_residuals``), after an optimization
+barrier on the kernel's outputs (XLA:GPU cloned unbarriered custom calls). ``run_padded`` pads the
 lengths (and optionally head_dim) to what the kernels need, runs it and slices the padding off;
 ``run_blocked`` is ``run_padded`` at whole ``Problem`` tiles. Padded keys and queries are masked
 through the block tables' ``partial`` flags (padded query rows get a zero cotangent, so they add
@@ -158,15 +159,23 @@ def differentiable(fwd: Callable, bwd: Callable, with_lse: bool = True):
   """``attn(q, k, v, q_seg, kv_seg, static)`` -> ``(out, lse)`` (``with_lse``) or ``out``, under
   one ``custom_vjp``: a flash-style backward from the saved output and lse."""
 
+  def kernel(q, k, v, q_seg, kv_seg, static):
+    # The barrier keeps XLA:GPU's dynamic-slice fusion from cloning a kernel's custom call: in a
+    # scanned layer whose out / lse are saved into the stacked residuals, it fused one copy of the
+    # call with that dynamic-update-slice and kept another for the layer's output, so each forward
+    # ran twice (FA4's callback and the Mosaic GPU kernels; jax 0.11.2, H100, docs/benchmarks.md
+    # 2026-12-06). Costs one copy of out / lse into the stack.
+    return jax.lax.optimization_barrier(tuple(fwd(q, k, v, q_seg, kv_seg, static)))
+
   def primal(q, k, v, q_seg, kv_seg, static):
-    out, lse = fwd(q, k, v, q_seg, kv_seg, static)
+    out, lse = kernel(q, k, v, q_seg, kv_seg, static)
     return (out, lse) if with_lse else out
 
   attn = jax.custom_vjp(primal, nondiff_argnums=(5,))
 
   def attn_fwd(q, k, v, q_seg, kv_seg, static):
     # Named residuals: a remat policy saving them skips this forward in the backward.
-    out, lse = tag_residuals(*fwd(q, k, v, q_seg, kv_seg, static))
+    out, lse = tag_residuals(*kernel(q, k, v, q_seg, kv_seg, static))
     return ((out, lse) if with_lse else out), (q, k, v, q_seg, kv_seg, out, lse)
 
   def attn_bwd(static, res, cts):

@@ -317,12 +317,9 @@ def _fwd(q, k, v, q_seg, kv_seg, plan: _Plan):
   B, T, H, _ = q.shape
   extra = _extra_inputs(plan, q_seg, kv_seg, T, backward=False)
   shapes = (_like(q), jax.ShapeDtypeStruct((B, H, T), jnp.float32))
-  out = buffer_callback(_callbacks(plan)[0], shapes)(q, k, v, *extra)
-  # The barrier keeps XLA:GPU's dynamic-slice fusion from cloning the call: in a scanned layer
-  # whose out / lse are saved into the stacked residuals, it fused one copy of the custom call with
-  # that dynamic-update-slice and kept another for the layer's output, so each forward ran twice
-  # (jax 0.11.2, H100; docs/benchmarks.md 2026-12-06). Costs one copy of out / lse into the stack.
-  return tuple(jax.lax.optimization_barrier(tuple(out)))
+  # (``_frame.differentiable`` puts the outputs through an optimization barrier: unbarriered,
+  # XLA:GPU cloned this callback and each forward ran twice.)
+  return tuple(buffer_callback(_callbacks(plan)[0], shapes)(q, k, v, *extra))
 
 
 def _bwd(q, k, v, q_seg, kv_seg, out, lse, d_out, d_lse, plan: _Plan):

@@ -14,7 +14,8 @@ Each length takes a few minutes (``--budget-s`` caps a run; later cells are skip
 
 Rows (B=1, H=32 query heads, D=128, bf16; every length at MHA 32/32 and GQA 32/8, ``--kv-heads``):
   (each)       fa4: FlashAttention-4 bound into JAX (``pallas_kernels/backends/fa4.py``, extra
-               ``fa4``, opt-in), first; "unavailable" where flash_attn.cute does not import.
+               ``fa4``; ``auto``'s first choice where installed), first; "unavailable" where
+               flash_attn.cute does not import.
   sink_window  sink 64 + window 4096: ours (auto, pallas_gpu, split_gpu, cudnn, triton_native,
                xla), flex (Triton), flex_fa4 (FLASH backend = FlashAttention-4).
   strided      block 128, local 16 blocks, every 64th block: kv_budget(128K) = (16 + 16) * 128 =
@@ -85,7 +86,8 @@ SPECS = {
 }
 # (pattern, implementation) in the order they run at each (length, heads).
 JAX_ROWS = [
-    # ``fa4``: FlashAttention-4 bound into JAX (optional extra, opt-in; ``auto`` never takes it).
+    # ``fa4``: FlashAttention-4 bound into JAX (optional extra; ``auto`` takes it where installed,
+    # so the ``auto`` rows then repeat it: their note names the backend ``auto`` chose).
     ("sink_window", "fa4"), ("strided", "fa4"), ("full", "fa4"),
     ("sink_window", "auto"), ("sink_window", "pallas_gpu"), ("sink_window", "split_gpu"),
     ("sink_window", "cudnn"), ("sink_window", "triton_native"),

@@ -102,6 +102,7 @@ def register_backend(name: str, fn, supports=None, *, priority: int = 0, auto: b
   """
   if not isinstance(name, str) or not name or name == "auto":
     raise ValueError(f"invalid backend name {name!r}")
+  _ensure_builtins()      # a plugin replacing a built-in must come after it
   with _LOCK:
     if name in _BACKENDS and not replace:
       raise ValueError(f"attention backend {name!r} is already registered")
@@ -110,7 +111,9 @@ def register_backend(name: str, fn, supports=None, *, priority: int = 0, auto: b
 
 
 def unregister_backend(name: str) -> None:
-  """Removes a registered backend (tests, plugins replacing a built-in)."""
+  """Removes a registered backend (tests, plugins replacing a built-in; e.g. ``"fa4"`` to keep
+  ``auto`` on our kernels where FlashAttention-4 is installed)."""
+  _ensure_builtins()      # else a built-in removed before first use would come back with them
   with _LOCK:
     if _BACKENDS.pop(name, None) is None:
       raise ValueError(f"attention backend {name!r} is not registered")

@@ -156,6 +156,23 @@ def test_registered_backend_is_preferred_where_it_supports_the_call():
   assert "fake_gpu" not in api.available_backends()
 
 
+def test_builtins_can_be_removed_or_replaced_before_first_use():
+  """A fresh process: removing a built-in (``fa4``, to keep ``auto`` on ours) or replacing one
+  before any attention call sticks; the built-ins are loaded first, not over it afterwards."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  code = ("from pallas_kernels import api\n"
+          "api.unregister_backend('fa4')\n"
+          "api.register_backend('cudnn', lambda *a, **k: None, auto=False, replace=True)\n"
+          "names = api.available_backends()\n"
+          "assert 'fa4' not in names and 'xla' in names, names\n"
+          "assert not api._BACKENDS['cudnn'].auto\n"
+          "print('ok')\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       check=False)
+  assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
 def test_lazy_string_backends_resolve():
   api.register_backend("lazy_ref", "pallas_kernels.reference:reference_attention", auto=False)
   try:

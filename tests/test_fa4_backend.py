@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels import api
-from pallas_kernels.backends import fa4, fa4_tables
+from pallas_kernels.backends import fa4, fa4_tables, registry
 from pallas_kernels.spec import AttentionSpec
 from pallas_kernels.testing import Case, assert_close, run_against_reference
 
@@ -114,14 +114,35 @@ def test_cpu_refuses_in_one_line_and_auto_skips_it():
     api.select_backend(AttentionSpec.full(), shapes, jnp.bfloat16, platform="cpu", backend="fa4")
 
 
-def test_auto_never_takes_it_even_where_it_would_run(monkeypatch):
-  """fa4 is opt-in: ``auto`` keeps our kernels on a GPU where FA4 supports the call."""
+def test_auto_takes_it_first_where_it_runs_and_ours_elsewhere(monkeypatch):
+  """Where FA4 runs the call ``auto`` takes it (the fastest kernel measured, per call and per
+  step); fp32, offsets and a missing FA4 fall to our kernels; unregistering it keeps ours."""
   monkeypatch.setattr(fa4, "_platform_problem", lambda: None)
   shapes = api.AttentionShapes(1, 2048, 2048, 8, 2, 128, 0, 0, False)
-  for spec in (AttentionSpec.full(), AttentionSpec.sink_window(64, 512)):
+  specs = (AttentionSpec.full(), AttentionSpec.sink_window(64, 512), AttentionSpec.strided(2, 4))
+  for spec in specs:
     assert fa4.registry_supports("gpu", spec, shapes, jnp.bfloat16) is None
-    assert api.select_backend(spec, shapes, jnp.bfloat16, platform="gpu") != "fa4"
-    assert api.select_backend(spec, shapes, jnp.bfloat16, platform="gpu", backend="fa4") == "fa4"
+    assert api.select_backend(spec, shapes, jnp.bfloat16, platform="gpu") == "fa4"
+    assert api.select_backend(spec, shapes._replace(has_segment_ids=True), jnp.float16,
+                              platform="gpu") == "fa4"
+  ours = lambda spec, shapes, dtype=jnp.bfloat16: api.select_backend(spec, shapes, dtype,
+                                                                     platform="gpu")
+  for spec in specs:
+    assert ours(spec, shapes, jnp.float32) != "fa4"
+    assert ours(spec, shapes._replace(q_len=1920, q_offset=128)) != "fa4"
+  monkeypatch.setattr(fa4, "_platform_problem", lambda: "flash-attn-4 is not importable")
+  without = ours(specs[1], shapes)                  # split_gpu on an H100; this CPU: pallas_gpu
+  assert without != "fa4"
+  monkeypatch.setattr(fa4, "_platform_problem", lambda: None)
+  row = next(r for r in registry.BACKENDS if r["name"] == "fa4")
+  api.unregister_backend("fa4")
+  try:
+    assert ours(specs[1], shapes) == without
+    with pytest.raises(ValueError, match="unknown attention backend 'fa4'"):
+      api.select_backend(specs[1], shapes, jnp.bfloat16, platform="gpu", backend="fa4")
+  finally:
+    api.register_backend(**row)
+  assert ours(specs[1], shapes) == "fa4"
 
 
 @pytest.mark.parametrize("remat,fwd_per_layer", [("save_attention", 1), ("full", 2)])
@@ -129,7 +150,7 @@ def test_step_runs_the_forward_once_per_layer_when_saved(monkeypatch, remat, fwd
   """The training step through the callback (emulated FA4 registered as a CPU backend): under
   ``save_attention`` JAX keeps ``attn_out`` / ``attn_lse`` and the backward does not call the
   forward again; under ``full`` it does. (On an H100 it ran twice under ``save_attention``
-  before ``fa4._fwd``'s optimization barrier: XLA:GPU's dynamic-slice fusion cloned the call,
+  before the optimization barrier (now ``_frame.differentiable``'s): XLA:GPU's dynamic-slice fusion cloned the call,
   docs/benchmarks.md, 2026-12-06; XLA:CPU has no such pass.)"""
   import collections  # pylint: disable=import-outside-toplevel
   import functools  # pylint: disable=import-outside-toplevel

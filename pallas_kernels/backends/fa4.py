@@ -1,13 +1,14 @@
 """FlashAttention-4 (CuTe DSL, ``flash_attn.cute``) as an attention backend: ``fa4``.
 
 Optional: ``pip install 'longgen_jax[fa4]'`` (flash-attn-4 and the CUTLASS DSL; they pull torch).
-Opt-in: ``backend="fa4"`` (model configs: ``attention_backend="fa4"``); ``auto`` never takes it.
-Per kernel it is the fastest we measured (H100, 64K: 5-21% faster than our best kernel per
-pattern, forward and forward+backward; as fast as FA4 driven from torch). The 128K full-layout
-training step with it is 1.11x faster than with our kernels on an H100, since ``_fwd``'s
-optimization barrier stopped XLA:GPU from cloning the forward callback; before, each layer's
-forward ran twice (``benchmarks/fa4_step_probe.py``). Opt-in until the hybrid step and the GPU
-tests are re-run with that fix (docs/benchmarks.md, 2026-12-05 and 2026-12-06).
+Where it is installed, ``auto`` takes it first for every call it runs (``unsupported_reason``);
+``backend="fa4"`` (model configs: ``attention_backend="fa4"``) asks for it by name, and
+``pallas_kernels.api.unregister_backend("fa4")`` keeps our kernels. Measured on an H100 it is the
+fastest kernel per call (16K-128K, MHA and GQA, every pattern, forward and forward+backward; as
+fast as FA4 driven from torch), and the 128K training step is 1.03-1.11x faster with it than with
+our kernels (hybrid and full, one document and packed; docs/benchmarks.md, 2026-12-06). That needs
+``_frame.differentiable``'s optimization barrier: without it XLA:GPU cloned the forward callback
+and each layer's forward ran twice (``benchmarks/fa4_step_probe.py``).
 
 How it runs. Each pattern is one FA4 call, the way FlexAttention's FLASH backend drives FA4:
 * ``full``: FA4's own causal kernel;

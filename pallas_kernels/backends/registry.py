@@ -35,10 +35,13 @@ BACKENDS = (
     # runs the first when the call is not differentiated and the second under autodiff.
     dict(name="split_gpu", fn=_P + "split:split_gpu_attention",
          supports=_P + "split:mosaic_sink_window_supports", priority=80, platforms=GPU),
-    # FlashAttention-4 (optional extra ``fa4``) bound through a buffer callback: opt-in only. The
-    # fastest kernel per call and, since the forward is no longer cloned by XLA, 1.11x faster on
-    # the 128K full step (H100); ``auto`` keeps ours until the hybrid step and the GPU tests are
-    # re-run with that fix (docs/benchmarks.md, 2026-12-06).
+    # FlashAttention-4 (optional extra ``fa4``) bound through a buffer callback: first for ``auto``
+    # wherever it is installed and runs the call (bf16/fp16, whole rows, Hopper). On an H100 it was
+    # the fastest kernel in every cell measured (16K / 64K / 128K, MHA and GQA 32/8, every pattern,
+    # forward and forward+backward) and the 128K training step was faster with it in all four
+    # cases measured: hybrid / full x one document / packed (1.03-1.11x; docs/benchmarks.md,
+    # 2026-12-06, fifth sitting). Elsewhere (not installed, fp32, offsets, other GPUs) ``auto``
+    # takes ours; ``api.unregister_backend("fa4")`` keeps ours everywhere.
     dict(name="fa4", fn=_P + "fa4:fa4_attention", supports=_P + "fa4:registry_supports",
-         auto=False, platforms=GPU),
+         priority=90, platforms=GPU),
 )

@@ -1,7 +1,7 @@
 """GPU: the ``fa4`` backend (FlashAttention-4 through a buffer callback) against the dense fp32
 reference: outputs, lse and all gradients (the lse cotangent included), MHA and GQA, bf16 and
 fp16, ragged lengths, packed rows (segment ids), every pattern kind it runs; the api running it
-on request (it is opt-in: ``auto`` keeps our kernels)."""
+by name and as ``auto``'s first choice where it is installed."""
 
 import jax
 import jax.numpy as jnp
@@ -43,17 +43,18 @@ def test_fa4_matches_reference(case):
   assert_close(got, want, case.dtype, label=str(case.spec))
 
 
-def test_api_runs_fa4_on_request_and_auto_keeps_ours():
+def test_api_runs_fa4_by_name_and_as_auto():
   spec = AttentionSpec.sink_window(64, 512)
   shapes = api.AttentionShapes(1, 2048, 2048, 8, 2, 128, 0, 0, False)
   assert api.select_backend(spec, shapes, BF16, backend="fa4") == "fa4"
-  assert api.select_backend(spec, shapes, BF16) != "fa4"          # opt-in only
+  assert api.select_backend(spec, shapes, BF16) == "fa4"          # auto's first choice
+  assert api.select_backend(spec, shapes, jnp.float32) != "fa4"   # FA4 has no fp32: ours
   rng = np.random.default_rng(1)
   q = jnp.asarray(rng.standard_normal((1, 2048, 8, 128)), BF16)
   k = jnp.asarray(rng.standard_normal((1, 2048, 2, 128)), BF16)
   seg = jnp.asarray(np.repeat([[0, 1]], 1024, axis=1), jnp.int32)
-  for kw in ({}, {"segment_ids": seg}):
-    via_api = jax.jit(lambda q, k, kw=kw: api.attention(q, k, k, spec, backend="fa4", **kw))
+  for backend, kw in (("fa4", {}), ("fa4", {"segment_ids": seg}), ("auto", {})):
+    via_api = jax.jit(lambda q, k, b=backend, kw=kw: api.attention(q, k, k, spec, backend=b, **kw))
     np.testing.assert_array_equal(np.asarray(via_api(q, k), np.float32),
                                   np.asarray(fa4.fa4_attention(q, k, k, spec, **kw), np.float32))
   # what it refuses is a one-line error naming the backend

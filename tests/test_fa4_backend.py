@@ -150,8 +150,8 @@ def test_step_runs_the_forward_once_per_layer_when_saved(monkeypatch, remat, fwd
   """The training step through the callback (emulated FA4 registered as a CPU backend): under
   ``save_attention`` JAX keeps ``attn_out`` / ``attn_lse`` and the backward does not call the
   forward again; under ``full`` it does. (On an H100 it ran twice under ``save_attention``
-  before the optimization barrier (now ``_frame.differentiable``'s): XLA:GPU's dynamic-slice fusion cloned the call,
-  docs/benchmarks.md, 2026-12-06; XLA:CPU has no such pass.)"""
+  before the optimization barrier, now in ``_frame.differentiable``: XLA:GPU's dynamic-slice
+  fusion cloned the call, docs/benchmarks.md, 2026-12-06; XLA:CPU has no such pass.)"""
   import collections  # pylint: disable=import-outside-toplevel
   import functools  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel

@@ -145,10 +145,10 @@ def test_kernel_outputs_pass_a_barrier_before_they_are_saved(backend):
     layer = jax.checkpoint(functools.partial(_layer, attend), policy=remat_policy(policy))
     def body(x, w):
       return layer(x, w), None
-    ws = jax.tree.map(lambda a: jnp.stack([a, a]), w)            # a 2-layer scan, as the model
     return lambda x, ws: jnp.sum(jnp.sin(jax.lax.scan(body, x, ws)[0]))
 
-  jaxpr = _grad_jaxpr_of(step("save_attention"), x, jax.tree.map(lambda a: jnp.stack([a, a]), w))
+  ws = jax.tree.map(lambda a: jnp.stack([a, a]), w)              # a 2-layer scan, as the model
+  jaxpr = _grad_jaxpr_of(step("save_attention"), x, ws)
   found = []
 
   def walk(jx):

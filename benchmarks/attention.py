@@ -76,6 +76,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import bench_timing as timing  # pylint: disable=wrong-import-position
+from benchmarks.attention_report import label  # pylint: disable=wrong-import-position
 from pallas_kernels.spec import AttentionSpec  # pylint: disable=wrong-import-position
 
 SPECS = {
@@ -334,7 +335,7 @@ def print_table(rows: list):
   lengths = sorted({r["L"] for r in rows})
   keys = []
   for r in rows:
-    key = (r["pattern"], r["impl"], f"{r['hq']}/{r['hkv']}")
+    key = (r["pattern"], label(r), f"{r['hq']}/{r['hkv']}")
     if key not in keys:
       keys.append(key)
   head = f"{'pattern':11s} {'impl':30s} {'heads':5s}" + "".join(
@@ -345,7 +346,7 @@ def print_table(rows: list):
     cells = []
     for L in lengths:
       for mode in ("fwd", "fwdbwd"):
-        m = [r for r in rows if (r["pattern"], r["impl"], f"{r['hq']}/{r['hkv']}") == key
+        m = [r for r in rows if (r["pattern"], label(r), f"{r['hq']}/{r['hkv']}") == key
              and r["L"] == L and r["mode"] == mode]
         if not m:
           cells.append(f"{'':>17s}")

@@ -6,17 +6,26 @@ For every (pattern, length, KV heads) it prints each implementation's useful TFL
 forward+backward, its ratio to the ``flex_fa4`` row of the same cell and its share of a matmul
 ceiling (``--ceiling``, default 790 TFLOP/s: bf16 matmuls measured on the H200). When several
 files hold the same cell, the later file wins. ``--rename OLD=NEW`` relabels an implementation
-(e.g. runs whose ``pallas_gpu`` row had the Triton backward).
+(e.g. runs whose ``pallas_gpu`` row had the Triton backward). An ``auto`` row is labelled with
+the backend it chose (``auto -> fa4``: where FlashAttention-4 is installed ``auto`` is FA4, not
+one of our kernels).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 ORDER = ("auto", "split_gpu", "pallas_gpu", "pallas_gpu_mosaic_bwd", "pallas_gpu_triton_bwd",
          "cudnn", "cudnn_jax", "triton_native", "xla", "flex_fa4", "flex")
+
+
+def label(row: dict) -> str:
+  """``row["impl"]``; for ``auto``, with the backend its note says it chose (``auto -> fa4``)."""
+  chose = re.match(r"auto -> (\w+)", row.get("note") or "")
+  return f"auto -> {chose.group(1)}" if row["impl"] == "auto" and chose else row["impl"]
 
 
 def load(paths: list[str], rename: dict[str, str]) -> dict:
@@ -28,7 +37,7 @@ def load(paths: list[str], rename: dict[str, str]) -> dict:
     for r in rows:
       if not r.get("ms"):
         continue
-      impl = rename.get(r["impl"], r["impl"])
+      impl = rename.get(r["impl"], label(r))
       cells.setdefault((r["pattern"], r["L"], r["hkv"], impl), {})[r["mode"]] = r
   return cells
 
@@ -41,7 +50,7 @@ def table(cells: dict, ceiling: float) -> str:
   for pattern, L, hkv in groups:
     fa4 = cells.get((pattern, L, hkv, "flex_fa4"), {})
     impls = sorted((k[3] for k in cells if k[:3] == (pattern, L, hkv)),
-                   key=lambda i: ORDER.index(i) if i in ORDER else len(ORDER))
+                   key=lambda i: ORDER.index(i.split()[0]) if i.split()[0] in ORDER else len(ORDER))
     for impl in impls:
       c = cells[(pattern, L, hkv, impl)]
       tf = {m: c[m]["tflops"] if m in c else None for m in ("fwd", "fwdbwd")}

@@ -74,6 +74,8 @@ def test_attention_report_ratios_and_rename(tmp_path):
                                  ("pallas_gpu", "fwd", 450.0), ("pallas_gpu", "fwdbwd", 300.0)]]
   rows.append(dict(pattern="strided", L=65536, hkv=32, impl="xla", mode="fwd", ms=None,
                    tflops=None, status="skipped"))
+  rows.append(dict(pattern="strided", L=65536, hkv=32, impl="auto", mode="fwd", ms=1.0,
+                   tflops=495.0, note="auto -> fa4; n=5"))
   f = tmp_path / "a.json"
   f.write_text(json.dumps({"meta": {}, "rows": rows}))
   p = subprocess.run([sys.executable, "benchmarks/attention_report.py", str(f), "--rename",
@@ -83,6 +85,8 @@ def test_attention_report_ratios_and_rename(tmp_path):
   line, = [x for x in p.stdout.splitlines() if "pallas_gpu_triton_bwd" in x]
   assert "| 450 | 300 | 0.90 | 0.75 | 45%, 30% |" in line
   assert "xla" not in p.stdout                      # untimed rows are left out
+  line, = [x for x in p.stdout.splitlines() if "auto" in x]
+  assert "| auto -> fa4 | 495 | – | 0.99 | – |" in line   # auto names what it ran
   bad = subprocess.run([sys.executable, "benchmarks/attention_report.py", str(f), "--rename", "x"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
   assert bad.returncode != 0 and "--rename takes OLD=NEW" in bad.stderr

@@ -117,32 +117,31 @@ def test_cpu_refuses_in_one_line_and_auto_skips_it():
 def test_auto_takes_it_first_where_it_runs_and_ours_elsewhere(monkeypatch):
   """Where FA4 runs the call ``auto`` takes it (the fastest kernel measured, per call and per
   step); fp32, offsets and a missing FA4 fall to our kernels; unregistering it keeps ours."""
+  def auto_gpu(spec, shapes, dtype=jnp.bfloat16):
+    return api.select_backend(spec, shapes, dtype, platform="gpu")
+
   monkeypatch.setattr(fa4, "_platform_problem", lambda: None)
   shapes = api.AttentionShapes(1, 2048, 2048, 8, 2, 128, 0, 0, False)
   specs = (AttentionSpec.full(), AttentionSpec.sink_window(64, 512), AttentionSpec.strided(2, 4))
   for spec in specs:
     assert fa4.registry_supports("gpu", spec, shapes, jnp.bfloat16) is None
-    assert api.select_backend(spec, shapes, jnp.bfloat16, platform="gpu") == "fa4"
-    assert api.select_backend(spec, shapes._replace(has_segment_ids=True), jnp.float16,
-                              platform="gpu") == "fa4"
-  ours = lambda spec, shapes, dtype=jnp.bfloat16: api.select_backend(spec, shapes, dtype,
-                                                                     platform="gpu")
-  for spec in specs:
-    assert ours(spec, shapes, jnp.float32) != "fa4"
-    assert ours(spec, shapes._replace(q_len=1920, q_offset=128)) != "fa4"
+    assert auto_gpu(spec, shapes) == "fa4"
+    assert auto_gpu(spec, shapes._replace(has_segment_ids=True), jnp.float16) == "fa4"
+    assert auto_gpu(spec, shapes, jnp.float32) != "fa4"
+    assert auto_gpu(spec, shapes._replace(q_len=1920, q_offset=128)) != "fa4"
   monkeypatch.setattr(fa4, "_platform_problem", lambda: "flash-attn-4 is not importable")
-  without = ours(specs[1], shapes)                  # split_gpu on an H100; this CPU: pallas_gpu
+  without = auto_gpu(specs[1], shapes)              # split_gpu on an H100; this CPU: pallas_gpu
   assert without != "fa4"
   monkeypatch.setattr(fa4, "_platform_problem", lambda: None)
   row = next(r for r in registry.BACKENDS if r["name"] == "fa4")
   api.unregister_backend("fa4")
   try:
-    assert ours(specs[1], shapes) == without
+    assert auto_gpu(specs[1], shapes) == without
     with pytest.raises(ValueError, match="unknown attention backend 'fa4'"):
       api.select_backend(specs[1], shapes, jnp.bfloat16, platform="gpu", backend="fa4")
   finally:
     api.register_backend(**row)
-  assert ours(specs[1], shapes) == "fa4"
+  assert auto_gpu(specs[1], shapes) == "fa4"
 
 
 @pytest.mark.parametrize("remat,fwd_per_layer", [("save_attention", 1), ("full", 2)])

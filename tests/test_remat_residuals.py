@@ -140,15 +140,10 @@ def test_kernel_outputs_pass_a_barrier_before_they_are_saved(backend):
   saved residuals are what comes out of it."""
   attend = _xla(SPECS[1]) if backend == "xla" else _triton(SPECS[1])
   x, w = _params()
-
-  def step(policy):
-    layer = jax.checkpoint(functools.partial(_layer, attend), policy=remat_policy(policy))
-    def body(x, w):
-      return layer(x, w), None
-    return lambda x, ws: jnp.sum(jnp.sin(jax.lax.scan(body, x, ws)[0]))
-
+  layer = jax.checkpoint(functools.partial(_layer, attend), policy=remat_policy("save_attention"))
+  loss = lambda x, ws: jnp.sum(jnp.sin(jax.lax.scan(lambda x, w: (layer(x, w), None), x, ws)[0]))
   ws = jax.tree.map(lambda a: jnp.stack([a, a]), w)              # a 2-layer scan, as the model
-  jaxpr = _grad_jaxpr_of(step("save_attention"), x, ws)
+  jaxpr = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, ws).jaxpr
   found = []
 
   def walk(jx):
@@ -163,10 +158,6 @@ def test_kernel_outputs_pass_a_barrier_before_they_are_saved(backend):
   walk(jaxpr)
   tagged = [u for u in found if u.count("name") == 2]            # attn_out / attn_lse
   assert len(tagged) == 1, found                # one forward per layer, its outputs barriered
-
-
-def _grad_jaxpr_of(f, x, ws):
-  return jax.make_jaxpr(jax.grad(f, (0, 1)))(x, ws).jaxpr
 
 
 def test_saved_residuals_are_named_and_not_doubled(capsys):

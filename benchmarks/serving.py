@@ -27,6 +27,10 @@ Per model and context length (32K, 64K, 128K):
   * on a GPU, batch-1 decode at the longest length with the Pallas split-K decode kernel
     (``decode_impl="pallas_gpu"``) next to the XLA one.
 
+The prefill's attention goes through ``pallas_kernels.attention`` with ``--backend`` (default
+``auto``: FA4 where it is installed, else our kernels); each prefill row records the backend
+every layer pattern got (``prefill_backends``). ``--backend pallas_gpu`` measures ours beside it.
+
 Timing: every compiled program is warmed up first (a 2-chunk prompt compiles both prefill
 programs, 2 decode steps compile the step), then one synchronised prefill and a timed run of
 decode steps without host syncs (``block_until_ready`` at the end). Cells run in priority order
@@ -60,6 +64,7 @@ from longgen_jax.infer.engine import Engine  # noqa: E402  pylint: disable=wrong
 from longgen_jax.infer.report import nbytes  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.model.config import ModelConfig  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.model.layers import layer_param_shapes  # noqa: E402  pylint: disable=wrong-import-position
+from pallas_kernels.api import AttentionShapes, available_backends, select_backend  # noqa: E402  pylint: disable=wrong-import-position
 
 GIB = 2.0 ** 30
 
@@ -140,7 +145,20 @@ class Bench:
     else:
       chunk = max(self.args.min_chunk, self.args.prefill_tokens // batch)
     return Engine(self.cfg, self.params, prefill_chunk=chunk, cast=False, per_octave=64,
-                  decode_impl=self.args.decode_impl)
+                  backend=self.args.backend, decode_impl=self.args.decode_impl)
+
+  def prefill_backends(self, eng: Engine, batch: int, length: int) -> dict:
+    """{layer spec: attention backend} of the prefill's first chunk (later chunks of a chunked
+    prefill have offsets, which some backends refuse: those are listed under ``later:``)."""
+    cfg, chunk = self.cfg, min(length, eng.prefill_chunk)
+    dtype = jnp.dtype(cfg.dtype)
+    out = {}
+    for spec in dict.fromkeys(eng.specs):
+      for tag, off in (("", 0), ("later:", chunk)) if length > chunk else (("", 0),):
+        shapes = AttentionShapes(batch, chunk, chunk, cfg.n_heads, cfg.n_kv_heads,
+                                 cfg.head_dim, off, off, False)
+        out[tag + str(spec)] = select_backend(spec, shapes, dtype, backend=self.args.backend)
+    return out
 
   def capacity(self, length: int) -> int:
     return -(-(length + self.args.decode_steps + 2) // 128) * 128
@@ -176,7 +194,8 @@ class Bench:
     jax.block_until_ready(logits)
     prefill_s = time.perf_counter() - t0
     row = {"prefill_s": prefill_s, "prefill_tok_s": batch * length / prefill_s,
-           "prefill_chunk": eng.prefill_chunk}
+           "prefill_chunk": eng.prefill_chunk,
+           "prefill_backends": self.prefill_backends(eng, batch, length)}
     if decode:
       row.update(self.decode_loop(eng, cache, logits, batch, length))
     del logits, cache
@@ -261,7 +280,7 @@ class Bench:
   def decode_impl_cell(self, length: int, impl: str) -> dict:
     """Batch-1 decode throughput with another decode kernel (synthetic cache)."""
     eng = Engine(self.cfg, self.params, prefill_chunk=self.args.prefill_tokens, cast=False,
-                 per_octave=64, decode_impl=impl)
+                 per_octave=64, backend=self.args.backend, decode_impl=impl)
     cache = self.synthetic_cache(eng, 1, length)
     logits = jnp.zeros((1, self.cfg.vocab_size), jnp.float32)
     row = self.decode_loop(eng, cache, logits, 1, length)
@@ -476,6 +495,8 @@ def main(argv=None) -> int:
   p.add_argument("--budget_s", type=float, default=None, help="time budget for starting new "
                  "cells (420 s; a started cell finishes)")
   p.add_argument("--decode_impl", default="auto")
+  p.add_argument("--backend", default="auto", help="attention backend of the prefill "
+                 "(pallas_kernels.attention; default auto: FA4 where installed, else ours)")
   p.add_argument("--cells", default=",".join(CELLS),
                  help=f"comma list of the cells to run, of {','.join(CELLS)}")
   p.add_argument("--batches", default=None, help="largest batch per length, e.g. "
@@ -489,6 +510,8 @@ def main(argv=None) -> int:
     parse_batches(args.batches)
   except ValueError as e:
     p.error(str(e))
+  if args.backend != "auto" and args.backend not in available_backends():
+    p.error(f"unknown --backend {args.backend!r}; available: auto, {', '.join(available_backends())}")
   q = args.quick
   defaults = dict(lengths="256" if q else "32k,64k,128k", decode_steps=2 if q else 32,
                   prefill_tokens=512 if q else 16384, min_chunk=64 if q else 1024,

@@ -28,6 +28,7 @@ def test_quick_serving_benchmark_runs_and_reports(tmp_path, capsys):
     b1 = rows[(model, "batch1")]
     assert b1["status"] == "ok", b1
     assert b1["prefill_s"] > 0 and b1["decode_tok_s"] > 0
+    assert b1["prefill_backends"] and set(b1["prefill_backends"].values()) == {"xla"}, b1
     mb = rows[(model, "maxbatch_decode")]
     assert mb["status"] == "ok" and mb["batch"] == 1 and mb["tries"][0]["fits"], mb
   kv = {k["model"]: k for k in res["kv"]}
@@ -46,23 +47,28 @@ def test_benchmark_imports_no_grain_or_ml_collections():
 
 
 def test_selected_cells_with_fixed_batches(tmp_path):
-  """``--cells`` runs only the named cells; ``--batches`` replaces the batch search."""
+  """``--cells`` runs only the named cells; ``--batches`` replaces the batch search;
+  ``--backend`` picks the prefill's attention backend."""
   bench = _load()
   out = tmp_path / "serving.json"
   assert bench.main(["--quick", "--models=full", "--cells=maxbatch_prefill", "--batches=256:2",
-                     "--out", str(out)]) == 0
+                     "--backend=reference", "--out", str(out)]) == 0
   rows = json.loads(out.read_text())["rows"]
   assert [(r["kind"], r["batch"], r["status"]) for r in rows] == [("maxbatch_prefill", 2, "ok")]
   assert rows[0]["prefill_s"] > 0
+  # --backend reaches the engine: every prefill chunk (the later ones too) names it
+  assert set(rows[0]["prefill_backends"].values()) == {"reference"}, rows[0]
 
 
 def test_bad_cells_and_batches_are_refused(capsys):
   bench = _load()
-  for bad in (["--cells=batch1,nope"], ["--batches=128k"], ["--batches=128k:0"]):
+  for bad in (["--cells=batch1,nope"], ["--batches=128k"], ["--batches=128k:0"],
+              ["--backend=flash"]):
     try:
       bench.main(["--quick", *bad])
     except SystemExit as e:
       assert e.code == 2
     else:
       raise AssertionError(f"{bad} was accepted")
-  assert "nope" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert "nope" in err and "unknown --backend 'flash'" in err

@@ -24,7 +24,7 @@ demo: $(STAMP)
 	@echo "  source $(VENV)/bin/activate    # then the README's other commands work as written"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --timeout=900 -m "not gpu and not tpu" tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout=900 -m "not gpu and not tpu" tests
 
 clean:
 	rm -rf workdirs $(VENV)

@@ -1,5 +1,7 @@
-"""Shared pytest setup: the ``gpu`` marker, skipped unless JAX runs on a GPU; one xdist worker
-per ``@multidevice`` module; the trainer tests' subprocess environment (``env``)."""
+"""Shared pytest setup: the ``gpu`` marker, skipped unless JAX runs on a GPU; the trainer tests'
+subprocess environment (``env``). ``make test`` runs ``pytest -n 2 --dist loadfile``: one xdist
+worker per test module, so a ``@multidevice`` module's child run happens once
+(``longgen_jax/parallel/testing.py``; ``tests/test_testing_support.py`` checks it)."""
 
 import os
 
@@ -13,14 +15,8 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped when jax's backend is not gpu)")
 
 
-@pytest.hookimpl(tryfirst=True)     # before xdist's loadgroup reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
   del config
-  for item in items:
-    # A module's @multidevice tests share one child run per process (parallel/testing.py):
-    # one xdist worker for all of them, or each worker that draws one runs the whole module.
-    if getattr(getattr(item, "function", None), "multidevice", None):
-      item.add_marker(pytest.mark.xdist_group(item.path.name))
   if jax.default_backend() == "gpu":
     return
   skip = pytest.mark.skip(reason=f"needs a GPU; jax backend is {jax.default_backend()!r}")

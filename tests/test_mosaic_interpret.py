@@ -23,9 +23,6 @@ from pallas_kernels.mosaic_interpret import interpret_mode
 from pallas_kernels.reference import reference_attention
 from pallas_kernels.spec import AttentionSpec
 
-# One xdist worker runs them all: jax's interpreter keeps process-global state.
-pytestmark = pytest.mark.xdist_group("mosaic_interpret")
-
 FWD = pm.MosaicConfig(block_q=16, block_kv=16, max_concurrent_steps=2)
 BWD = mb.MosaicBwdConfig(block_q=16, block_kv=16, max_concurrent_steps=2)
 # The fused kernel stages dS in (8, 64)-tiled shared memory: block_q a multiple of 64. T_FUSED

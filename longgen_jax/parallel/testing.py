@@ -14,9 +14,10 @@ file. So multi-device test modules decorate their tests with ``@multidevice(8)``
 Running a module directly with the flag already in the environment (CI, a debugger) also
 runs the tests in-process.
 
-Under ``pytest -n`` the child run is per worker process, so ``tests/conftest.py`` puts a
-module's decorated tests into one ``xdist_group`` (run with ``--dist loadgroup``, as ``make
-test`` does): one child run per module, not one per worker that drew one of its tests.
+Under ``pytest -n`` the child run is per worker process, so run with ``--dist loadfile`` (as
+``make test`` does): one worker per module, one child run per module, not one per worker that drew
+one of its tests. (``--dist loadgroup`` with an ``xdist_group`` mark would do the same, but
+pytest-xdist 3.8's grouping silently does nothing under pytest 9.2: pytest-xdist issue 1386.)
 """
 
 from __future__ import annotations

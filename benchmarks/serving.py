@@ -511,7 +511,8 @@ def main(argv=None) -> int:
   except ValueError as e:
     p.error(str(e))
   if args.backend != "auto" and args.backend not in available_backends():
-    p.error(f"unknown --backend {args.backend!r}; available: auto, {', '.join(available_backends())}")
+    p.error(f"unknown --backend {args.backend!r}; "
+            f"available: auto, {', '.join(available_backends())}")
   q = args.quick
   defaults = dict(lengths="256" if q else "32k,64k,128k", decode_steps=2 if q else 32,
                   prefill_tokens=512 if q else 16384, min_chunk=64 if q else 1024,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels import api
+from pallas_kernels.backends import registry
 from pallas_kernels.reference import reference_attention
 from pallas_kernels.spec import AttentionSpec
 
@@ -22,9 +23,13 @@ def _rel(a, b):
 
 
 @pytest.fixture(name="ours_only")
-def _ours_only(monkeypatch):
-  api._ensure_builtins()  # pylint: disable=protected-access
-  monkeypatch.delitem(api._BACKENDS, "fa4", raising=False)  # pylint: disable=protected-access
+def _ours_only():
+  row = next(r for r in registry.BACKENDS if r["name"] == "fa4")
+  api.unregister_backend("fa4")
+  try:
+    yield
+  finally:
+    api.register_backend(**row)
 
 
 def test_auto_split_matches_parts_and_reference(ours_only):  # pylint: disable=unused-argument

@@ -116,3 +116,10 @@ def test_step_attention_calls_counts_targets_and_runs_tiny(env, tmp_path):
                       "--backends", "fast"], env=env, cwd=ROOT, capture_output=True, text=True,
                      timeout=300, check=False)
   assert p.returncode == 2 and "'fast' is not a registered attention backend" in p.stderr
+
+
+def test_mosaic_bwd_ab_says_it_needs_a_gpu(env):
+  p = subprocess.run([sys.executable, "benchmarks/mosaic_bwd.py", "--length", "1024"], env=env,
+                     cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert p.returncode == 2 and "needs a GPU (Hopper); found cpu" in p.stderr
+  assert len(p.stderr.strip().splitlines()) == 1

@@ -8,6 +8,7 @@ TMA run synchronously). Small tiles (16 rows, head_dim 64) keep it to seconds pe
 lengths make the K/V ring wrap and give CTAs with both full and partial entries.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -25,8 +26,8 @@ from pallas_kernels.spec import AttentionSpec
 
 FWD = pm.MosaicConfig(block_q=16, block_kv=16, max_concurrent_steps=2)
 BWD = mb.MosaicBwdConfig(block_q=16, block_kv=16, max_concurrent_steps=2)
-# The fused kernel stages dS in (8, 64)-tiled shared memory: block_q a multiple of 64. T_FUSED
-# gives 4 query tiles, so the ring wraps there too.
+# The fused kernel stages dS in tiles of its swizzle ((8, 32) at head_dim 64): block_q a multiple
+# of 32 here; 64 as on the GPU. T_FUSED gives 4 query tiles, so the ring wraps there too.
 FUSED = mb.MosaicBwdConfig(block_q=64, block_kv=16, max_concurrent_steps=2)
 T_FUSED = 256
 SPECS = ["sink_window:16:48@16", "strided:2:3@16", "full@16"]
@@ -91,6 +92,24 @@ def test_backward_vs_reference(spec, fused):
     assert _rel(g, w) < 2e-2, name
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["dq_dkv", "fused"])
+def test_backward_with_dp_issued_with_s(fused):
+  """``MosaicBwdConfig(dp_with_s=True)``: dPᵀ issued with sT, dV with dK (FA3's order)."""
+  spec = AttentionSpec.parse("sink_window:16:48@16")
+  q, k, v, do = _inputs(seed=3, t=T_FUSED if fused else T)
+  out, lse, want = _reference(q, k, v, do, spec)
+  lse2, delta = _bwd_stats(out, lse, do)
+  cfg = dataclasses.replace(FUSED if fused else BWD, dp_with_s=True)
+  with interpret_mode(detect_races=True):
+    if fused:
+      got = mb.sparse_attention_bwd(q, k, v, do, lse2, delta, spec, cfg)
+    else:
+      got = (mb.sparse_attention_dq(q, k, v, do, lse2, delta, spec, cfg),
+             *mb.sparse_attention_dkv(q, k, v, do, lse2, delta, spec, cfg))
+  for name, g, w in zip("qkv", got, want):
+    assert _rel(g, w) < 2e-2, name
+
+
 def test_gqa_forward_and_fused_backward():
   """Two query heads on one K/V head: the kernels' head mapping and the GQA sum. (The other
   cases use one head: each grid point is interpreted in turn, so heads cost time; for the same
@@ -120,10 +139,13 @@ def test_overlap_forward_deadlocks_with_a_joint_refill():
       jax.block_until_ready(jax.jit(joint)(q, k, v))
 
 
-def test_fused_refuses_narrow_query_tiles():
-  q, k, v, do = _inputs()
+@pytest.mark.parametrize("d,tile", [(64, 32), (128, 64)])
+def test_fused_refuses_narrow_query_tiles(d, tile):
+  """dS is staged in tiles of the kernel's swizzle: 128 bytes where head_dim % 128 == 0 (so each
+  warpgroup's half of K's columns is whole tiles), else 64."""
+  q = k = v = do = jnp.zeros((1, T, 1, d), jnp.bfloat16)
   lse2 = delta = jnp.zeros((1, 1, T), jnp.float32)
-  with pytest.raises(ValueError, match="block_q a multiple of 64"):
+  with pytest.raises(ValueError, match=f"block_q a multiple of {tile} "):
     mb.sparse_attention_bwd(q, k, v, do, lse2, delta, AttentionSpec.full(16), BWD)
 
 

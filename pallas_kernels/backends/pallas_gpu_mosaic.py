@@ -82,10 +82,13 @@ def fwd_step(config: MosaicConfig) -> int:
   return math.lcm(2 * config.block_q, config.block_kv)
 
 
-def tiled_smem(shape, dtype):
-  """A shared-memory buffer in the (8, 64)-tiled, 128-byte-swizzled layout TMA and wgmma take."""
+def tiled_smem(shape, dtype, swizzle: int = 128):
+  """A shared-memory buffer in the tiled, swizzled layout TMA and wgmma take: (8, 64)-tiled and
+  128-byte-swizzled for 2-byte types by default; ``swizzle`` 64 gives (8, 32) tiles (every
+  operand of one wgmma needs the same swizzle)."""
+  cols = swizzle // jnp.dtype(dtype).itemsize
   return plgpu.SMEM(shape, dtype,
-                    transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128)))
+                    transforms=(plgpu.TilingTransform((8, cols)), plgpu.SwizzleTransform(swizzle)))
 
 
 def feed_ring(n_tot, mcs, issue, used, split=False):

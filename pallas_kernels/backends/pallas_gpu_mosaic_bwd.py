@@ -31,13 +31,23 @@ K/V swapped:
   in fp32.
 
 ``sparse_attention_bwd`` (opt-in ``bwd_impl="mosaic_fused"``) is the same dK/dV kernel with dQ
-added (FA3's single pass, 5 matmuls per tile instead of 7): dSᵀ goes to shared memory, dK and
-dQ_tile = dS K both read it there, and dQ_tile is TMA reduce-added into an fp32 accumulator in
-global memory. It needs ``block_q`` a multiple of 64. On an H200 (2026-12-05) it passes the GPU
-reference tests (``-k fused``) but makes forward+backward 16-25% slower than the two kernels
-(docs/benchmarks.md, "Issue 14, 2026-12-05"), so it stays opt-in. On CPU it matches the dense
+added (FA3's single pass, 5 matmuls per tile instead of 7):
+- Each compute warpgroup writes its dSᵀ to shared memory (two buffers, by tile parity), and
+  dK += dSᵀ Q reads it there.
+- The two warpgroups then pair up on a barrier. Each computes half of dQ_tile's columns,
+  dS K over the CTA's ``2 * block_kv`` keys, from both dS, as FA3 splits it.
+- Each TMA reduce-adds its half into an fp32 accumulator in global memory, staged through
+  swizzled shared memory. So a tile costs one 64 x D fp32 reduce-add per CTA, not one per
+  warpgroup.
+- K's column halves must be whole swizzle tiles: 128-byte swizzle where D % 128 == 0, else
+  64-byte. ``block_q`` must be a multiple of the tile width (64 or 32 columns).
+The first version (2026-12-05: each warpgroup reduce-added a full 64 x D dQ tile from its own dS,
+through unswizzled staging) passed the GPU reference tests (``-k fused``) on an H200 but made
+forward+backward 16-25% slower than the two kernels (docs/benchmarks.md, "Issue 14,
+2026-12-05"). The kernel stays opt-in until it measures faster. On CPU it matches the dense
 reference in Mosaic GPU interpret mode, as do the dQ and dK/dV kernels
-(``tests/test_mosaic_interpret.py``).
+(``tests/test_mosaic_interpret.py``), and that run fails if the final pairing is left out
+(the other warpgroup's last dQ still reads K when dK takes its buffer).
 
 Limits (``unsupported`` says which): bf16/f16, head_dim % 64 == 0, zero offsets, Tq == Tk, T a
 multiple of ``2 * block_kv`` and ``2 * block_q``. Rows that see no key carry lse ``+inf``, so
@@ -70,6 +80,10 @@ class MosaicBwdConfig:
   block_q: int = 64          # query rows per streamed tile
   block_kv: int = 64         # keys per compute warpgroup (a CTA covers 2 * block_kv keys)
   max_concurrent_steps: int = 2
+  # dK/dV and fused kernels: True issues dPᵀ = V dOᵀ together with sT = K Qᵀ (one wgmma group,
+  # FA3's order), so the tensor cores work on dPᵀ while P is computed, and dV += Pᵀ dO goes with
+  # dK. False (default, the order measured on 2026-12-04): sT alone, then dV and dPᵀ after P.
+  dp_with_s: bool = False
 
 
 def step(config: MosaicBwdConfig = MosaicBwdConfig()) -> int:
@@ -134,9 +148,15 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
   seg = segment_args(segment_ids, kv_segment_ids, B, T, T)
   dtype = q.dtype
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
-  if fused and bq % 64:
-    raise ValueError(f"the fused Mosaic backward needs block_q a multiple of 64 (dS is staged in "
-                     f"(8, 64)-tiled shared memory), not {bq}")
+  early_dp = config.dp_with_s
+  # fused: each compute warpgroup computes half of dQ's columns from both warpgroups' dS, so
+  # K's column halves must be whole swizzle tiles: 128-byte swizzle where d % 128 == 0, else 64.
+  swz = 128 if d % 128 == 0 or not fused else 64
+  tile = swz // jnp.dtype(dtype).itemsize
+  dh = d // 2
+  if fused and bq % tile:
+    raise ValueError(f"the fused Mosaic backward needs block_q a multiple of {tile} (dS is staged "
+                     f"in (8, {tile})-tiled shared memory), not {bq}")
   q_seg, kv_seg = seg or (None, None)   # dK/dV's rows are keys, its entries query blocks
   tab = visit_table(kernel_tables(spec, T, T, bq, 2 * bkv).bwd, kv_seg, q_seg, 2 * bkv, bq)
 
@@ -147,8 +167,8 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
     row = lax.axis_index("kv_seq")
     wg = lax.axis_index("wg")
     ((k_smem2, v_smem2, q_smem, do_smem, lse_smem, dl_smem, *dq_smem),
-     (k_bar, v_bar), (q_bar, do_bar, lse_bar, dl_bar), used) = scoped[:4]
-    sg = Segments.of(seg_refs, scoped[4:])
+     (k_bar, v_bar), (q_bar, do_bar, lse_bar, dl_bar), used, *ds_bar) = scoped[:4 + fused]
+    sg = Segments.of(seg_refs, scoped[4 + fused:])
     visit = visit_reader(tab_ref, batch, row)
     n_full, n_tot = visit(0), visit(1)
 
@@ -175,10 +195,21 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         plgpu.barrier_wait(lse_bar.at[slot])
         qseg = None if sg is None else sg.ring(slot, masked)
 
-        def st_fn(acc_ref):
-          plgpu.wgmma(acc_ref, k_smem, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
-          return acc_ref[...]
-        s_t = pl.run_scoped(st_fn, plgpu.ACC((bkv, bq), jnp.float32))
+        zeros = lambda: plgpu.layout_cast(jnp.full((bkv, bq), 0, jnp.float32), plgpu.Layout.WGMMA)
+        if early_dp:   # sT and dPᵀ in one group: one wait for both
+          plgpu.barrier_wait(do_bar.at[slot])
+
+          def s_dp_fn(refs):
+            s_ref, dp_ref = refs
+            plgpu.wgmma(s_ref, k_smem, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
+            plgpu.wgmma(dp_ref, v_smem, plgpu.transpose_ref(do_smem.at[slot], (1, 0)))
+          z = zeros()
+          s_t, dp_t = pl.run_state(s_dp_fn)((plgpu.ACC.init(z), plgpu.ACC.init(z)))
+        else:
+          def st_fn(acc_ref):
+            plgpu.wgmma(acc_ref, k_smem, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
+            return acc_ref[...]
+          s_t = pl.run_scoped(st_fn, plgpu.ACC((bkv, bq), jnp.float32))
         lse = plgpu.load(lse_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
         p_t = jnp.exp2(s_t * c - lax.broadcast_in_dim(lse, (bkv, bq), [1]))
         if masked:
@@ -189,44 +220,73 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
           if sg is not None:
             ok &= sg.same(kseg, qseg, (bkv, bq))
           p_t = jnp.where(ok, p_t, 0.0)
-        plgpu.barrier_wait(do_bar.at[slot])
+        if not early_dp:
+          plgpu.barrier_wait(do_bar.at[slot])
 
-        def dv_dp_fn(refs):   # two wgmma in one scope: one wait for both
-          dv_ref, dp_ref = refs
-          plgpu.wgmma(dv_ref, p_t.astype(dtype), do_smem.at[slot])
-          plgpu.wgmma(dp_ref, v_smem, plgpu.transpose_ref(do_smem.at[slot], (1, 0)))
-        zeros = plgpu.layout_cast(jnp.full((bkv, bq), 0, jnp.float32), plgpu.Layout.WGMMA)
-        dv, dp_t = pl.run_state(dv_dp_fn)((plgpu.ACC.init(dv), plgpu.ACC.init(zeros)))
+          def dv_dp_fn(refs):   # two wgmma in one scope: one wait for both
+            dv_ref, dp_ref = refs
+            plgpu.wgmma(dv_ref, p_t.astype(dtype), do_smem.at[slot])
+            plgpu.wgmma(dp_ref, v_smem, plgpu.transpose_ref(do_smem.at[slot], (1, 0)))
+          dv, dp_t = pl.run_state(dv_dp_fn)((plgpu.ACC.init(dv), plgpu.ACC.init(zeros())))
         plgpu.barrier_wait(dl_bar.at[slot])
         dl = plgpu.load(dl_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
         ds_t = p_t * (dp_t - lax.broadcast_in_dim(dl, (bkv, bq), [1]))
-        if not fused:
+
+        def dv_fn(dv_ref):   # early_dp: dV += Pᵀ dO goes with dK
+          if early_dp:
+            plgpu.wgmma(dv_ref, p_t.astype(dtype), do_smem.at[slot])
+        if not fused and early_dp:
+          def dk_dv_fn(refs):
+            dk_ref, dv_ref = refs
+            plgpu.wgmma(dk_ref, ds_t.astype(dtype), q_smem.at[slot])
+            dv_fn(dv_ref)
+          dk, dv = pl.run_state(dk_dv_fn)((plgpu.ACC.init(dk), plgpu.ACC.init(dv)))
+        elif not fused:
           def dk_fn(acc_ref):
             plgpu.wgmma(acc_ref, ds_t.astype(dtype), q_smem.at[slot])
           dk = pl.run_state(dk_fn)(plgpu.ACC.init(dk))
+        if not fused:
           plgpu.barrier_arrive(used.at[slot])
           return dk, dv
-        ds_smem, dq_stage = dq_smem[0].at[wg], dq_smem[1].at[wg]
+        # dS goes to shared memory, double-buffered by tile parity: this warpgroup's dSᵀ for
+        # tile e + 2 may be written only after the other one's dQ of tile e has read it, which
+        # the pairing below guarantees (the other one arrives for e + 1 after that dQ).
+        buf = lax.rem(e, jnp.array(2, e.dtype))
+        ds_all, dq_stage = dq_smem[0].at[buf], dq_smem[1].at[wg]
+        ds_smem = ds_all.at[wg]
         ds_smem[...] = ds_t.astype(dtype)
         plgpu.commit_smem()
+        plgpu.barrier_arrive(ds_bar[0].at[buf])
+        cols = pl.ds(wg * dh, dh)
 
-        def dk_dq_fn(refs):   # dK += dSᵀ Q and dQ_tile = dS K, dS from shared memory
-          dk_ref, dq_ref = refs
+        def dk_dq_fn(refs):
+          # dK += dSᵀ Q with this warpgroup's dS; then, once both warpgroups' dS are in shared
+          # memory, this warpgroup's half of dQ_tile's columns: dS K over all 2 * block_kv keys.
+          dk_ref, dv_ref, dq_ref = refs
           plgpu.wgmma(dk_ref, ds_smem, q_smem.at[slot])
-          plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_smem, (1, 0)), k_smem)
-        dq_zeros = plgpu.layout_cast(jnp.full((bq, d), 0, jnp.float32), plgpu.Layout.WGMMA)
-        dk, dq_tile = pl.run_state(dk_dq_fn)((plgpu.ACC.init(dk), plgpu.ACC.init(dq_zeros)))
+          dv_fn(dv_ref)
+          plgpu.barrier_wait(ds_bar[0].at[buf])
+          for j in range(2):
+            plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_all.at[j], (1, 0)),
+                        k_smem2.at[j].at[:, cols])
+        dq_zeros = plgpu.layout_cast(jnp.full((bq, dh), 0, jnp.float32), plgpu.Layout.WGMMA)
+        dk, dv, dq_tile = pl.run_state(dk_dq_fn)(
+            (plgpu.ACC.init(dk), plgpu.ACC.init(dv), plgpu.ACC.init(dq_zeros)))
         plgpu.barrier_arrive(used.at[slot])
         # The previous tile's reduce-add must have read the staging buffer before it is reused.
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
         dq_stage[...] = dq_tile
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(dq_stage, dq_acc_ref.at[batch, pl.ds(qb * bq, bq), q_head],
+        plgpu.copy_smem_to_gmem(dq_stage, dq_acc_ref.at[batch, pl.ds(qb * bq, bq), q_head, cols],
                                 reduction_op="add")
         return dk, dv
 
       carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), (dk, dv))
       dk, dv = lax.fori_loop(n_full, n_tot, functools.partial(step, masked=True), carry)
+      if fused:   # the other warpgroup's last dQ reads this one's K: pair up once more (as for
+        end = lax.rem(n_tot, jnp.array(2, n_tot.dtype))   # an entry n_tot) before dK takes K's
+        plgpu.barrier_arrive(ds_bar[0].at[end])            # buffer
+        plgpu.barrier_wait(ds_bar[0].at[end])
       k_smem[...] = (dk * sc).astype(dtype)
       v_smem[...] = dv.astype(dtype)
       plgpu.commit_smem()
@@ -257,11 +317,11 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
   def entry(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, *refs):
     seg_refs, refs = (refs[:2], refs[2:]) if seg else (None, refs)
     dq_acc_ref, dk_ref, dv_ref = refs if fused else (None, *refs)
-    scratch = (tiled_smem((2, bkv, d), dtype), tiled_smem((2, bkv, d), dtype),
-               tiled_smem((mcs, bq, d), dtype), tiled_smem((mcs, bq, d), dtype),
+    sm = functools.partial(tiled_smem, dtype=dtype, swizzle=swz)
+    scratch = (sm((2, bkv, d)), sm((2, bkv, d)), sm((mcs, bq, d)), sm((mcs, bq, d)),
                plgpu.SMEM((mcs, bq), jnp.float32), plgpu.SMEM((mcs, bq), jnp.float32))
-    if fused:   # dS and the fp32 dQ staging, one each per compute warpgroup
-      scratch += (tiled_smem((2, bkv, bq), dtype), plgpu.SMEM((2, bq, d), jnp.float32))
+    if fused:   # dSᵀ (2 tile parities x 2 warpgroups), and each warpgroup's fp32 dQ staging
+      scratch += (sm((2, 2, bkv, bq)), tiled_smem((2, bq, dh), jnp.float32, swizzle=swz))
     pl.run_scoped(
         lambda *a: kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, seg_refs,
                           dq_acc_ref, dk_ref, dv_ref, a),
@@ -269,6 +329,8 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         (plgpu.Barrier(num_barriers=2),) * 2,
         (plgpu.Barrier(num_barriers=mcs),) * 4,
         plgpu.Barrier(num_arrivals=2, num_barriers=mcs),
+        # fused: both warpgroups' dS of a tile are in shared memory (per tile parity)
+        *((plgpu.Barrier(num_arrivals=2, num_barriers=2),) if fused else ()),
         *(Segments.scratch(bkv, mcs, bq) if seg else ()),
         collective_axes="wg",
     )

@@ -1,0 +1,111 @@
+"""The Mosaic GPU backward kernels alone, variant against variant, on one GPU (an A/B check).
+
+``benchmarks/attention.py`` times whole forward+backward cells through the public API. This script
+times only the backward of ``pallas_kernels/backends/pallas_gpu_mosaic_bwd.py``: the two-kernel
+default (``sparse_attention_dq`` + ``sparse_attention_dkv``) and the single-pass
+``sparse_attention_bwd`` ("fused"), each with ``MosaicBwdConfig`` variants, in one process with
+the same inputs. B=1, H=32 query heads, D=128, bf16; the forward outputs come from the Mosaic
+forward. Timing is ``benchmarks/bench_timing.py``'s (back-to-back calls, one synchronisation per
+loop, median of 5 loops), as in ``attention.py``. Useful backward FLOPs = 2.5 x the forward's
+4 * visible pairs * D * H (the convention of ``attention.py``: forward+backward = 3.5 x forward).
+
+  python3 benchmarks/mosaic_bwd.py --length 65536 --out $OUT/mosaic_bwd_64k.json
+  python3 benchmarks/mosaic_bwd.py --length 131072 --kv-heads 8 --patterns strided
+
+Each row also gives the relative L2 error of (dq, dk, dv) against the first row of its pattern
+(the default two-kernel backward). Needs a Hopper GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# name -> (kernel, MosaicBwdConfig overrides); the first is every pattern's reference row
+VARIANTS = {
+    "two_kernel": ("two", {}),
+    "two_kernel_dp_after_p": ("two", {"dp_with_s": False}),
+    "fused": ("fused", {}),
+    "fused_dp_after_p": ("fused", {"dp_with_s": False}),
+}
+PATTERNS = {"sink_window": "sink_window:64:4096", "strided": "strided:16:64", "full": "full"}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--length", type=int, default=65536)
+  p.add_argument("--kv-heads", type=int, default=32, help="32 = MHA, 8 = GQA 32/8")
+  p.add_argument("--patterns", nargs="+", default=list(PATTERNS), choices=list(PATTERNS))
+  p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+  p.add_argument("--out", default=None, help="JSON file for the rows")
+  args = p.parse_args(argv)
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import bench_timing as timing  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu_mosaic as pm  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.spec import AttentionSpec  # pylint: disable=g-import-not-at-top
+
+  if jax.devices()[0].platform != "gpu":
+    print("benchmarks/mosaic_bwd.py: needs a GPU (Hopper); found "
+          f"{jax.devices()[0].platform}", file=sys.stderr)
+    return 2
+  L, hq, hkv, d = args.length, 32, args.kv_heads, 128
+  ks = jax.random.split(jax.random.PRNGKey(0), 4)
+  q = jax.random.normal(ks[0], (1, L, hq, d), jnp.bfloat16)
+  k = jax.random.normal(ks[1], (1, L, hkv, d), jnp.bfloat16)
+  v = jax.random.normal(ks[2], (1, L, hkv, d), jnp.bfloat16)
+  do = jax.random.normal(ks[3], (1, L, hq, d), jnp.bfloat16)
+  rows = []
+  print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}, L={L}, heads {hq}/{hkv}")
+  for pattern in args.patterns:
+    spec = AttentionSpec.parse(PATTERNS[pattern])
+    out, lse2 = pm.sparse_attention_fwd(q, k, v, spec)
+    delta = jnp.einsum("bthd,bthd->bht", do.astype(jnp.float32), out.astype(jnp.float32))
+    useful = 2.5 * 4.0 * spec.visible_pairs(L) * d * hq
+    ref = None
+    for name in args.variants:
+      kind, over = VARIANTS[name]
+      cfg = dataclasses.replace(mb.MosaicBwdConfig(), **over)
+      if kind == "two":
+        fn = jax.jit(lambda q, k, v, do, l, dl, cfg=cfg, spec=spec: (
+            mb.sparse_attention_dq(q, k, v, do, l, dl, spec, cfg),
+            *mb.sparse_attention_dkv(q, k, v, do, l, dl, spec, cfg)))
+      else:
+        fn = jax.jit(lambda q, k, v, do, l, dl, cfg=cfg, spec=spec:
+                     mb.sparse_attention_bwd(q, k, v, do, l, dl, spec, cfg))
+      row = dict(pattern=pattern, spec=str(spec), variant=name, config=dataclasses.asdict(cfg),
+                 L=L, hq=hq, hkv=hkv, ms=None, tflops=None, err=None, status="ok")
+      try:
+        t = timing.time_cell(lambda fn=fn: fn(q, k, v, do, lse2, delta), jax.block_until_ready)
+        row.update(ms=t.ms, tflops=useful / (t.ms * 1e-3) / 1e12, compile_s=t.compile_s)
+        grads = [np.asarray(x, np.float32) for x in t.output]
+        if ref is None:
+          ref = grads
+        else:
+          row["err"] = max(float(np.linalg.norm(g - r) / np.linalg.norm(r))
+                           for g, r in zip(grads, ref))
+      except Exception as e:  # pylint: disable=broad-except
+        row.update(status="error", note=f"{type(e).__name__}: {e}"[:300])
+      rows.append(row)
+      shown = (f"{row['ms']:8.2f} ms {row['tflops']:6.1f} TFLOP/s err {row['err']}"
+               if row["status"] == "ok" else row["note"])
+      print(f"{pattern:12s} {name:24s} {shown}", flush=True)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(dict(rows=rows, date=time.strftime("%Y-%m-%d"),
+                     device=jax.devices()[0].device_kind, jax=jax.__version__), f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -61,10 +61,11 @@ import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.infer import slots  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.infer.cache import HybridCache, analytic_kv_bytes  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.infer.engine import Engine  # noqa: E402  pylint: disable=wrong-import-position
+from longgen_jax.infer.forward import chunk_attention_shapes  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.infer.report import nbytes  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.model.config import ModelConfig  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.model.layers import layer_param_shapes  # noqa: E402  pylint: disable=wrong-import-position
-from pallas_kernels.api import AttentionShapes, available_backends, select_backend  # noqa: E402  pylint: disable=wrong-import-position
+from pallas_kernels.api import available_backends, select_backend  # noqa: E402  pylint: disable=wrong-import-position
 
 GIB = 2.0 ** 30
 
@@ -154,9 +155,8 @@ class Bench:
     dtype = jnp.dtype(cfg.dtype)
     out = {}
     for spec in dict.fromkeys(eng.specs):
-      for tag, off in (("", 0), ("later:", chunk)) if length > chunk else (("", 0),):
-        shapes = AttentionShapes(batch, chunk, chunk, cfg.n_heads, cfg.n_kv_heads,
-                                 cfg.head_dim, off, off, False)
+      for tag, first in (("", True), ("later:", False)) if length > chunk else (("", True),):
+        shapes = chunk_attention_shapes(cfg, batch, chunk, first=first)
         out[tag + str(spec)] = select_backend(spec, shapes, dtype, backend=self.args.backend)
     return out
 

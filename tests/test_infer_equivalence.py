@@ -112,3 +112,28 @@ def test_score_equals_full_forward_log_probs():
   ref_lp = jax.nn.log_softmax(jnp.asarray(ref[0, :96]), axis=-1)
   want = np.take_along_axis(np.asarray(ref_lp), tokens[0, 1:97, None], axis=-1)[:, 0]
   np.testing.assert_allclose(lp, want, atol=1e-4)
+
+
+def test_chunk_attention_shapes_are_the_forwards_call(monkeypatch):
+  """``forward.chunk_attention_shapes`` (what ``benchmarks/serving.py`` gives ``select_backend``
+  to record each prefill's backend) is what ``prefill_chunk`` really passes the attention entry
+  point, for the first chunk and a later one."""
+  import pallas_kernels  # pylint: disable=g-import-not-at-top
+  from longgen_jax.infer.forward import chunk_attention_shapes  # pylint: disable=g-import-not-at-top
+  cfg, params, tokens, _ = setup("hybrid")
+  seen, real = set(), pallas_kernels.attention
+
+  def spy(q, k, v, spec, **kw):
+    seen.add((q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3],
+              kw["q_offset"], kw["kv_offset"], kw.get("segment_ids") is not None))
+    return real(q, k, v, spec, **kw)
+
+  monkeypatch.setattr(pallas_kernels, "attention", spy)
+  jax.clear_caches()   # earlier tests' compiled prefill would not trace the spy
+  try:
+    engine = Engine(cfg, params, prefill_chunk=64, min_prompt_bucket=16)
+    engine.prefill(prompts(tokens), max_new_tokens=T - LENS[0])
+  finally:
+    jax.clear_caches()
+  want = {tuple(chunk_attention_shapes(cfg, 2, 64, first=f)) for f in (True, False)}
+  assert seen == want, (seen, want)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
+from pallas_kernels.api import AttentionShapes
 from pallas_kernels.lse_merge import merge_forward
 from pallas_kernels.spec import AttentionSpec
 
@@ -35,6 +36,16 @@ from longgen_jax.model.config import ModelConfig
 from longgen_jax.model.layers import (attention_scale, decoder_layer, embed_tokens,
                                       final_hidden, logits_from_hidden)
 from longgen_jax.model.rope import rope_cos_sin
+
+
+def chunk_attention_shapes(cfg: ModelConfig, batch: int, chunk: int, *,
+                           first: bool) -> AttentionShapes:
+  """The static facts of ``prefill_chunk``'s self-part attention call for a chunk of ``chunk``
+  tokens (module docstring: offset 0 for the first chunk, ``chunk`` for every later one), as
+  ``pallas_kernels.select_backend`` takes them: which backend ``auto`` gives a prefill."""
+  off = 0 if first else chunk
+  return AttentionShapes(batch, chunk, chunk, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, off, off,
+                         False)
 
 
 def unembedding(cfg: ModelConfig, params) -> jax.Array:
@@ -63,7 +74,7 @@ def prefill_chunk(cfg: ModelConfig, params, cache: HybridCache, tokens, start, l
   positions = start + jnp.broadcast_to(jnp.arange(C, dtype=jnp.int32), (B, C))
   cos, sin = rope_cos_sin(cfg, positions)
   scale = attention_scale(cfg)
-  offset = 0 if first else C
+  offset = chunk_attention_shapes(cfg, B, C, first=first).q_offset
   x = embed_tokens(cfg, params["embed"], tokens)
   new_layers = []
   for p, lc in zip(params["layers"], cache.layers):

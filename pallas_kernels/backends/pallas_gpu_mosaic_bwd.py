@@ -232,15 +232,18 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         dl = plgpu.load(dl_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
         ds_t = p_t * (dp_t - lax.broadcast_in_dim(dl, (bkv, bq), [1]))
 
-        def dv_fn(dv_ref):   # early_dp: dV += Pᵀ dO goes with dK
-          if early_dp:
-            plgpu.wgmma(dv_ref, p_t.astype(dtype), do_smem.at[slot])
+        # early_dp: dV += Pᵀ dO goes in the same group as dK (its accumulator is the last ref)
+        dv_acc = (plgpu.ACC.init(dv),) if early_dp else ()
+
+        def dv_fn(dv_ref):
+          for r in dv_ref:
+            plgpu.wgmma(r, p_t.astype(dtype), do_smem.at[slot])
         if not fused and early_dp:
           def dk_dv_fn(refs):
-            dk_ref, dv_ref = refs
+            dk_ref, *dv_ref = refs
             plgpu.wgmma(dk_ref, ds_t.astype(dtype), q_smem.at[slot])
             dv_fn(dv_ref)
-          dk, dv = pl.run_state(dk_dv_fn)((plgpu.ACC.init(dk), plgpu.ACC.init(dv)))
+          dk, dv = pl.run_state(dk_dv_fn)((plgpu.ACC.init(dk), *dv_acc))
         elif not fused:
           def dk_fn(acc_ref):
             plgpu.wgmma(acc_ref, ds_t.astype(dtype), q_smem.at[slot])
@@ -262,7 +265,7 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         def dk_dq_fn(refs):
           # dK += dSᵀ Q with this warpgroup's dS; then, once both warpgroups' dS are in shared
           # memory, this warpgroup's half of dQ_tile's columns: dS K over all 2 * block_kv keys.
-          dk_ref, dv_ref, dq_ref = refs
+          dk_ref, dq_ref, *dv_ref = refs
           plgpu.wgmma(dk_ref, ds_smem, q_smem.at[slot])
           dv_fn(dv_ref)
           plgpu.barrier_wait(ds_bar[0].at[buf])
@@ -270,8 +273,9 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
             plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_all.at[j], (1, 0)),
                         k_smem2.at[j].at[:, cols])
         dq_zeros = plgpu.layout_cast(jnp.full((bq, dh), 0, jnp.float32), plgpu.Layout.WGMMA)
-        dk, dv, dq_tile = pl.run_state(dk_dq_fn)(
-            (plgpu.ACC.init(dk), plgpu.ACC.init(dv), plgpu.ACC.init(dq_zeros)))
+        dk, dq_tile, *dv_new = pl.run_state(dk_dq_fn)(
+            (plgpu.ACC.init(dk), plgpu.ACC.init(dq_zeros), *dv_acc))
+        dv = dv_new[0] if dv_new else dv
         plgpu.barrier_arrive(used.at[slot])
         # The previous tile's reduce-add must have read the staging buffer before it is reused.
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)

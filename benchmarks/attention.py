@@ -100,8 +100,8 @@ JAX_ROWS = [
     # backward on Hopper; before issue 14 the Triton one was the default).
     ("sink_window", "pallas_gpu_triton_bwd"), ("strided", "pallas_gpu_triton_bwd"),
     ("full", "pallas_gpu_triton_bwd"),
-    # Last: the opt-in single-pass Mosaic backward (correct on an H200, 16-25% slower in
-    # forward+backward on 2026-12-05; docs/benchmarks.md), after the rows above.
+    # Last: the opt-in single-pass Mosaic backward (correct on the GPU; its second version is
+    # 0.97-1.06x the two kernels in forward+backward, 2026-12-06; docs/benchmarks.md).
     ("sink_window", "pallas_gpu_fused_bwd"), ("strided", "pallas_gpu_fused_bwd"),
     ("full", "pallas_gpu_fused_bwd"),
     # and the opt-in forward with intra-warpgroup overlap (correct, 18-22% slower, same run).

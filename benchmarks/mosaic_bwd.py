@@ -31,9 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # name -> (kernel, MosaicBwdConfig overrides); the first is every pattern's reference row
 VARIANTS = {
     "two_kernel": ("two", {}),
-    "two_kernel_dp_with_s": ("two", {"dp_with_s": True}),
+    "two_kernel_dp_after_p": ("two", {"dp_with_s": False}),
     "fused": ("fused", {}),
-    "fused_dp_with_s": ("fused", {"dp_with_s": True}),
+    "fused_dp_after_p": ("fused", {"dp_with_s": False}),
 }
 PATTERNS = {"sink_window": "sink_window:64:4096", "strided": "strided:16:64", "full": "full"}
 

@@ -93,13 +93,14 @@ def test_backward_vs_reference(spec, fused):
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["dq_dkv", "fused"])
-def test_backward_with_dp_issued_with_s(fused):
-  """``MosaicBwdConfig(dp_with_s=True)``: dPᵀ issued with sT, dV with dK (FA3's order)."""
+def test_backward_with_dp_issued_after_p(fused):
+  """``MosaicBwdConfig(dp_with_s=False)``: dPᵀ and dV issued after P (the order before
+  2026-12-06; the default issues dPᵀ with sT and dV with dK)."""
   spec = AttentionSpec.parse("sink_window:16:48@16")
   q, k, v, do = _inputs(seed=3, t=T_FUSED if fused else T)
   out, lse, want = _reference(q, k, v, do, spec)
   lse2, delta = _bwd_stats(out, lse, do)
-  cfg = dataclasses.replace(FUSED if fused else BWD, dp_with_s=True)
+  cfg = dataclasses.replace(FUSED if fused else BWD, dp_with_s=False)
   with interpret_mode(detect_races=True):
     if fused:
       got = mb.sparse_attention_bwd(q, k, v, do, lse2, delta, spec, cfg)

@@ -13,7 +13,8 @@ loop, median of 5 loops), as in ``attention.py``. Useful backward FLOPs = 2.5 x 
   python3 benchmarks/mosaic_bwd.py --length 131072 --kv-heads 8 --patterns strided
 
 Each row also gives the relative L2 error of (dq, dk, dv) against the first row of its pattern
-(the default two-kernel backward). Needs a Hopper GPU.
+(the default two-kernel backward). Needs a Hopper GPU. With ``MOSAIC_GPU_DUMP_PTXAS=1`` in the
+environment, ptxas prints each kernel's registers and spills as it compiles.
 """
 
 from __future__ import annotations

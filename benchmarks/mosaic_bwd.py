@@ -33,8 +33,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     "two_kernel": ("two", {}),
     "two_kernel_dp_after_p": ("two", {"dp_with_s": False}),
+    "two_kernel_acc_scope": ("two", {"acc_scope": True}),
     "fused": ("fused", {}),
     "fused_dp_after_p": ("fused", {"dp_with_s": False}),
+    "fused_acc_scope": ("fused", {"acc_scope": True}),
 }
 PATTERNS = {"sink_window": "sink_window:64:4096", "strided": "strided:16:64", "full": "full"}
 

@@ -92,15 +92,18 @@ def test_backward_vs_reference(spec, fused):
     assert _rel(g, w) < 2e-2, name
 
 
+@pytest.mark.parametrize("over", [dict(dp_with_s=False), dict(acc_scope=True)],
+                         ids=["dp_after_p", "acc_scope"])
 @pytest.mark.parametrize("fused", [False, True], ids=["dq_dkv", "fused"])
-def test_backward_with_dp_issued_after_p(fused):
+def test_backward_config_variants(fused, over):
   """``MosaicBwdConfig(dp_with_s=False)``: dPᵀ and dV issued after P (the order before
-  2026-12-06; the default issues dPᵀ with sT and dV with dK)."""
+  2026-12-06; the default issues dPᵀ with sT and dV with dK). ``acc_scope=True``: dK and dV
+  in accumulators held over the whole loop."""
   spec = AttentionSpec.parse("sink_window:16:48@16")
   q, k, v, do = _inputs(seed=3, t=T_FUSED if fused else T)
   out, lse, want = _reference(q, k, v, do, spec)
   lse2, delta = _bwd_stats(out, lse, do)
-  cfg = dataclasses.replace(FUSED if fused else BWD, dp_with_s=False)
+  cfg = dataclasses.replace(FUSED if fused else BWD, **over)
   with interpret_mode(detect_races=True):
     if fused:
       got = mb.sparse_attention_bwd(q, k, v, do, lse2, delta, spec, cfg)

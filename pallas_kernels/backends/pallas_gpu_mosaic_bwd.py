@@ -88,6 +88,10 @@ class MosaicBwdConfig:
   # computed, and dV += Pᵀ dO goes with dK: the two-kernel backward 1.2-3.4% faster at 64K on an
   # H100, bit-identical gradients. False: sT alone, then dV and dPᵀ after P (the order until then).
   dp_with_s: bool = True
+  # dK/dV and fused kernels, with dp_with_s: dK and dV accumulate in wgmma accumulators held
+  # over the whole loop, instead of values re-entered into an accumulator every step (an
+  # optimisation barrier and a fence each time). Opt-in, not yet measured.
+  acc_scope: bool = False
 
 
 def step(config: MosaicBwdConfig = MosaicBwdConfig()) -> int:
@@ -153,6 +157,8 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
   dtype = q.dtype
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
   early_dp = config.dp_with_s
+  if config.acc_scope and not early_dp:
+    raise ValueError("MosaicBwdConfig(acc_scope=True) needs dp_with_s=True")
   # fused: each compute warpgroup computes half of dQ's columns from both warpgroups' dS, so
   # K's column halves must be whole swizzle tiles: 128-byte swizzle where d % 128 == 0, else 64.
   swz = 128 if d % 128 == 0 or not fused else 64
@@ -191,8 +197,10 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
       dk = plgpu.layout_cast(jnp.full((bkv, d), 0, jnp.float32), plgpu.Layout.WGMMA)
       dv = plgpu.layout_cast(jnp.full((bkv, d), 0, jnp.float32), plgpu.Layout.WGMMA)
 
-      def step(e, carry, masked):
-        dk, dv = carry
+      def step(e, carry, masked, acc=None):
+        # acc: dK and dV as accumulator refs held over the whole loop (``acc_scope``); the
+        # carry is then unused. Else dK and dV are the carry's values.
+        dk, dv = (None, None) if acc else carry
         slot = lax.rem(e, jnp.array(mcs, e.dtype))
         qb = visit(e + 2) if fused else None   # fused: dQ's rows; else read when masked
         plgpu.barrier_wait(q_bar.at[slot])
@@ -237,11 +245,17 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         ds_t = p_t * (dp_t - lax.broadcast_in_dim(dl, (bkv, bq), [1]))
 
         # early_dp: dV += Pᵀ dO goes in the same group as dK (its accumulator is the last ref)
-        dv_acc = (plgpu.ACC.init(dv),) if early_dp else ()
+        dv_acc = (plgpu.ACC.init(dv),) if early_dp and not acc else ()
 
         def dv_fn(dv_ref):
           for r in dv_ref:
             plgpu.wgmma(r, p_t.astype(dtype), do_smem.at[slot])
+        if not fused and acc:
+          plgpu.wgmma(acc[0], ds_t.astype(dtype), q_smem.at[slot])
+          dv_fn(acc[1:])
+          plgpu.wgmma_wait(0)   # Q and dO's slot is released below
+          plgpu.barrier_arrive(used.at[slot])
+          return carry
         if not fused and early_dp:
           def dk_dv_fn(refs):
             dk_ref, *dv_ref = refs
@@ -266,20 +280,31 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         plgpu.barrier_arrive(ds_bar[0].at[buf])
         cols = pl.ds(wg * dh, dh)
 
-        def dk_dq_fn(refs):
-          # dK += dSᵀ Q with this warpgroup's dS; then, once both warpgroups' dS are in shared
-          # memory, this warpgroup's half of dQ_tile's columns: dS K over all 2 * block_kv keys.
-          dk_ref, dq_ref, *dv_ref = refs
+        def dk_dv(dk_ref, *dv_ref):   # dK += dSᵀ Q with this warpgroup's dS (and dV)
           plgpu.wgmma(dk_ref, ds_smem, q_smem.at[slot])
           dv_fn(dv_ref)
+        if acc:   # issued before the dQ group; its wait covers them too
+          dk_dv(*acc)
+
+        def dk_dq_fn(refs):
+          # Once both warpgroups' dS are in shared memory, this warpgroup's half of dQ_tile's
+          # columns: dS K over all 2 * block_kv keys.
+          if acc:
+            (dq_ref,) = refs
+          else:
+            dk_ref, dq_ref, *dv_ref = refs
+            dk_dv(dk_ref, *dv_ref)
           plgpu.barrier_wait(ds_bar[0].at[buf])
           for j in range(2):
             plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_all.at[j], (1, 0)),
                         k_smem2.at[j].at[:, cols])
         dq_zeros = plgpu.layout_cast(jnp.full((bq, dh), 0, jnp.float32), plgpu.Layout.WGMMA)
-        dk, dq_tile, *dv_new = pl.run_state(dk_dq_fn)(
-            (plgpu.ACC.init(dk), plgpu.ACC.init(dq_zeros), *dv_acc))
-        dv = dv_new[0] if dv_new else dv
+        if acc:
+          (dq_tile,) = pl.run_state(dk_dq_fn)((plgpu.ACC.init(dq_zeros),))
+        else:
+          dk, dq_tile, *dv_new = pl.run_state(dk_dq_fn)(
+              (plgpu.ACC.init(dk), plgpu.ACC.init(dq_zeros), *dv_acc))
+          dv = dv_new[0] if dv_new else dv
         plgpu.barrier_arrive(used.at[slot])
         # The previous tile's reduce-add must have read the staging buffer before it is reused.
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
@@ -287,10 +312,19 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(dq_stage, dq_acc_ref.at[batch, pl.ds(qb * bq, bq), q_head, cols],
                                 reduction_op="add")
-        return dk, dv
+        return carry if acc else (dk, dv)
 
-      carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), (dk, dv))
-      dk, dv = lax.fori_loop(n_full, n_tot, functools.partial(step, masked=True), carry)
+      if config.acc_scope:
+        def loop(dk_ref, dv_ref):
+          for lo, hi, masked in ((0, n_full, False), (n_full, n_tot, True)):
+            lax.fori_loop(lo, hi, functools.partial(step, masked=masked, acc=(dk_ref, dv_ref)),
+                          jnp.int32(0))
+          return dk_ref[...], dv_ref[...]
+        dk, dv = pl.run_scoped(loop, plgpu.ACC((bkv, d), jnp.float32),
+                               plgpu.ACC((bkv, d), jnp.float32))
+      else:
+        carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), (dk, dv))
+        dk, dv = lax.fori_loop(n_full, n_tot, functools.partial(step, masked=True), carry)
       if fused:   # the other warpgroup's last dQ reads this one's K: pair up once more (as for
         end = lax.rem(n_tot, jnp.array(2, n_tot.dtype))   # an entry n_tot) before dK takes K's
         plgpu.barrier_arrive(ds_bar[0].at[end])            # buffer

@@ -178,3 +178,34 @@ def test_registry_dispatch():
   via_api = api.attention(q, k, v, spec, backend="pallas_gpu")
   direct = pallas_gpu.attention(q, k, v, spec)
   np.testing.assert_array_equal(np.asarray(via_api, np.float32), np.asarray(direct, np.float32))
+
+
+@pytest.mark.parametrize("seg", [False, True], ids=["", "segments"])
+@pytest.mark.parametrize("fused", [False, True], ids=["dq_dkv", "fused"])
+@pytest.mark.parametrize("over", [dict(dp_with_s=False), dict(acc_scope=True)],
+                         ids=["dp_after_p", "acc_scope"])
+def test_mosaic_bwd_config_variants_match_default(over, fused, seg):
+  """The opt-in ``MosaicBwdConfig`` variants give the default kernels' gradients (which the tests
+  above hold to the reference), GQA 8/2, with and without segment ids."""
+  from pallas_kernels.backends import pallas_gpu_mosaic as pm  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # pylint: disable=g-import-not-at-top
+  spec = AttentionSpec.parse("sink_window:64:512")
+  q, k, v, w = _inputs(8, 1, 2048, 8, 2, 128, jnp.bfloat16)
+  ids = np.zeros((1, 2048), np.int32)
+  ids[0, 700:] = 1
+  ids[0, 1333:] = 2
+  kw = dict(segment_ids=jnp.asarray(ids), kv_segment_ids=jnp.asarray(ids)) if seg else {}
+  out, lse2 = pm.sparse_attention_fwd(q, k, v, spec, **kw)
+  do = w.astype(jnp.bfloat16)
+  delta = jnp.einsum("bthd,bthd->bht", do.astype(jnp.float32), out.astype(jnp.float32))
+
+  def grads(cfg):
+    if fused:
+      return mb.sparse_attention_bwd(q, k, v, do, lse2, delta, spec, cfg, **kw)
+    return (mb.sparse_attention_dq(q, k, v, do, lse2, delta, spec, cfg, **kw),
+            *mb.sparse_attention_dkv(q, k, v, do, lse2, delta, spec, cfg, **kw))
+
+  base, var = grads(mb.MosaicBwdConfig()), grads(mb.MosaicBwdConfig(**over))
+  for name, a, b in zip("qkv", var, base):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert _rel(a, b) < 1e-3, f"d{name}: {_rel(a, b)}"

@@ -54,6 +54,14 @@ def _reference(q, k, v, do, spec, seg=None):
   return out, lse, grads
 
 
+def _backward(fused, cfg, q, k, v, do, lse2, delta, spec, **kw):
+  """(dq, dk, dv): the fused kernel, or the dQ and dK/dV kernels."""
+  if fused:
+    return mb.sparse_attention_bwd(q, k, v, do, lse2, delta, spec, cfg, **kw)
+  return (mb.sparse_attention_dq(q, k, v, do, lse2, delta, spec, cfg, **kw),
+          *mb.sparse_attention_dkv(q, k, v, do, lse2, delta, spec, cfg, **kw))
+
+
 def _bwd_stats(out, lse, do):
   """lse2 (base 2, ``+inf`` where a row sees nothing) and delta, as ``pallas_gpu._bwd`` passes."""
   lse_b, delta = _frame.bwd_row_stats(out, lse, do, None)
@@ -82,11 +90,7 @@ def test_backward_vs_reference(spec, fused):
   out, lse, want = _reference(q, k, v, do, spec)
   lse2, delta = _bwd_stats(out, lse, do)
   with interpret_mode(detect_races=True):
-    if fused:
-      got = mb.sparse_attention_bwd(q, k, v, do, lse2, delta, spec, FUSED)
-    else:
-      got = (mb.sparse_attention_dq(q, k, v, do, lse2, delta, spec, BWD),
-             *mb.sparse_attention_dkv(q, k, v, do, lse2, delta, spec, BWD))
+    got = _backward(fused, FUSED if fused else BWD, q, k, v, do, lse2, delta, spec)
   for name, g, w, x in zip("qkv", got, want, (q, k, v)):
     assert g.shape == x.shape, name
     assert _rel(g, w) < 2e-2, name
@@ -105,11 +109,7 @@ def test_backward_config_variants(fused, over):
   lse2, delta = _bwd_stats(out, lse, do)
   cfg = dataclasses.replace(FUSED if fused else BWD, **over)
   with interpret_mode(detect_races=True):
-    if fused:
-      got = mb.sparse_attention_bwd(q, k, v, do, lse2, delta, spec, cfg)
-    else:
-      got = (mb.sparse_attention_dq(q, k, v, do, lse2, delta, spec, cfg),
-             *mb.sparse_attention_dkv(q, k, v, do, lse2, delta, spec, cfg))
+    got = _backward(fused, cfg, q, k, v, do, lse2, delta, spec)
   for name, g, w in zip("qkv", got, want):
     assert _rel(g, w) < 2e-2, name
 
@@ -202,11 +202,7 @@ def test_packed_backward_vs_reference(spec, fused):
   lse2, delta = _bwd_stats(out, lse, do)
   kw = dict(segment_ids=seg, kv_segment_ids=seg)
   with interpret_mode(detect_races=True):
-    if fused:
-      got = mb.sparse_attention_bwd(q, k, v, do, lse2, delta, spec, FUSED, **kw)
-    else:
-      got = (mb.sparse_attention_dq(q, k, v, do, lse2, delta, spec, BWD, **kw),
-             *mb.sparse_attention_dkv(q, k, v, do, lse2, delta, spec, BWD, **kw))
+    got = _backward(fused, FUSED if fused else BWD, q, k, v, do, lse2, delta, spec, **kw)
   for name, g, w in zip("qkv", got, want):
     assert _rel(g, w) < 2e-2, name
 

@@ -65,7 +65,7 @@ from longgen_jax.infer.forward import chunk_attention_shapes  # noqa: E402  pyli
 from longgen_jax.infer.report import nbytes  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.model.config import ModelConfig  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.model.layers import layer_param_shapes  # noqa: E402  pylint: disable=wrong-import-position
-from pallas_kernels.api import available_backends, select_backend  # noqa: E402  pylint: disable=wrong-import-position
+from pallas_kernels.api import select_backend, unknown_backend  # noqa: E402  pylint: disable=wrong-import-position
 
 GIB = 2.0 ** 30
 
@@ -510,9 +510,9 @@ def main(argv=None) -> int:
     parse_batches(args.batches)
   except ValueError as e:
     p.error(str(e))
-  if args.backend != "auto" and args.backend not in available_backends():
-    p.error(f"unknown --backend {args.backend!r}; "
-            f"available: auto, {', '.join(available_backends())}")
+  problem = unknown_backend(args.backend)
+  if problem:
+    p.error(f"--backend: {problem}")
   q = args.quick
   defaults = dict(lengths="256" if q else "32k,64k,128k", decode_steps=2 if q else 32,
                   prefill_tokens=512 if q else 16384, min_chunk=64 if q else 1024,

@@ -55,8 +55,9 @@ def main() -> None:
     from pallas_kernels.backends import fa4  # pylint: disable=import-outside-toplevel
     fa4._import_problem.cache_clear()
     fa4._import_problem = lambda: None  # pylint: disable=protected-access
+  from pallas_kernels import api  # pylint: disable=import-outside-toplevel
   for backend in args.backends:
-    problem = train_step.unknown_backend(backend)
+    problem = api.unknown_backend(backend)
     if problem:
       ap.error(f"--backends: {problem}")
 

@@ -77,15 +77,6 @@ def probe_device(env) -> tuple[str, str, float, str]:
   return version, kind, float(limit or 0), _planner_platform(platform)
 
 
-def unknown_backend(name: str) -> str | None:
-  """None for ``auto`` or a registered attention backend, else the one-line complaint."""
-  from pallas_kernels import api  # pylint: disable=import-outside-toplevel
-  if name == "auto" or name in api.available_backends():
-    return None
-  return (f"{name!r} is not a registered attention backend; choose auto or one of "
-          f"{api.available_backends()}")
-
-
 def _planner_platform(platform: str) -> str:
   """``memory.estimate``'s platform for a jax device platform (cuda / rocm -> gpu)."""
   return "gpu" if platform in ("gpu", "cuda", "rocm") else ("tpu" if platform == "tpu" else "cpu")
@@ -208,9 +199,10 @@ def main() -> None:
 
   # The parent only plans (CPU); the children own the accelerator, one at a time.
   os.environ["JAX_PLATFORMS"] = "cpu"
-  problem = unknown_backend(args.backend)
+  from pallas_kernels import api  # pylint: disable=import-outside-toplevel
+  problem = api.unknown_backend(args.backend)
   if problem:
-    ap.error(f"--backend {problem}")
+    ap.error(f"--backend: {problem}")
   fraction = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # fa4: torch scratch
   env = dict(BASE_ENV, XLA_PYTHON_CLIENT_MEM_FRACTION=fraction,
              PYTHONPATH=os.pathsep.join(filter(None, [ROOT, BASE_ENV.get("PYTHONPATH")])))

@@ -133,11 +133,22 @@ def available_backends() -> list[str]:
   return sorted(_BACKENDS)
 
 
+def unknown_backend(name: str, allow_auto: bool = True) -> str | None:
+  """None if ``name`` is a registered backend (or ``auto``, if allowed), else the one-line
+  complaint. Every front end (``attention``, the trainer's config check, the benchmarks' flags)
+  words a bad backend name with this."""
+  _ensure_builtins()
+  if name in _BACKENDS or (allow_auto and name == "auto"):
+    return None
+  choices = (["auto"] if allow_auto else []) + available_backends()
+  return f"unknown attention backend {name!r}; choose one of {', '.join(choices)}"
+
+
 def get_backend_fn(name: str):
   """The (imported) ``fn`` of the registered backend ``name``."""
-  _ensure_builtins()
-  if name not in _BACKENDS:
-    raise ValueError(f"unknown attention backend {name!r}; available: {available_backends()}")
+  problem = unknown_backend(name, allow_auto=False)
+  if problem:
+    raise ValueError(problem)
   return _BACKENDS[name].resolve("fn")
 
 
@@ -154,9 +165,10 @@ def select_backend(spec, shapes: AttentionShapes, dtype, platform: str | None = 
   spec = as_spec(spec)
   platform = current_platform() if platform is None else platform
   if backend != "auto":
-    b = _BACKENDS.get(backend)
-    if b is None:
-      raise ValueError(f"unknown attention backend {backend!r}; available: {available_backends()}")
+    problem = unknown_backend(backend)
+    if problem:
+      raise ValueError(problem)
+    b = _BACKENDS[backend]
     reason = b.reason_unsupported(platform, spec, shapes, dtype)
     if reason:
       raise ValueError(

@@ -119,6 +119,17 @@ def test_auto_picks_xla_on_cpu_and_logs_once(caplog):
   assert str(via_api) == str(direct)
 
 
+def test_unknown_backend_is_one_message_for_every_front_end():
+  assert api.unknown_backend("xla") is None and api.unknown_backend("auto") is None
+  msg = api.unknown_backend("nope")
+  assert msg.startswith("unknown attention backend 'nope'; choose one of auto, ") and "xla" in msg
+  assert "\n" not in msg
+  assert api.unknown_backend("auto", allow_auto=False).startswith(
+      "unknown attention backend 'auto'; choose one of ")
+  with pytest.raises(ValueError, match="unknown attention backend 'auto'"):
+    api.get_backend_fn("auto")      # auto is a choice of select_backend, not a backend
+
+
 @pytest.mark.parametrize("backend, match", [("nope", "unknown attention backend 'nope'"),
                                             ("pallas_tpu", "runs on tpu only"),
                                             ("auto ", "unknown")])

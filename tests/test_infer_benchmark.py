@@ -71,4 +71,4 @@ def test_bad_cells_and_batches_are_refused(capsys):
     else:
       raise AssertionError(f"{bad} was accepted")
   err = capsys.readouterr().err
-  assert "nope" in err and "unknown --backend 'flash'" in err
+  assert "nope" in err and "--backend: unknown attention backend 'flash'" in err

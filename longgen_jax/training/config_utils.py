@@ -215,10 +215,9 @@ def _check_attention(model_cfg, mesh, seq_len: int) -> None:
   """The attention backend exists, and every sparse layer fits the sequence-parallel chunks."""
   from pallas_kernels import api  # pylint: disable=import-outside-toplevel
   from longgen_jax.parallel import halo  # pylint: disable=import-outside-toplevel
-  name = model_cfg.attention_backend
-  if name != "auto" and name not in api.available_backends():
-    raise ConfigError(f"model.attention_backend {name!r} is not a registered backend; "
-                      f"choose 'auto' or one of {api.available_backends()}")
+  problem = api.unknown_backend(model_cfg.attention_backend)
+  if problem:
+    raise ConfigError(f"model.attention_backend: {problem}")
   try:
     halo.check_specs(model_cfg.layers, mesh.sequence_layout, mesh.sequence, seq_len)
   except halo.HaloError as e:

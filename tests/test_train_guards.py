@@ -142,7 +142,8 @@ BAD_INPUT = [
     (["--config.model.vocab_size=100"],
      "tokenizer {'path': '', 'type': 'byte'} has 259 ids but model.vocab_size is 100: set "
      "--config.model.vocab_size=264"),
-    (["--config.model.attention_backend=fast"], "model.attention_backend: unknown attention backend 'fast'"),
+    (["--config.model.attention_backend=fast"],
+     "model.attention_backend: unknown attention backend 'fast'"),
     (["--config.mesh.sequence=16", "--config.train.seq_len=128"],
      "mesh.sequence=16: sink_window layer sink_window:16:32@16: sink 16 exceeds the sequence "
      "chunk length 4"),

@@ -37,4 +37,5 @@ def test_unknown_backend_is_one_line_error():
          "--backend", "fast"]
   p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300,
                      capture_output=True, text=True, check=False)
-  assert p.returncode == 2 and "--backend: unknown attention backend 'fast'; choose one of auto, " in p.stderr
+  assert p.returncode == 2
+  assert "--backend: unknown attention backend 'fast'; choose one of auto, " in p.stderr

@@ -8,6 +8,7 @@ Triton IR for CUDA (no GPU needed) to catch lowering errors before device time i
 
 import contextlib
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -258,8 +259,9 @@ def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel, seg):
       (w.shape, w.dtype) for w in want]
 
 
-@pytest.mark.parametrize("over", [dict(dp_with_s=False), dict(acc_scope=True)],
-                         ids=["dp_after_p", "acc_scope"])
+@pytest.mark.parametrize("over", [dict(dp_with_s=False), dict(acc_scope=True),
+                                  dict(registers=(240, 24))],
+                         ids=["dp_after_p", "acc_scope", "regs240"])
 @pytest.mark.parametrize("kernel", ["sparse_attention_dkv", "sparse_attention_bwd"])
 @pytest.mark.parametrize("d", [64, 128])
 def test_mosaic_bwd_config_variants_lower_for_cuda(kernel, over, d):
@@ -305,6 +307,9 @@ def test_mosaic_bwd_limits_and_config():
   assert "offsets" in mb.unsupported(1024, 2048, 128, jnp.bfloat16)
   # the step follows each kernel's tiles; one list of limits serves the forward and backward
   assert mb.step(mb.MosaicBwdConfig(block_q=64, block_kv=128)) == 256
+  for bad in [(240, 40), (236, 24), (232, 16)]:   # over 64K registers; not x8; under 24
+    with pytest.raises(ValueError, match=re.escape(f"registers={bad}")):
+      mb.MosaicBwdConfig(registers=bad)
   assert mb.unsupported(1152, 1152, 64, jnp.bfloat16,
                         config=mb.MosaicBwdConfig(block_kv=128)) is not None
   from pallas_kernels.backends import pallas_gpu_mosaic as pm  # noqa: E402

@@ -92,6 +92,16 @@ class MosaicBwdConfig:
   # over the whole loop, instead of values re-entered into an accumulator every step (an
   # optimisation barrier and a fence each time). Opt-in, not yet measured.
   acc_scope: bool = False
+  # setmaxnreg of the two compute warpgroups and of the memory warpgroup. 2 x 128 x compute +
+  # 128 x memory must fit the SM's 64K registers; FA3's backward uses (240, 24).
+  registers: tuple[int, int] = (232, 40)
+
+  def __post_init__(self):
+    compute, memory = self.registers
+    if (any(r % 8 or not 24 <= r <= 256 for r in self.registers)
+        or 128 * (2 * compute + memory) > 65536):
+      raise ValueError(f"MosaicBwdConfig.registers={self.registers}: each must be a multiple of "
+                       "8 in [24, 256], and 2 * compute + memory at most 512")
 
 
 def step(config: MosaicBwdConfig = MosaicBwdConfig()) -> int:
@@ -184,7 +194,7 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
 
     @pl.when(wg < 2)
     def _compute():
-      plgpu.set_max_registers(232, action="increase")
+      plgpu.set_max_registers(config.registers[0], action="increase")
       k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
       kv_head = lax.div(q_head, jnp.array(g, q_head.dtype))
       kv_base = row * (2 * bkv) + wg * bkv
@@ -339,7 +349,7 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
 
     @pl.when(wg == 2)
     def _memory():
-      plgpu.set_max_registers(40, action="decrease")
+      plgpu.set_max_registers(config.registers[1], action="decrease")
 
       def issue(e, slot):
         qb = visit(e + 2)
@@ -428,7 +438,7 @@ def sparse_attention_dq(q, k, v, do, lse2, delta, spec: AttentionSpec,
 
     @pl.when(wg < 2)
     def _compute():
-      plgpu.set_max_registers(232, action="increase")
+      plgpu.set_max_registers(config.registers[0], action="increase")
       q_smem, do_smem = q_smem2.at[wg], do_smem2.at[wg]
       q_base = row * (2 * bq) + wg * bq
       rows = pl.ds(q_base, bq)
@@ -485,7 +495,7 @@ def sparse_attention_dq(q, k, v, do, lse2, delta, spec: AttentionSpec,
 
     @pl.when(wg == 2)
     def _memory():
-      plgpu.set_max_registers(40, action="decrease")
+      plgpu.set_max_registers(config.registers[1], action="decrease")
       stream_kv((k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar), (k_used, v_used), visit,
                 batch=batch, kv_head=lax.div(q_head, jnp.array(g, q_head.dtype)),
                 n_tot=n_tot, bkv=bkv, mcs=mcs, seg=sg)

@@ -38,8 +38,11 @@ VARIANTS = {
     "fused_dp_after_p": ("fused", {"dp_with_s": False}),
     "fused_acc_scope": ("fused", {"acc_scope": True}),
     "two_kernel_regs240": ("two", {"registers": (240, 24)}),
+    "two_kernel_rederive": ("two", {"rederive": True}),
+    "two_kernel_rederive_regs240": ("two", {"rederive": True, "registers": (240, 24)}),
     "fused_regs240": ("fused", {"registers": (240, 24)}),
-    "fused_acc_scope_regs240": ("fused", {"acc_scope": True, "registers": (240, 24)}),
+    "fused_rederive": ("fused", {"rederive": True}),
+    "fused_rederive_regs240": ("fused", {"rederive": True, "registers": (240, 24)}),
 }
 PATTERNS = {"sink_window": "sink_window:64:4096", "strided": "strided:16:64", "full": "full"}
 

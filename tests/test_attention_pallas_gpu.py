@@ -260,8 +260,8 @@ def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel, seg):
 
 
 @pytest.mark.parametrize("over", [dict(dp_with_s=False), dict(acc_scope=True),
-                                  dict(registers=(240, 24))],
-                         ids=["dp_after_p", "acc_scope", "regs240"])
+                                  dict(registers=(240, 24)), dict(rederive=True)],
+                         ids=["dp_after_p", "acc_scope", "regs240", "rederive"])
 @pytest.mark.parametrize("kernel", ["sparse_attention_dkv", "sparse_attention_bwd"])
 @pytest.mark.parametrize("d", [64, 128])
 def test_mosaic_bwd_config_variants_lower_for_cuda(kernel, over, d):

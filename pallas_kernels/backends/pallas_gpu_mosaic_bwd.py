@@ -95,6 +95,11 @@ class MosaicBwdConfig:
   # setmaxnreg of the two compute warpgroups and of the memory warpgroup. 2 x 128 x compute +
   # 128 x memory must fit the SM's 64K registers; FA3's backward uses (240, 24).
   registers: tuple[int, int] = (232, 40)
+  # dK/dV and fused kernels: re-derive K's and V's shared-memory refs (and the mask's offsets)
+  # every step from the step's table entry, through an index LLVM cannot prove loop-invariant.
+  # Otherwise LLVM hoists the 16 wgmma descriptors of K and V (32 registers) and the mask's
+  # position vectors out of the loop, and ptxas spills (docs/kernels.md).
+  rederive: bool = False
 
   def __post_init__(self):
     compute, memory = self.registers
@@ -195,7 +200,8 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
     @pl.when(wg < 2)
     def _compute():
       plgpu.set_max_registers(config.registers[0], action="increase")
-      k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
+      k_smem = k_smem_wg = k_smem2.at[wg]
+      v_smem = v_smem_wg = v_smem2.at[wg]
       kv_head = lax.div(q_head, jnp.array(g, q_head.dtype))
       kv_base = row * (2 * bkv) + wg * bkv
       src = (batch, pl.ds(kv_base, bkv), kv_head)
@@ -212,7 +218,12 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         # carry is then unused. Else dK and dV are the carry's values.
         dk, dv = (None, None) if acc else carry
         slot = lax.rem(e, jnp.array(mcs, e.dtype))
-        qb = visit(e + 2) if fused else None   # fused: dQ's rows; else read when masked
+        qb = visit(e + 2) if fused or config.rederive else None   # fused: dQ's rows
+        k_smem, v_smem, opaque = k_smem_wg, v_smem_wg, lambda x: x
+        if config.rederive:   # + 0 at run time (entries are >= 0), but not to LLVM: the refs
+          zero = jnp.where(qb < 0, 1, 0).astype(wg.dtype)   # and offsets are recomputed
+          opaque = lambda x: x + zero                        # each step, not held across it
+          k_smem, v_smem = k_smem2.at[opaque(wg)], v_smem2.at[opaque(wg)]
         plgpu.barrier_wait(q_bar.at[slot])
         plgpu.barrier_wait(lse_bar.at[slot])
         qseg = None if sg is None else sg.ring(slot, masked)
@@ -238,7 +249,7 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
           qb = visit(e + 2) if qb is None else qb
           ki = plgpu.broadcasted_iota(jnp.int32, (bkv, bq), 0, layout=plgpu.Layout.WGMMA)
           qi = plgpu.broadcasted_iota(jnp.int32, (bkv, bq), 1, layout=plgpu.Layout.WGMMA)
-          ok = spec.allowed(qi + qb * bq, ki + kv_base, xp=jnp)
+          ok = spec.allowed(qi + opaque(qb * bq), ki + opaque(kv_base), xp=jnp)
           if sg is not None:
             ok &= sg.same(kseg, qseg, (bkv, bq))
           p_t = jnp.where(ok, p_t, 0.0)

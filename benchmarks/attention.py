@@ -24,10 +24,12 @@ Rows (B=1, H=32 query heads, D=128, bf16; every length at MHA 32/32 and GQA 32/8
   full         causal: ours (auto, cudnn, pallas_gpu, triton_native), cudnn_jax
                (jax.nn.dot_product_attention), flex, flex_fa4.
   (each)       pallas_gpu_triton_bwd: pallas_gpu with ``TritonConfig(bwd_impl="triton")``, its
-               Triton backward (``pallas_gpu`` itself takes the Mosaic GPU backward on Hopper;
-               runs of 2026-12-04 have the opposite pair: ``pallas_gpu`` with the Triton backward,
-               then the default, and ``pallas_gpu_mosaic_bwd``); pallas_gpu_fused_bwd: with
-               ``bwd_impl="mosaic_fused"``, the opt-in single-pass Mosaic backward;
+               Triton backward (``pallas_gpu`` itself takes the fused Mosaic GPU backward on
+               Hopper; runs of 2026-12-04 have the opposite pair: ``pallas_gpu`` with the Triton
+               backward, then the default, and ``pallas_gpu_mosaic_bwd``);
+               pallas_gpu_two_kernel_bwd: with ``bwd_impl="mosaic"``, the two-kernel Mosaic
+               backward (runs before 2026-12-07 instead have pallas_gpu_fused_bwd, with the then
+               opt-in ``bwd_impl="mosaic_fused"``);
                pallas_gpu_overlap_fwd: with ``fwd_impl="mosaic_overlap"``, the opt-in forward
                with intra-warpgroup overlap (these two run last).
   window       window 4096 without sinks: cudnn_jax (public API, local_window_size=(4095, 0),
@@ -96,14 +98,14 @@ JAX_ROWS = [
     ("full", "auto"), ("full", "cudnn"), ("full", "cudnn_jax"), ("full", "pallas_gpu"),
     ("full", "triton_native"), ("window", "cudnn_jax"),
     ("sink_window", "xla"), ("strided", "xla"),
-    # pallas_gpu with its Triton backward (the default, bwd_impl="auto", takes the Mosaic GPU
-    # backward on Hopper; before issue 14 the Triton one was the default).
+    # pallas_gpu with its Triton backward (the default, bwd_impl="auto", takes the fused Mosaic
+    # GPU backward on Hopper; before issue 14 the Triton one was the default).
     ("sink_window", "pallas_gpu_triton_bwd"), ("strided", "pallas_gpu_triton_bwd"),
     ("full", "pallas_gpu_triton_bwd"),
-    # Last: the opt-in single-pass Mosaic backward (correct on the GPU; its second version is
-    # 0.97-1.06x the two kernels in forward+backward, 2026-12-06; docs/benchmarks.md).
-    ("sink_window", "pallas_gpu_fused_bwd"), ("strided", "pallas_gpu_fused_bwd"),
-    ("full", "pallas_gpu_fused_bwd"),
+    # Last: the two-kernel Mosaic backward (bwd_impl="mosaic"; auto's choice until 2026-12-07,
+    # when the fused one became 4-21% faster; runs before then have pallas_gpu_fused_bwd rows).
+    ("sink_window", "pallas_gpu_two_kernel_bwd"), ("strided", "pallas_gpu_two_kernel_bwd"),
+    ("full", "pallas_gpu_two_kernel_bwd"),
     # and the opt-in forward with intra-warpgroup overlap (correct, 18-22% slower, same run).
     ("sink_window", "pallas_gpu_overlap_fwd"), ("strided", "pallas_gpu_overlap_fwd"),
     ("full", "pallas_gpu_overlap_fwd"),
@@ -150,7 +152,7 @@ def _jax_impl(pattern: str, impl: str, log_records: list):
     cfg = triton_native.NativeConfig(**over)
     return functools.partial(triton_native.native_attention, spec=spec, config=cfg), str(cfg)
   forced = {"pallas_gpu_triton_bwd": dict(bwd_impl="triton"),   # pallas_gpu, one kernel forced
-            "pallas_gpu_fused_bwd": dict(bwd_impl="mosaic_fused"),
+            "pallas_gpu_two_kernel_bwd": dict(bwd_impl="mosaic"),
             "pallas_gpu_overlap_fwd": dict(fwd_impl="mosaic_overlap")}
   if impl in forced:
     from pallas_kernels.backends import pallas_gpu  # pylint: disable=g-import-not-at-top

@@ -32,17 +32,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # name -> (kernel, MosaicBwdConfig overrides); the first is every pattern's reference row
 VARIANTS = {
     "two_kernel": ("two", {}),
+    "two_kernel_before": ("two", {"rederive": False, "registers": (232, 40)}),
     "two_kernel_dp_after_p": ("two", {"dp_with_s": False}),
     "two_kernel_acc_scope": ("two", {"acc_scope": True}),
     "fused": ("fused", {}),
+    "fused_before": ("fused", {"rederive": False, "registers": (232, 40)}),
+    "fused_no_rederive": ("fused", {"rederive": False}),
+    "fused_regs232": ("fused", {"registers": (232, 40)}),
     "fused_dp_after_p": ("fused", {"dp_with_s": False}),
     "fused_acc_scope": ("fused", {"acc_scope": True}),
-    "two_kernel_regs240": ("two", {"registers": (240, 24)}),
-    "two_kernel_rederive": ("two", {"rederive": True}),
-    "two_kernel_rederive_regs240": ("two", {"rederive": True, "registers": (240, 24)}),
-    "fused_regs240": ("fused", {"registers": (240, 24)}),
-    "fused_rederive": ("fused", {"rederive": True}),
-    "fused_rederive_regs240": ("fused", {"rederive": True, "registers": (240, 24)}),
 }
 PATTERNS = {"sink_window": "sink_window:64:4096", "strided": "strided:16:64", "full": "full"}
 

@@ -336,10 +336,11 @@ def test_mosaic_bwd_limits_and_config():
 
 
 @pytest.mark.parametrize("bwd_impl,mosaic_applies,expect", [
-    ("auto", True, "mosaic"), ("auto", False, "triton"), ("triton", True, "triton"),
+    ("auto", True, "fused"), ("auto", False, "triton"), ("triton", True, "triton"),
     ("mosaic", True, "mosaic"), ("mosaic_fused", True, "fused")])
 def test_bwd_impl_dispatch(monkeypatch, bwd_impl, mosaic_applies, expect):
-  """``bwd_impl="auto"`` (the default) takes the Mosaic GPU backward exactly where it applies.
+  """``bwd_impl="auto"`` (the default) takes the fused Mosaic GPU backward exactly where it
+  applies.
 
   Off Hopper the Mosaic kernels cannot run, so the Mosaic-backward verdict and the two Mosaic
   kernels are stood in for; the forward and the Triton backward run in interpret mode."""

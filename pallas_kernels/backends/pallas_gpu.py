@@ -67,18 +67,16 @@ class TritonConfig:
   slower on an H200) takes the Mosaic forward with intra-warpgroup overlap
   (``pallas_gpu_mosaic_overlap.py``), with the same limits; it raises where they do not apply.
 
-  ``bwd_impl``: ``"auto"`` (default) runs the Mosaic GPU dQ and dK/dV kernels of
-  ``pallas_gpu_mosaic_bwd.py`` where they apply (the Mosaic forward's limits) and the Triton
-  ones otherwise; ``"mosaic"`` raises where they do not apply;
-  ``"triton"`` always takes Triton. On an H200 the Mosaic backward makes forward+backward
-  1.1-1.3x faster than Triton's for every pattern, MHA and GQA (docs/benchmarks.md, issue 14), and
-  passes the GPU reference tests (``tests/gpu/test_gpu_pallas_gpu.py -k mosaic_bwd``).
-  ``"mosaic_fused"`` (opt-in: it passes the GPU tests; since its second version, 2026-12-06, its
-  forward+backward is 0.97-0.99x the two kernels for the sparse patterns and 1.06x for full
-  causal on an H100) takes the single-pass Mosaic backward
-  ``pallas_gpu_mosaic_bwd.sparse_attention_bwd``
-  instead (5 matmuls per tile instead of 7, dQ reduce-added in fp32), with the same limits; it
-  raises where they do not apply.
+  ``bwd_impl``: ``"auto"`` (default) runs the single-pass Mosaic GPU backward
+  ``pallas_gpu_mosaic_bwd.sparse_attention_bwd`` where it applies (the Mosaic forward's limits)
+  and the Triton kernels otherwise; ``"mosaic_fused"`` raises where it does not apply. It is
+  FA3's structure: 5 matmuls per tile instead of 7, dQ reduce-added in fp32 with a TMA (not
+  bit-reproducible from run to run, as in FA3 and FA4; dK and dV are). Since 2026-12-07 (its
+  ``rederive`` fix of register spills) it is 4-21% faster than the two-kernel Mosaic backward at
+  64K on an H100 (docs/benchmarks.md). ``"mosaic"`` takes the Mosaic dQ and dK/dV kernels (the
+  default until then; deterministic), raising where they do not apply; ``"triton"`` always
+  takes Triton. Both Mosaic backwards pass the GPU reference tests
+  (``tests/gpu/test_gpu_pallas_gpu.py -k mosaic``).
   """
 
   block_q: int = 128
@@ -331,7 +329,7 @@ def _bwd(q, k, v, qseg, kseg, out, lse, do, dlse, cs: _frame.Problem):
     from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
     why = _mosaic_unsupported(cs, q, k, step=mb.step())
     seg = dict(scale=cs.scale, segment_ids=qseg, kv_segment_ids=kseg)
-    if why is None and impl == "mosaic_fused":
+    if why is None and impl in ("auto", "mosaic_fused"):
       return mb.sparse_attention_bwd(q, k, v, do, lse2, delta, cs.spec, **seg)
     if why is None:
       dq = mb.sparse_attention_dq(q, k, v, do, lse2, delta, cs.spec, **seg)

@@ -28,7 +28,7 @@ Rows (B=1, H=32 query heads, D=128, bf16; every length at MHA 32/32 and GQA 32/8
                Hopper; runs of 2026-12-04 have the opposite pair: ``pallas_gpu`` with the Triton
                backward, then the default, and ``pallas_gpu_mosaic_bwd``);
                pallas_gpu_two_kernel_bwd: with ``bwd_impl="mosaic"``, the two-kernel Mosaic
-               backward (runs before 2026-12-07 instead have pallas_gpu_fused_bwd, with the then
+               backward (runs before 2026-12-06 instead have pallas_gpu_fused_bwd, with the then
                opt-in ``bwd_impl="mosaic_fused"``);
                pallas_gpu_overlap_fwd: with ``fwd_impl="mosaic_overlap"``, the opt-in forward
                with intra-warpgroup overlap (these two run last).
@@ -102,7 +102,7 @@ JAX_ROWS = [
     # GPU backward on Hopper; before issue 14 the Triton one was the default).
     ("sink_window", "pallas_gpu_triton_bwd"), ("strided", "pallas_gpu_triton_bwd"),
     ("full", "pallas_gpu_triton_bwd"),
-    # Last: the two-kernel Mosaic backward (bwd_impl="mosaic"; auto's choice until 2026-12-07,
+    # Last: the two-kernel Mosaic backward (bwd_impl="mosaic"; auto's choice until 2026-12-06,
     # when the fused one became 4-21% faster; runs before then have pallas_gpu_fused_bwd rows).
     ("sink_window", "pallas_gpu_two_kernel_bwd"), ("strided", "pallas_gpu_two_kernel_bwd"),
     ("full", "pallas_gpu_two_kernel_bwd"),

@@ -39,8 +39,9 @@ and summary.json. Exit status 1 if a kernel failed, 2 on a setup error (one line
 
 The numbers come from this jaxlib's Mosaic pipeline and the chosen ptxas (default the
 nvidia-cuda-nvcc-cu12 wheel's, 12.9 when written): close to, not identical with, a GPU machine on
-another jax. The H100 with jax 0.11.2 reported 188/240 B spill stores/loads for the dK/dV kernel
-(defaults, 4K); this gives 192/240 with ptxas 13.0 (192/232 with 12.9). Limits: relies on the
+another jax. With ``rederive=False, registers=(232, 40)`` (the defaults before 2026-12-06), the
+H100 with jax 0.11.2 reported 188/240 B spill stores/loads for the dK/dV kernel (4K); this gives
+192/240 with ptxas 13.0 (192/232 with 12.9). Limits: relies on the
 plugin exporting ``MosaicGpuCompile`` and on the symbol above (jaxlib internals, may change with
 any version); needs gcc and nm.
 """

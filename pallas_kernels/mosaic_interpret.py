@@ -316,6 +316,10 @@ def interpret_mode(wait_s: float = 60.0, **params):
   try:
     with _params.force_gpu_interpret_mode(_params.InterpretGPUParams(**params)):
       yield
+      # Dispatch is asynchronous: a kernel's callbacks may still be running when the body
+      # returns. Finish them under the patches above, not jax's originals (whose barrier check
+      # then failed now and then: tests/test_mosaic_interpret.py, 2026-12-06).
+      jax.effects_barrier()
   except BaseException:
     _gcb.reset_gpu_interpret_mode_state()   # jax leaves its simulated GPU behind on an error
     raise

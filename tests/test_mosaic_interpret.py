@@ -168,6 +168,21 @@ def test_interpret_mode_restores_jax():
   assert before == after
 
 
+def test_interpret_mode_finishes_async_work_under_its_additions(monkeypatch):
+  """A kernel's callbacks may still run after the ``with`` body returns (dispatch is
+  asynchronous): ``interpret_mode`` waits for them (``jax.effects_barrier``) before it restores
+  jax's interpreter, whose own barrier check refuses what its relaxed one allows."""
+  from jax._src.pallas.mosaic_gpu.interpret import shared_memory
+  from pallas_kernels import mosaic_interpret
+  seen = []
+  monkeypatch.setattr(jax, "effects_barrier", lambda: seen.append(
+      shared_memory.Barrier.deallocate is mosaic_interpret._barrier_deallocate))  # pylint: disable=protected-access
+  with interpret_mode():
+    pass
+  assert seen == [True]
+  assert shared_memory.Barrier.deallocate is not mosaic_interpret._barrier_deallocate  # pylint: disable=protected-access
+
+
 def _packed(t):
   """Segment ids [1, t] of packed documents: boundaries off the 16-token tile grid, a one-token
   document, and documents longer than the 48-token window (so sink+window is not full)."""

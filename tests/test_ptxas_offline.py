@@ -13,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import ptxas_offline as po  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# ptxas 13.0's log of the fused backward kernel (strided:16:64, 4K, default MosaicBwdConfig).
+# ptxas 13.0's log of the fused backward kernel (strided:16:64, 4K, MosaicBwdConfig(rederive=False,
+# registers=(232, 40)), the defaults before 2026-12-06).
 LOG = """\
 ptxas info    : (C7519) warpgroup.arrive is injected in around line 1418 by compiler to allow \
 use of registers in GMMA in function 'new_body_mosaic_gpu_kernel'

@@ -71,7 +71,7 @@ class TritonConfig:
   ``pallas_gpu_mosaic_bwd.sparse_attention_bwd`` where it applies (the Mosaic forward's limits)
   and the Triton kernels otherwise; ``"mosaic_fused"`` raises where it does not apply. It is
   FA3's structure: 5 matmuls per tile instead of 7, dQ reduce-added in fp32 with a TMA (not
-  bit-reproducible from run to run, as in FA3 and FA4; dK and dV are). Since 2026-12-07 (its
+  bit-reproducible from run to run, as in FA3 and FA4; dK and dV are). Since 2026-12-06 (its
   ``rederive`` fix of register spills) it is 4-21% faster than the two-kernel Mosaic backward at
   64K on an H100 (docs/benchmarks.md). ``"mosaic"`` takes the Mosaic dQ and dK/dV kernels (the
   default until then; deterministic), raising where they do not apply; ``"triton"`` always

@@ -30,7 +30,7 @@ K/V swapped:
 - Each query head writes its own dK/dV (``[B, T, Hq, D]``); GQA groups are summed after the kernel
   in fp32.
 
-``sparse_attention_bwd`` (what ``bwd_impl="auto"`` takes since 2026-12-07, or
+``sparse_attention_bwd`` (what ``bwd_impl="auto"`` takes since 2026-12-06, or
 ``"mosaic_fused"``) is the same dK/dV kernel with dQ
 added (FA3's single pass, 5 matmuls per tile instead of 7):
 - Each compute warpgroup writes its dSᵀ to shared memory (two buffers, by tile parity), and
@@ -95,13 +95,13 @@ class MosaicBwdConfig:
   acc_scope: bool = False
   # setmaxnreg of the two compute warpgroups and of the memory warpgroup. 2 x 128 x compute +
   # 128 x memory must fit the SM's 64K registers. (240, 24) is FA3's backward's; it is the
-  # default since 2026-12-07 (with ``rederive``, the fused kernel 0.5-1.5% faster than (232, 40)).
+  # default since 2026-12-06 (with ``rederive``, the fused kernel 0.5-1.5% faster than (232, 40)).
   registers: tuple[int, int] = (240, 24)
   # dK/dV and fused kernels: re-derive K's and V's shared-memory refs (and the mask's offsets)
   # every step from the step's table entry, through an index LLVM cannot prove loop-invariant.
   # Otherwise LLVM hoists the 16 wgmma descriptors of K and V (32 registers) and the mask's
   # position vectors out of the loop, and ptxas spills (docs/kernels.md). Default since
-  # 2026-12-07: the fused kernel 11-16% faster at 64K on an H100 (spills 468 -> 36-92 B).
+  # 2026-12-06: the fused kernel 11-16% faster at 64K on an H100 (spills 468 -> 36-92 B).
   rederive: bool = True
 
   def __post_init__(self):

@@ -88,7 +88,7 @@ def test_mosaic_fused_bwd_bf16_vs_reference(spec, D, Hkv):
 @pytest.mark.parametrize("D,Hkv", [(64, 2), (128, 8), (128, 2)])
 def test_mosaic_bwd_bf16_vs_reference(spec, D, Hkv):
   """The two-kernel Mosaic GPU backward (``bwd_impl="mosaic"``: dQ and dK/dV; ``"auto"`` took it
-  on Hopper until 2026-12-07), MHA and GQA."""
+  on Hopper until 2026-12-06), MHA and GQA."""
   q, k, v, w = _inputs(4, 1, 2048, 8, Hkv, D, jnp.bfloat16)
   _check(AttentionSpec.parse(spec), q, k, v, w, tol_out=1e-2, tol_grad=2e-2,
          config=pallas_gpu.TritonConfig(bwd_impl="mosaic"))

@@ -30,9 +30,8 @@ K/V swapped:
 - Each query head writes its own dK/dV (``[B, T, Hq, D]``); GQA groups are summed after the kernel
   in fp32.
 
-``sparse_attention_bwd`` (what ``bwd_impl="auto"`` takes since 2026-12-06, or
-``"mosaic_fused"``) is the same dK/dV kernel with dQ
-added (FA3's single pass, 5 matmuls per tile instead of 7):
+``sparse_attention_bwd`` (what ``bwd_impl="auto"`` takes since 2026-12-06, or ``"mosaic_fused"``)
+is the same dK/dV kernel with dQ added (FA3's single pass, 5 matmuls per tile instead of 7):
 - Each compute warpgroup writes its dSᵀ to shared memory (two buffers, by tile parity), and
   dK += dSᵀ Q reads it there.
 - The two warpgroups then pair up on a barrier. Each computes half of dQ_tile's columns,
@@ -101,7 +100,8 @@ class MosaicBwdConfig:
   # every step from the step's table entry, through an index LLVM cannot prove loop-invariant.
   # Otherwise LLVM hoists the 16 wgmma descriptors of K and V (32 registers) and the mask's
   # position vectors out of the loop, and ptxas spills (docs/kernels.md). Default since
-  # 2026-12-06: the fused kernel 11-16% faster at 64K on an H100 (spills 468 -> 36-92 B).
+  # 2026-12-06: the fused kernel 11-16% faster at 64K on an H100 (ptxas spill stores 420-468 B
+  # -> 64-160 B; 12-92 B with registers (240, 24)).
   rederive: bool = True
 
   def __post_init__(self):
@@ -158,10 +158,10 @@ def sparse_attention_bwd(q, k, v, do, lse2, delta, spec: AttentionSpec,
                          config: MosaicBwdConfig = MosaicBwdConfig(), scale: float | None = None,
                          segment_ids=None, kv_segment_ids=None):
   """(dq, dk, dv) in one pass (FA3's structure; ``bwd_impl="auto"``'s choice: with ``rederive``
-  4-21% faster than the two kernels at 64K on an H100): the dK/dV kernel also computes dQ_tile = dS K from dS in shared
-  memory and adds it into a zero-initialised fp32 accumulator in global memory with a TMA
-  reduce-add, so a visited tile costs 5 matmuls instead of 7. Arguments as
-  ``sparse_attention_dkv``. dQ summed with atomics is not bit-reproducible from run to run, as in
+  4-21% faster than the two kernels at 64K on an H100): the dK/dV kernel also computes
+  dQ_tile = dS K from dS in shared memory and adds it into a zero-initialised fp32 accumulator
+  in global memory with a TMA reduce-add, so a visited tile costs 5 matmuls instead of 7.
+  Arguments as ``sparse_attention_dkv``. dQ summed with atomics is not bit-reproducible from run to run, as in
   FA3 and FA4."""
   return _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_ids,
               fused=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -84,13 +85,8 @@ def main(argv=None) -> int:
     for name in args.variants:
       kind, over = VARIANTS[name]
       cfg = dataclasses.replace(mb.MosaicBwdConfig(), **over)
-      if kind == "two":
-        fn = jax.jit(lambda q, k, v, do, l, dl, cfg=cfg, spec=spec: (
-            mb.sparse_attention_dq(q, k, v, do, l, dl, spec, cfg),
-            *mb.sparse_attention_dkv(q, k, v, do, l, dl, spec, cfg)))
-      else:
-        fn = jax.jit(lambda q, k, v, do, l, dl, cfg=cfg, spec=spec:
-                     mb.sparse_attention_bwd(q, k, v, do, l, dl, spec, cfg))
+      fn = jax.jit(functools.partial(mb.gradients, spec=spec, config=cfg,
+                                     fused=kind == "fused"))
       row = dict(pattern=pattern, spec=str(spec), variant=name, config=dataclasses.asdict(cfg),
                  L=L, hq=hq, hkv=hkv, ms=None, tflops=None, err=None, status="ok")
       try:

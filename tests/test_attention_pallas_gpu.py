@@ -352,15 +352,15 @@ def test_bwd_impl_dispatch(monkeypatch, bwd_impl, mosaic_applies, expect):
       return None if mosaic_applies else "stand-in: does not apply"
     return real(*a, step=step, **kw)
   calls = []
-  def fake_dq(q, k, v, do, lse2, delta, spec, scale=None, segment_ids=None,
+  def fake_dq(q, k, v, do, lse2, delta, spec, config=None, scale=None, segment_ids=None,
               kv_segment_ids=None):
     calls.append("dq")
     return jnp.full_like(q, 7)
-  def fake_dkv(q, k, v, do, lse2, delta, spec, scale=None, segment_ids=None,
+  def fake_dkv(q, k, v, do, lse2, delta, spec, config=None, scale=None, segment_ids=None,
                kv_segment_ids=None):
     calls.append("dkv")
     return jnp.full_like(k, 7), jnp.full_like(v, 7)
-  def fake_fused(q, k, v, do, lse2, delta, spec, scale=None, segment_ids=None,
+  def fake_fused(q, k, v, do, lse2, delta, spec, config=None, scale=None, segment_ids=None,
                  kv_segment_ids=None):
     calls.append("fused")
     return jnp.full_like(q, 7), jnp.full_like(k, 7), jnp.full_like(v, 7)

@@ -54,14 +54,6 @@ def _reference(q, k, v, do, spec, seg=None):
   return out, lse, grads
 
 
-def _backward(fused, cfg, q, k, v, do, lse2, delta, spec, **kw):
-  """(dq, dk, dv): the fused kernel, or the dQ and dK/dV kernels."""
-  if fused:
-    return mb.sparse_attention_bwd(q, k, v, do, lse2, delta, spec, cfg, **kw)
-  return (mb.sparse_attention_dq(q, k, v, do, lse2, delta, spec, cfg, **kw),
-          *mb.sparse_attention_dkv(q, k, v, do, lse2, delta, spec, cfg, **kw))
-
-
 def _bwd_stats(out, lse, do):
   """lse2 (base 2, ``+inf`` where a row sees nothing) and delta, as ``pallas_gpu._bwd`` passes."""
   lse_b, delta = _frame.bwd_row_stats(out, lse, do, None)
@@ -90,7 +82,7 @@ def test_backward_vs_reference(spec, fused):
   out, lse, want = _reference(q, k, v, do, spec)
   lse2, delta = _bwd_stats(out, lse, do)
   with interpret_mode(detect_races=True):
-    got = _backward(fused, FUSED if fused else BWD, q, k, v, do, lse2, delta, spec)
+    got = mb.gradients(q, k, v, do, lse2, delta, spec, FUSED if fused else BWD, fused=fused)
   for name, g, w, x in zip("qkv", got, want, (q, k, v)):
     assert g.shape == x.shape, name
     assert _rel(g, w) < 2e-2, name
@@ -111,7 +103,7 @@ def test_backward_config_variants(fused, over):
   lse2, delta = _bwd_stats(out, lse, do)
   cfg = dataclasses.replace(FUSED if fused else BWD, **over)
   with interpret_mode(detect_races=True):
-    got = _backward(fused, cfg, q, k, v, do, lse2, delta, spec)
+    got = mb.gradients(q, k, v, do, lse2, delta, spec, cfg, fused=fused)
   for name, g, w in zip("qkv", got, want):
     assert _rel(g, w) < 2e-2, name
 
@@ -220,7 +212,8 @@ def test_packed_backward_vs_reference(spec, fused):
   lse2, delta = _bwd_stats(out, lse, do)
   kw = dict(segment_ids=seg, kv_segment_ids=seg)
   with interpret_mode(detect_races=True):
-    got = _backward(fused, FUSED if fused else BWD, q, k, v, do, lse2, delta, spec, **kw)
+    got = mb.gradients(q, k, v, do, lse2, delta, spec, FUSED if fused else BWD, fused=fused,
+                       **kw)
   for name, g, w in zip("qkv", got, want):
     assert _rel(g, w) < 2e-2, name
 

@@ -329,12 +329,8 @@ def _bwd(q, k, v, qseg, kseg, out, lse, do, dlse, cs: _frame.Problem):
     from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
     why = _mosaic_unsupported(cs, q, k, step=mb.step())
     seg = dict(scale=cs.scale, segment_ids=qseg, kv_segment_ids=kseg)
-    if why is None and impl in ("auto", "mosaic_fused"):
-      return mb.sparse_attention_bwd(q, k, v, do, lse2, delta, cs.spec, **seg)
     if why is None:
-      dq = mb.sparse_attention_dq(q, k, v, do, lse2, delta, cs.spec, **seg)
-      dk, dv = mb.sparse_attention_dkv(q, k, v, do, lse2, delta, cs.spec, **seg)
-      return dq, dk, dv
+      return mb.gradients(q, k, v, do, lse2, delta, cs.spec, fused=impl != "mosaic", **seg)
     if impl != "auto":
       raise PallasGpuError(f"bwd_impl={impl!r} cannot run this call: {why}")
   dq = _dq_call(cs, q, k, v, qseg, kseg, do, lse2, delta)

@@ -46,8 +46,9 @@ through unswizzled staging) passed the GPU reference tests (``-k fused``) on an 
 forward+backward 16-25% slower than the two kernels (docs/benchmarks.md, "Issue 14,
 2026-12-05"). This version passes them on an H100 (2026-12-06, "seventh sitting"). Its backward
 alone is 1.01x / 0.98x / 1.09x the two kernels (sink+window / strided / full causal, 64K), and
-forward+backward is 0.99x / 0.97x / 1.06x. The patterns where it gains are not where ``auto``
-takes ``pallas_gpu``, so it stays opt-in. On CPU it matches the dense
+forward+backward is 0.99x / 0.97x / 1.06x. With ``MosaicBwdConfig.rederive`` (2026-12-06, eighth
+sitting) its backward is 1.12x / 1.04x / 1.21x the two kernels, and ``bwd_impl="auto"`` takes
+it. On CPU it matches the dense
 reference in Mosaic GPU interpret mode, as do the dQ and dK/dV kernels
 (``tests/test_mosaic_interpret.py``), and that run fails if the final pairing is left out
 (the other warpgroup's last dQ still reads K when dK takes its buffer).
@@ -161,10 +162,20 @@ def sparse_attention_bwd(q, k, v, do, lse2, delta, spec: AttentionSpec,
   4-21% faster than the two kernels at 64K on an H100): the dK/dV kernel also computes
   dQ_tile = dS K from dS in shared memory and adds it into a zero-initialised fp32 accumulator
   in global memory with a TMA reduce-add, so a visited tile costs 5 matmuls instead of 7.
-  Arguments as ``sparse_attention_dkv``. dQ summed with atomics is not bit-reproducible from run to run, as in
-  FA3 and FA4."""
+  Arguments as ``sparse_attention_dkv``. dQ summed with atomics is not bit-reproducible from
+  run to run, as in FA3 and FA4."""
   return _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_ids,
               fused=True)
+
+
+def gradients(q, k, v, do, lse2, delta, spec: AttentionSpec,
+              config: MosaicBwdConfig = MosaicBwdConfig(), *, fused: bool, **kw):
+  """(dq, dk, dv): ``sparse_attention_bwd`` if ``fused``, else ``sparse_attention_dq`` and
+  ``sparse_attention_dkv`` (arguments as theirs; ``kw``: scale, segment ids)."""
+  if fused:
+    return sparse_attention_bwd(q, k, v, do, lse2, delta, spec, config, **kw)
+  return (sparse_attention_dq(q, k, v, do, lse2, delta, spec, config, **kw),
+          *sparse_attention_dkv(q, k, v, do, lse2, delta, spec, config, **kw))
 
 
 def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_ids, *,

@@ -204,13 +204,8 @@ def test_mosaic_bwd_config_variants_match_default(over, fused, seg):
   do = w.astype(jnp.bfloat16)
   lse2, delta = bwd_row_stats(out, lse2, do, None)   # as pallas_gpu's backward passes them
 
-  def grads(cfg):
-    if fused:
-      return mb.sparse_attention_bwd(q, k, v, do, lse2, delta, spec, cfg, **kw)
-    return (mb.sparse_attention_dq(q, k, v, do, lse2, delta, spec, cfg, **kw),
-            *mb.sparse_attention_dkv(q, k, v, do, lse2, delta, spec, cfg, **kw))
-
-  base, var = grads(mb.MosaicBwdConfig()), grads(mb.MosaicBwdConfig(**over))
+  base, var = (mb.gradients(q, k, v, do, lse2, delta, spec, cfg, fused=fused, **kw)
+               for cfg in (mb.MosaicBwdConfig(), mb.MosaicBwdConfig(**over)))
   for name, a, b in zip("qkv", var, base):
     assert a.shape == b.shape and a.dtype == b.dtype
     assert _rel(a, b) < 1e-3, f"d{name}: {_rel(a, b)}"

@@ -1,9 +1,10 @@
 """The Mosaic GPU backward kernels alone, variant against variant, on one GPU (an A/B check).
 
 ``benchmarks/attention.py`` times whole forward+backward cells through the public API. This script
-times only the backward of ``pallas_kernels/backends/pallas_gpu_mosaic_bwd.py``: the two-kernel
-default (``sparse_attention_dq`` + ``sparse_attention_dkv``) and the single-pass
-``sparse_attention_bwd`` ("fused"), each with ``MosaicBwdConfig`` variants, in one process with
+times only the backward of ``pallas_kernels/backends/pallas_gpu_mosaic_bwd.py``: the two kernels
+(``sparse_attention_dq`` + ``sparse_attention_dkv``, ``bwd_impl="mosaic"``) and the single-pass
+``sparse_attention_bwd`` ("fused", the default), each with ``MosaicBwdConfig`` variants
+(``*_before``: the settings until 2026-12-06), in one process with
 the same inputs. B=1, H=32 query heads, D=128, bf16; the forward outputs come from the Mosaic
 forward. Timing is ``benchmarks/bench_timing.py``'s (back-to-back calls, one synchronisation per
 loop, median of 5 loops), as in ``attention.py``. Useful backward FLOPs = 2.5 x the forward's
@@ -13,8 +14,8 @@ loop, median of 5 loops), as in ``attention.py``. Useful backward FLOPs = 2.5 x 
   python3 benchmarks/mosaic_bwd.py --length 131072 --kv-heads 8 --patterns strided
 
 Each row also gives the relative L2 error of (dq, dk, dv) against the first row of its pattern
-(the default two-kernel backward). Needs a Hopper GPU. With ``MOSAIC_GPU_DUMP_PTXAS=1`` in the
-environment, ptxas prints each kernel's registers and spills as it compiles.
+(the two kernels with the default config). Needs a Hopper GPU. With ``MOSAIC_GPU_DUMP_PTXAS=1``
+in the environment, ptxas prints each kernel's registers and spills as it compiles.
 """
 
 from __future__ import annotations
@@ -34,14 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     "two_kernel": ("two", {}),
     "two_kernel_before": ("two", {"rederive": False, "registers": (232, 40)}),
-    "two_kernel_dp_after_p": ("two", {"dp_with_s": False}),
-    "two_kernel_acc_scope": ("two", {"acc_scope": True}),
     "fused": ("fused", {}),
     "fused_before": ("fused", {"rederive": False, "registers": (232, 40)}),
     "fused_no_rederive": ("fused", {"rederive": False}),
     "fused_regs232": ("fused", {"registers": (232, 40)}),
-    "fused_dp_after_p": ("fused", {"dp_with_s": False}),
-    "fused_acc_scope": ("fused", {"acc_scope": True}),
 }
 PATTERNS = {"sink_window": "sink_window:64:4096", "strided": "strided:16:64", "full": "full"}
 

@@ -259,9 +259,8 @@ def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel, seg):
       (w.shape, w.dtype) for w in want]
 
 
-@pytest.mark.parametrize("over", [dict(dp_with_s=False), dict(acc_scope=True),
-                                  dict(registers=(232, 40)), dict(rederive=False)],
-                         ids=["dp_after_p", "acc_scope", "regs232", "no_rederive"])
+@pytest.mark.parametrize("over", [dict(registers=(232, 40)), dict(rederive=False)],
+                         ids=["regs232", "no_rederive"])
 @pytest.mark.parametrize("kernel", ["sparse_attention_dkv", "sparse_attention_bwd"])
 @pytest.mark.parametrize("d", [64, 128])
 def test_mosaic_bwd_config_variants_lower_for_cuda(kernel, over, d):
@@ -276,16 +275,6 @@ def test_mosaic_bwd_config_variants_lower_for_cuda(kernel, over, d):
                                                 AttentionSpec.parse("strided:4:4"), cfg))
   assert "mosaic_gpu" in jf.trace(q, k, k, q, stat, stat).lower(
       lowering_platforms=("cuda",)).as_text()
-
-
-def test_mosaic_bwd_acc_scope_needs_dp_with_s():
-  from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # noqa: E402
-  q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
-  stat = jax.ShapeDtypeStruct((1, 4, 512), jnp.float32)
-  with pytest.raises(ValueError, match="acc_scope=True\\) needs dp_with_s=True"):
-    jax.jit(lambda q, lse: mb.sparse_attention_dkv(
-        q, q, q, q, lse, lse, AttentionSpec.full(),
-        mb.MosaicBwdConfig(acc_scope=True, dp_with_s=False))).trace(q, stat)
 
 
 def test_mosaic_bwd_limits_and_config():

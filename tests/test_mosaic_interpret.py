@@ -88,15 +88,11 @@ def test_backward_vs_reference(spec, fused):
     assert _rel(g, w) < 2e-2, name
 
 
-@pytest.mark.parametrize("over", [dict(dp_with_s=False), dict(acc_scope=True),
-                                  dict(rederive=False)],
-                         ids=["dp_after_p", "acc_scope", "no_rederive"])
+@pytest.mark.parametrize("over", [dict(rederive=False)], ids=["no_rederive"])
 @pytest.mark.parametrize("fused", [False, True], ids=["dq_dkv", "fused"])
 def test_backward_config_variants(fused, over):
-  """``MosaicBwdConfig(dp_with_s=False)``: dPᵀ and dV issued after P (the order before
-  2026-12-06; the default issues dPᵀ with sT and dV with dK). ``acc_scope=True``: dK and dV
-  in accumulators held over the whole loop. ``rederive=False``: K's and V's refs and the mask's
-  offsets held across the loop, not recomputed each step (the default before 2026-12-06)."""
+  """``MosaicBwdConfig(rederive=False)``: K's and V's refs and the mask's offsets held across
+  the loop, not recomputed each step (the default before 2026-12-06)."""
   spec = AttentionSpec.parse("sink_window:16:48@16")
   q, k, v, do = _inputs(seed=3, t=T_FUSED if fused else T)
   out, lse, want = _reference(q, k, v, do, spec)

@@ -41,8 +41,8 @@ def test_parse_ptxas_log():
 def test_parse_config():
   assert po.parse_config("rederive=True,registers=(240,24)") == (
       "rederive_True_registers_240_24", {"rederive": True, "registers": (240, 24)})
-  assert po.parse_config("r240: registers=(240, 24) , acc_scope=False") == (
-      "r240", {"registers": (240, 24), "acc_scope": False})
+  assert po.parse_config("r240: registers=(240, 24) , rederive=False") == (
+      "r240", {"registers": (240, 24), "rederive": False})
   with pytest.raises(po.SetupError, match="field=<Python literal>"):
     po.parse_config("rederive")
 

@@ -21,11 +21,12 @@ K/V swapped:
 - A memory warpgroup streams the query tiles of the CTA's visit list
   (``gpu_tables.kernel_tables(...).bwd``: per KV block, the query blocks that see it, full ones
   first) with TMA into a ring of ``max_concurrent_steps`` slots: Q, dO, the base-2 lse and delta.
-- Per query tile, each compute warpgroup runs four wgmma:
-  - sT = K Qᵀ, then pT = exp2(c·sT − lse);
-  - dV += pT dO;
-  - dPᵀ = V dOᵀ, then dSᵀ = pT (dPᵀ − delta);
-  - dK += dSᵀ Q.
+- Per query tile, each compute warpgroup runs four wgmma, in two groups (FA3's order, so the
+  tensor cores work on dPᵀ while pT is computed):
+  - sT = K Qᵀ with dPᵀ = V dOᵀ; then pT = exp2(c·sT − lse) and dSᵀ = pT (dPᵀ − delta);
+  - dK += dSᵀ Q with dV += pT dO.
+  Until 2026-12-06 dV and dPᵀ were issued after pT (``dp_with_s=False``, 1.2-3.4% slower; that
+  option and the unmeasured ``acc_scope`` were removed on 2026-12-07, docs/kernels.md).
   The partial entries of the list run a second loop that applies ``spec.allowed``.
 - Each query head writes its own dK/dV (``[B, T, Hq, D]``); GQA groups are summed after the kernel
   in fp32.
@@ -84,15 +85,6 @@ class MosaicBwdConfig:
   block_q: int = 64          # query rows per streamed tile
   block_kv: int = 64         # keys per compute warpgroup (a CTA covers 2 * block_kv keys)
   max_concurrent_steps: int = 2
-  # dK/dV and fused kernels: True (default since 2026-12-06) issues dPᵀ = V dOᵀ together with
-  # sT = K Qᵀ (one wgmma group, FA3's order), so the tensor cores work on dPᵀ while P is
-  # computed, and dV += Pᵀ dO goes with dK: the two-kernel backward 1.2-3.4% faster at 64K on an
-  # H100, bit-identical gradients. False: sT alone, then dV and dPᵀ after P (the order until then).
-  dp_with_s: bool = True
-  # dK/dV and fused kernels, with dp_with_s: dK and dV accumulate in wgmma accumulators held
-  # over the whole loop, instead of values re-entered into an accumulator every step (an
-  # optimisation barrier and a fence each time). Opt-in, not yet measured.
-  acc_scope: bool = False
   # setmaxnreg of the two compute warpgroups and of the memory warpgroup. 2 x 128 x compute +
   # 128 x memory must fit the SM's 64K registers. (240, 24) is FA3's backward's; it is the
   # default since 2026-12-06 (with ``rederive``, the fused kernel 0.5-1.5% faster than (232, 40)).
@@ -185,9 +177,6 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
   seg = segment_args(segment_ids, kv_segment_ids, B, T, T)
   dtype = q.dtype
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
-  early_dp = config.dp_with_s
-  if config.acc_scope and not early_dp:
-    raise ValueError("MosaicBwdConfig(acc_scope=True) needs dp_with_s=True")
   # fused: each compute warpgroup computes half of dQ's columns from both warpgroups' dS, so
   # K's column halves must be whole swizzle tiles: 128-byte swizzle where d % 128 == 0, else 64.
   swz = 128 if d % 128 == 0 or not fused else 64
@@ -227,10 +216,8 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
       dk = plgpu.layout_cast(jnp.full((bkv, d), 0, jnp.float32), plgpu.Layout.WGMMA)
       dv = plgpu.layout_cast(jnp.full((bkv, d), 0, jnp.float32), plgpu.Layout.WGMMA)
 
-      def step(e, carry, masked, acc=None):
-        # acc: dK and dV as accumulator refs held over the whole loop (``acc_scope``); the
-        # carry is then unused. Else dK and dV are the carry's values.
-        dk, dv = (None, None) if acc else carry
+      def step(e, carry, masked):
+        dk, dv = carry
         slot = lax.rem(e, jnp.array(mcs, e.dtype))
         qb = visit(e + 2) if fused or config.rederive else None   # fused: dQ's rows
         k_smem, v_smem, opaque = k_smem_wg, v_smem_wg, lambda x: x
@@ -241,22 +228,14 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         plgpu.barrier_wait(q_bar.at[slot])
         plgpu.barrier_wait(lse_bar.at[slot])
         qseg = None if sg is None else sg.ring(slot, masked)
+        plgpu.barrier_wait(do_bar.at[slot])
 
-        zeros = lambda: plgpu.layout_cast(jnp.full((bkv, bq), 0, jnp.float32), plgpu.Layout.WGMMA)
-        if early_dp:   # sT and dPᵀ in one group: one wait for both
-          plgpu.barrier_wait(do_bar.at[slot])
-
-          def s_dp_fn(refs):
-            s_ref, dp_ref = refs
-            plgpu.wgmma(s_ref, k_smem, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
-            plgpu.wgmma(dp_ref, v_smem, plgpu.transpose_ref(do_smem.at[slot], (1, 0)))
-          z = zeros()
-          s_t, dp_t = pl.run_state(s_dp_fn)((plgpu.ACC.init(z), plgpu.ACC.init(z)))
-        else:
-          def st_fn(acc_ref):
-            plgpu.wgmma(acc_ref, k_smem, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
-            return acc_ref[...]
-          s_t = pl.run_scoped(st_fn, plgpu.ACC((bkv, bq), jnp.float32))
+        def s_dp_fn(refs):   # sT = K Qᵀ and dPᵀ = V dOᵀ in one wgmma group: one wait for both
+          s_ref, dp_ref = refs
+          plgpu.wgmma(s_ref, k_smem, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
+          plgpu.wgmma(dp_ref, v_smem, plgpu.transpose_ref(do_smem.at[slot], (1, 0)))
+        z = plgpu.layout_cast(jnp.full((bkv, bq), 0, jnp.float32), plgpu.Layout.WGMMA)
+        s_t, dp_t = pl.run_state(s_dp_fn)((plgpu.ACC.init(z), plgpu.ACC.init(z)))
         lse = plgpu.load(lse_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
         p_t = jnp.exp2(s_t * c - lax.broadcast_in_dim(lse, (bkv, bq), [1]))
         if masked:
@@ -267,41 +246,17 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
           if sg is not None:
             ok &= sg.same(kseg, qseg, (bkv, bq))
           p_t = jnp.where(ok, p_t, 0.0)
-        if not early_dp:
-          plgpu.barrier_wait(do_bar.at[slot])
-
-          def dv_dp_fn(refs):   # two wgmma in one scope: one wait for both
-            dv_ref, dp_ref = refs
-            plgpu.wgmma(dv_ref, p_t.astype(dtype), do_smem.at[slot])
-            plgpu.wgmma(dp_ref, v_smem, plgpu.transpose_ref(do_smem.at[slot], (1, 0)))
-          dv, dp_t = pl.run_state(dv_dp_fn)((plgpu.ACC.init(dv), plgpu.ACC.init(zeros())))
         plgpu.barrier_wait(dl_bar.at[slot])
         dl = plgpu.load(dl_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
         ds_t = p_t * (dp_t - lax.broadcast_in_dim(dl, (bkv, bq), [1]))
+        dv_acc = plgpu.ACC.init(dv)   # dV += Pᵀ dO goes in the same group as dK
 
-        # early_dp: dV += Pᵀ dO goes in the same group as dK (its accumulator is the last ref)
-        dv_acc = (plgpu.ACC.init(dv),) if early_dp and not acc else ()
-
-        def dv_fn(dv_ref):
-          for r in dv_ref:
-            plgpu.wgmma(r, p_t.astype(dtype), do_smem.at[slot])
-        if not fused and acc:
-          plgpu.wgmma(acc[0], ds_t.astype(dtype), q_smem.at[slot])
-          dv_fn(acc[1:])
-          plgpu.wgmma_wait(0)   # Q and dO's slot is released below
-          plgpu.barrier_arrive(used.at[slot])
-          return carry
-        if not fused and early_dp:
-          def dk_dv_fn(refs):
-            dk_ref, *dv_ref = refs
-            plgpu.wgmma(dk_ref, ds_t.astype(dtype), q_smem.at[slot])
-            dv_fn(dv_ref)
-          dk, dv = pl.run_state(dk_dv_fn)((plgpu.ACC.init(dk), *dv_acc))
-        elif not fused:
-          def dk_fn(acc_ref):
-            plgpu.wgmma(acc_ref, ds_t.astype(dtype), q_smem.at[slot])
-          dk = pl.run_state(dk_fn)(plgpu.ACC.init(dk))
         if not fused:
+          def dk_dv_fn(refs):
+            dk_ref, dv_ref = refs
+            plgpu.wgmma(dk_ref, ds_t.astype(dtype), q_smem.at[slot])
+            plgpu.wgmma(dv_ref, p_t.astype(dtype), do_smem.at[slot])
+          dk, dv = pl.run_state(dk_dv_fn)((plgpu.ACC.init(dk), dv_acc))
           plgpu.barrier_arrive(used.at[slot])
           return dk, dv
         # dS goes to shared memory, double-buffered by tile parity: this warpgroup's dSᵀ for
@@ -315,31 +270,19 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         plgpu.barrier_arrive(ds_bar[0].at[buf])
         cols = pl.ds(wg * dh, dh)
 
-        def dk_dv(dk_ref, *dv_ref):   # dK += dSᵀ Q with this warpgroup's dS (and dV)
-          plgpu.wgmma(dk_ref, ds_smem, q_smem.at[slot])
-          dv_fn(dv_ref)
-        if acc:   # issued before the dQ group; its wait covers them too
-          dk_dv(*acc)
-
         def dk_dq_fn(refs):
+          dk_ref, dq_ref, dv_ref = refs
+          plgpu.wgmma(dk_ref, ds_smem, q_smem.at[slot])   # dK += dSᵀ Q with this warpgroup's dS
+          plgpu.wgmma(dv_ref, p_t.astype(dtype), do_smem.at[slot])
           # Once both warpgroups' dS are in shared memory, this warpgroup's half of dQ_tile's
           # columns: dS K over all 2 * block_kv keys.
-          if acc:
-            (dq_ref,) = refs
-          else:
-            dk_ref, dq_ref, *dv_ref = refs
-            dk_dv(dk_ref, *dv_ref)
           plgpu.barrier_wait(ds_bar[0].at[buf])
           for j in range(2):
             plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_all.at[j], (1, 0)),
                         k_smem2.at[j].at[:, cols])
         dq_zeros = plgpu.layout_cast(jnp.full((bq, dh), 0, jnp.float32), plgpu.Layout.WGMMA)
-        if acc:
-          (dq_tile,) = pl.run_state(dk_dq_fn)((plgpu.ACC.init(dq_zeros),))
-        else:
-          dk, dq_tile, *dv_new = pl.run_state(dk_dq_fn)(
-              (plgpu.ACC.init(dk), plgpu.ACC.init(dq_zeros), *dv_acc))
-          dv = dv_new[0] if dv_new else dv
+        dk, dq_tile, dv = pl.run_state(dk_dq_fn)(
+            (plgpu.ACC.init(dk), plgpu.ACC.init(dq_zeros), dv_acc))
         plgpu.barrier_arrive(used.at[slot])
         # The previous tile's reduce-add must have read the staging buffer before it is reused.
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)
@@ -347,19 +290,10 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         plgpu.commit_smem()
         plgpu.copy_smem_to_gmem(dq_stage, dq_acc_ref.at[batch, pl.ds(qb * bq, bq), q_head, cols],
                                 reduction_op="add")
-        return carry if acc else (dk, dv)
+        return dk, dv
 
-      if config.acc_scope:
-        def loop(dk_ref, dv_ref):
-          for lo, hi, masked in ((0, n_full, False), (n_full, n_tot, True)):
-            lax.fori_loop(lo, hi, functools.partial(step, masked=masked, acc=(dk_ref, dv_ref)),
-                          jnp.int32(0))
-          return dk_ref[...], dv_ref[...]
-        dk, dv = pl.run_scoped(loop, plgpu.ACC((bkv, d), jnp.float32),
-                               plgpu.ACC((bkv, d), jnp.float32))
-      else:
-        carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), (dk, dv))
-        dk, dv = lax.fori_loop(n_full, n_tot, functools.partial(step, masked=True), carry)
+      carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), (dk, dv))
+      dk, dv = lax.fori_loop(n_full, n_tot, functools.partial(step, masked=True), carry)
       if fused:   # the other warpgroup's last dQ reads this one's K: pair up once more (as for
         end = lax.rem(n_tot, jnp.array(2, n_tot.dtype))   # an entry n_tot) before dK takes K's
         plgpu.barrier_arrive(ds_bar[0].at[end])            # buffer

@@ -39,6 +39,7 @@ VARIANTS = {
     "fused_before": ("fused", {"rederive": False, "registers": (232, 40)}),
     "fused_no_rederive": ("fused", {"rederive": False}),
     "fused_regs232": ("fused", {"registers": (232, 40)}),
+    "fused_rederive_dq": ("fused", {"rederive_dq": True}),
 }
 PATTERNS = {"sink_window": "sink_window:64:4096", "strided": "strided:16:64", "full": "full"}
 

@@ -259,8 +259,9 @@ def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel, seg):
       (w.shape, w.dtype) for w in want]
 
 
-@pytest.mark.parametrize("over", [dict(registers=(232, 40)), dict(rederive=False)],
-                         ids=["regs232", "no_rederive"])
+@pytest.mark.parametrize("over", [dict(registers=(232, 40)), dict(rederive=False),
+                                  dict(rederive_dq=True)],
+                         ids=["regs232", "no_rederive", "rederive_dq"])
 @pytest.mark.parametrize("kernel", ["sparse_attention_dkv", "sparse_attention_bwd"])
 @pytest.mark.parametrize("d", [64, 128])
 def test_mosaic_bwd_config_variants_lower_for_cuda(kernel, over, d):
@@ -299,6 +300,8 @@ def test_mosaic_bwd_limits_and_config():
   for bad in [(240, 40), (236, 24), (232, 16)]:   # over 64K registers; not x8; under 24
     with pytest.raises(ValueError, match=re.escape(f"registers={bad}")):
       mb.MosaicBwdConfig(registers=bad)
+  with pytest.raises(ValueError, match=re.escape("rederive_dq=True) needs rederive=True")):
+    mb.MosaicBwdConfig(rederive=False, rederive_dq=True)
   assert mb.unsupported(1152, 1152, 64, jnp.bfloat16,
                         config=mb.MosaicBwdConfig(block_kv=128)) is not None
   from pallas_kernels.backends import pallas_gpu_mosaic as pm  # noqa: E402

@@ -96,8 +96,14 @@ class MosaicBwdConfig:
   # 2026-12-06: the fused kernel 11-16% faster at 64K on an H100 (ptxas spill stores 420-468 B
   # -> 64-160 B; 12-92 B with registers (240, 24)).
   rederive: bool = True
+  # fused kernel, with rederive: the same for the dQ matmul's K refs and column offset, which
+  # LLVM otherwise also hoists (ptxas_offline.py, 4K: spill stores 64 -> 8 B strided, 40 -> 0
+  # sink+window, 24 -> 0 full causal). Opt-in until timed on a GPU (docs/kernels.md).
+  rederive_dq: bool = False
 
   def __post_init__(self):
+    if self.rederive_dq and not self.rederive:
+      raise ValueError("MosaicBwdConfig(rederive_dq=True) needs rederive=True")
     compute, memory = self.registers
     if (any(r % 8 or not 24 <= r <= 256 for r in self.registers)
         or 128 * (2 * compute + memory) > 65536):
@@ -268,7 +274,10 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         ds_smem[...] = ds_t.astype(dtype)
         plgpu.commit_smem()
         plgpu.barrier_arrive(ds_bar[0].at[buf])
-        cols = pl.ds(wg * dh, dh)
+        if config.rederive_dq:   # dQ's K refs and columns recomputed each step too
+          cols, k_dq = pl.ds(opaque(wg) * dh, dh), lambda j: k_smem2.at[opaque(jnp.int32(j))]
+        else:
+          cols, k_dq = pl.ds(wg * dh, dh), lambda j: k_smem2.at[j]
 
         def dk_dq_fn(refs):
           dk_ref, dq_ref, dv_ref = refs
@@ -278,8 +287,7 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
           # columns: dS K over all 2 * block_kv keys.
           plgpu.barrier_wait(ds_bar[0].at[buf])
           for j in range(2):
-            plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_all.at[j], (1, 0)),
-                        k_smem2.at[j].at[:, cols])
+            plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_all.at[j], (1, 0)), k_dq(j).at[:, cols])
         dq_zeros = plgpu.layout_cast(jnp.full((bq, dh), 0, jnp.float32), plgpu.Layout.WGMMA)
         dk, dq_tile, dv = pl.run_state(dk_dq_fn)(
             (plgpu.ACC.init(dk), plgpu.ACC.init(dq_zeros), dv_acc))

@@ -191,6 +191,8 @@ def test_registry_dispatch():
 def test_mosaic_bwd_config_variants_match_default(over, fused, seg):
   """The other ``MosaicBwdConfig`` settings give the default kernels' gradients (which the tests
   above hold to the reference), GQA 8/2, with and without segment ids."""
+  if "rederive_dq" in over and not fused:
+    pytest.skip("rederive_dq changes only the fused kernel")
   from pallas_kernels.backends import pallas_gpu_mosaic as pm  # pylint: disable=g-import-not-at-top
   from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # pylint: disable=g-import-not-at-top
   spec = AttentionSpec.parse("sink_window:64:512")

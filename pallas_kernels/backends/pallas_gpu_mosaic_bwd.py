@@ -274,10 +274,8 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         ds_smem[...] = ds_t.astype(dtype)
         plgpu.commit_smem()
         plgpu.barrier_arrive(ds_bar[0].at[buf])
-        if config.rederive_dq:   # dQ's K refs and columns recomputed each step too
-          cols, k_dq = pl.ds(opaque(wg) * dh, dh), lambda j: k_smem2.at[opaque(jnp.int32(j))]
-        else:
-          cols, k_dq = pl.ds(wg * dh, dh), lambda j: k_smem2.at[j]
+        dq_ix = opaque if config.rederive_dq else (lambda x: x)   # rederive_dq: dQ's K refs
+        cols = pl.ds(dq_ix(wg) * dh, dh)
 
         def dk_dq_fn(refs):
           dk_ref, dq_ref, dv_ref = refs
@@ -287,7 +285,8 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
           # columns: dS K over all 2 * block_kv keys.
           plgpu.barrier_wait(ds_bar[0].at[buf])
           for j in range(2):
-            plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_all.at[j], (1, 0)), k_dq(j).at[:, cols])
+            plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_all.at[j], (1, 0)),
+                        k_smem2.at[dq_ix(j)].at[:, cols])
         dq_zeros = plgpu.layout_cast(jnp.full((bq, dh), 0, jnp.float32), plgpu.Layout.WGMMA)
         dk, dq_tile, dv = pl.run_state(dk_dq_fn)(
             (plgpu.ACC.init(dk), plgpu.ACC.init(dq_zeros), dv_acc))

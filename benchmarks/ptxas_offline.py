@@ -62,7 +62,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROG = "benchmarks/ptxas_offline.py"
-KERNELS = ("fwd", "dq", "dkv", "bwd_fused")
+KERNELS = ("fwd", "fwd_overlap", "dq", "dkv", "bwd_fused")
 SYMBOLS = ("MosaicGpuCompile", "mosaic::gpu::EnsureLLVMNVPTXTargetIsRegistered()")
 PINNED = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt")   # == this jaxlib's version
 TOOLS = ("nvidia-cuda-nvcc-cu12", "nvidia-cuda-nvdisasm", "nvidia-cuda-cuobjdump", "absl-py")
@@ -106,19 +106,22 @@ def parse_config(text: str) -> tuple[str, dict]:
 
 def kernels(spec: str, length: int, heads: int = 32, kv_heads: int = 32, head_dim: int = 128,
             configs=(("", {}),)) -> dict:
-  """{row: (kernel, jittable fn, argument shapes, MosaicBwdConfig overrides)}, bf16, B=1: fwd,
+  """{row: (kernel, jittable fn, argument shapes, MosaicBwdConfig overrides)}, bf16, B=1: fwd, fwd_overlap,
   and dq/dkv/bwd_fused per (name, overrides) config, as '<kernel>_<name>' unless name is ''."""
   import jax
   import jax.numpy as jnp
   from pallas_kernels.backends import pallas_gpu_mosaic as pm
   from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
+  from pallas_kernels.backends import pallas_gpu_mosaic_overlap as po
   from pallas_kernels.spec import AttentionSpec
 
   sp = AttentionSpec.parse(spec)
   q = jax.ShapeDtypeStruct((1, length, heads, head_dim), jnp.bfloat16)
   kv = jax.ShapeDtypeStruct((1, length, kv_heads, head_dim), jnp.bfloat16)
   stat = jax.ShapeDtypeStruct((1, heads, length), jnp.float32)   # lse2, delta: [B, Hq, T]
-  out = {"fwd": ("fwd", functools.partial(pm.sparse_attention_fwd, spec=sp), (q, kv, kv), {})}
+  out = {"fwd": ("fwd", functools.partial(pm.sparse_attention_fwd, spec=sp), (q, kv, kv), {}),
+         "fwd_overlap": ("fwd_overlap", functools.partial(po.sparse_attention_fwd, spec=sp),
+                         (q, kv, kv), {})}
   for name, over in configs:
     cfg = dataclasses.replace(mb.MosaicBwdConfig(), **over)
     for kernel, fn in (("dq", mb.sparse_attention_dq), ("dkv", mb.sparse_attention_dkv),

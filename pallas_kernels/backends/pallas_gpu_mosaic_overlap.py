@@ -27,8 +27,16 @@ to Mosaic GPU (``tests/test_attention_pallas_gpu.py -k overlap``) and matches th
 in Mosaic GPU interpret mode (``tests/test_mosaic_interpret.py``). On an H200 (2026-12-05) it
 passes ``tests/gpu/test_gpu_pallas_gpu.py -k overlap`` but is 18-22% slower than the default
 forward (``benchmarks/attention.py`` rows ``pallas_gpu_overlap_fwd``, 64K: 438 vs 541 TFLOP/s
-sink+window; docs/benchmarks.md, "Issue 14, 2026-12-05"; not profiled, likely register spills with
-two live accumulators). So it stays opt-in.
+sink+window; docs/benchmarks.md, "Issue 14, 2026-12-05"). So it stays opt-in.
+
+Why it was slower (2026-12-07, ``benchmarks/ptxas_offline.py --only fwd_overlap``): not spills
+(0 B), but ptxas's note C7513, "wgmma.mma_async instructions are serialized due to non wgmma
+instructions defining input registers of a wgmma". The softmax converted P to bf16 while the
+previous tile's P V was in flight, and LLVM gave the new P the carried P's registers, i.e. the A
+operand of that P V. ptxas then waits after every wgmma, so nothing overlaps. The step now keeps P
+in fp32 until P V has been waited for and converts it after (FA3's order: ``convert_type`` after
+``warpgroup_wait<0>``). The note is gone for strided, sink+window, full causal and GQA 32/8
+(ptxas 13.0, no spills).
 """
 
 from __future__ import annotations
@@ -55,14 +63,15 @@ def _overlap_loop(w):
     return lax.rem(e, jnp.array(mcs, e.dtype))
 
   def softmax(s, e, m_i, l_i, masked, kseg):
-    """(p16, m_new, l_new, alpha) of tile ``e``'s scores (``kseg``: its key segment ids)."""
+    """(p, m_new, l_new, alpha) of tile ``e``'s scores (``kseg``: its key segment ids); ``p``
+    is fp32: the caller converts it once the P V that reads the previous P has finished."""
     if masked:
       s = jnp.where(tile_allowed(w, e, kseg), s, -jnp.inf)
     m_new = jnp.maximum(m_i, s.max(axis=1) * c)
     alpha = jnp.exp2(m_i - m_new)
     p = jnp.exp2(s * c - lax.broadcast_in_dim(m_new, s.shape, [0]))
     l_new = l_i * alpha + p.sum(axis=1)
-    return p.astype(dtype), m_new, l_new, alpha
+    return p, m_new, l_new, alpha
 
   def body(o_ref, s_ref):
     o_ref[...] = zeros_o
@@ -80,8 +89,8 @@ def _overlap_loop(w):
       s = plgpu.wgmma_accumulator_load(s_ref, wait_n=0)
       kseg = None if w.seg is None else w.seg.ring(0, True)
       plgpu.barrier_arrive(w.k_used.at[0])
-      p16, m_new, l_new, _ = softmax(s, e, m_i, l_i, True, kseg)
-      return p16, m_new, l_new
+      p, m_new, l_new, _ = softmax(s, e, m_i, l_i, True, kseg)
+      return p.astype(dtype), m_new, l_new
 
     def step(e, carry, masked):
       p_prev, m_i, l_i = carry
@@ -95,11 +104,13 @@ def _overlap_loop(w):
       s = plgpu.wgmma_accumulator_load(s_ref, wait_n=1)   # S done, P V still in flight
       kseg = None if w.seg is None else w.seg.ring(slot, masked)
       plgpu.barrier_arrive(w.k_used.at[slot])
-      p16, m_new, l_new, alpha = softmax(s, e, m_i, l_i, masked, kseg)
+      p, m_new, l_new, alpha = softmax(s, e, m_i, l_i, masked, kseg)
       o = plgpu.wgmma_accumulator_load(o_ref, wait_n=0)
       plgpu.barrier_arrive(w.v_used.at[pslot])
       o_ref[...] = o * lax.broadcast_in_dim(alpha, (bq, d), [0])
-      return p16, m_new, l_new
+      # Converted only now: LLVM gives the new P the registers of the carried one, which the
+      # P V above reads while in flight, and ptxas then serialises every wgmma (C7513).
+      return p.astype(dtype), m_new, l_new
 
     def epilogue(e, p_last):
       last = slot_of(w.n_tot - 1)

@@ -106,8 +106,9 @@ def parse_config(text: str) -> tuple[str, dict]:
 
 def kernels(spec: str, length: int, heads: int = 32, kv_heads: int = 32, head_dim: int = 128,
             configs=(("", {}),)) -> dict:
-  """{row: (kernel, jittable fn, argument shapes, MosaicBwdConfig overrides)}, bf16, B=1: fwd, fwd_overlap,
-  and dq/dkv/bwd_fused per (name, overrides) config, as '<kernel>_<name>' unless name is ''."""
+  """{row: (kernel, jittable fn, argument shapes, MosaicBwdConfig overrides)}, bf16, B=1: fwd,
+  fwd_overlap, fwd_overlap_early (``rescale_early=True``), and dq/dkv/bwd_fused per (name,
+  overrides) config, as '<kernel>_<name>' unless name is ''."""
   import jax
   import jax.numpy as jnp
   from pallas_kernels.backends import pallas_gpu_mosaic as pm
@@ -121,7 +122,9 @@ def kernels(spec: str, length: int, heads: int = 32, kv_heads: int = 32, head_di
   stat = jax.ShapeDtypeStruct((1, heads, length), jnp.float32)   # lse2, delta: [B, Hq, T]
   out = {"fwd": ("fwd", functools.partial(pm.sparse_attention_fwd, spec=sp), (q, kv, kv), {}),
          "fwd_overlap": ("fwd_overlap", functools.partial(po.sparse_attention_fwd, spec=sp),
-                         (q, kv, kv), {})}
+                         (q, kv, kv), {}),
+         "fwd_overlap_early": ("fwd_overlap", functools.partial(
+             po.sparse_attention_fwd, spec=sp, rescale_early=True), (q, kv, kv), {})}
   for name, over in configs:
     cfg = dataclasses.replace(mb.MosaicBwdConfig(), **over)
     for kernel, fn in (("dq", mb.sparse_attention_dq), ("dkv", mb.sparse_attention_dkv),

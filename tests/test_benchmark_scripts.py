@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -119,8 +121,9 @@ def test_step_attention_calls_counts_targets_and_runs_tiny(env, tmp_path):
   assert "--backends: unknown attention backend 'fast'; choose one of auto, " in p.stderr
 
 
-def test_mosaic_bwd_ab_says_it_needs_a_gpu(env):
-  p = subprocess.run([sys.executable, "benchmarks/mosaic_bwd.py", "--length", "1024"], env=env,
+@pytest.mark.parametrize("script", ["mosaic_bwd.py", "mosaic_fwd.py"])
+def test_mosaic_ab_says_it_needs_a_gpu(env, script):
+  p = subprocess.run([sys.executable, f"benchmarks/{script}", "--length", "1024"], env=env,
                      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert p.returncode == 2 and "needs a GPU (Hopper); found cpu" in p.stderr
   assert len(p.stderr.strip().splitlines()) == 1

@@ -9,7 +9,9 @@ lengths make the K/V ring wrap and give CTAs with both full and partial entries.
 """
 
 import dataclasses
+import functools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -60,8 +62,14 @@ def _bwd_stats(out, lse, do):
   return lse_b / math.log(2), delta
 
 
+# The overlapped forward with ``rescale_early`` (FA3's order of the O rescale), an A/B option.
+MO_EARLY = types.SimpleNamespace(
+    sparse_attention_fwd=functools.partial(mo.sparse_attention_fwd, rescale_early=True))
+
+
 @pytest.mark.parametrize("spec", SPECS)
-@pytest.mark.parametrize("module", [pm, mo], ids=["mosaic", "mosaic_overlap"])
+@pytest.mark.parametrize("module", [pm, mo, MO_EARLY],
+                         ids=["mosaic", "mosaic_overlap", "mosaic_overlap_early"])
 def test_forward_vs_reference(module, spec):
   spec = AttentionSpec.parse(spec)
   q, k, v, do = _inputs()
@@ -183,8 +191,11 @@ def _packed(t):
                      jnp.int32)
 
 
-@pytest.mark.parametrize("spec,module", [(s, pm) for s in SPECS] + [("strided:2:3@16", mo)],
-                         ids=[f"mosaic-{s}" for s in SPECS] + ["mosaic_overlap-strided"])
+@pytest.mark.parametrize("spec,module",
+                         [(s, pm) for s in SPECS] + [("strided:2:3@16", mo),
+                                                     ("strided:2:3@16", MO_EARLY)],
+                         ids=[f"mosaic-{s}" for s in SPECS] + ["mosaic_overlap-strided",
+                                                               "mosaic_overlap_early-strided"])
 def test_packed_forward_vs_reference(spec, module):
   """Segment ids: the visit lists skip cross-document tiles, the masked tiles compare ids."""
   spec = AttentionSpec.parse(spec)

@@ -53,8 +53,10 @@ from pallas_kernels.backends.pallas_gpu_mosaic import M_INIT, MosaicConfig, forw
 from pallas_kernels.spec import AttentionSpec
 
 
-def _overlap_loop(w):
-  """A compute warpgroup's walk with intra-warpgroup overlap (module docstring)."""
+def _overlap_loop(w, rescale_early=False):
+  """A compute warpgroup's walk with intra-warpgroup overlap (module docstring).
+  ``rescale_early``: rescale O by the previous tile's alpha while S is in flight, just before
+  P V is issued (FA3's order), instead of after P V has been waited for."""
   bq, bkv, d, mcs, dtype, c = w.bq, w.bkv, w.d, w.mcs, w.dtype, w.c
   zeros_s = plgpu.layout_cast(jnp.full((bq, bkv), 0, jnp.float32), plgpu.Layout.WGMMA)
   zeros_o = plgpu.layout_cast(jnp.full((bq, d), 0, jnp.float32), plgpu.Layout.WGMMA)
@@ -81,7 +83,7 @@ def _overlap_loop(w):
     pl.when(w.wg == 1)(w.schedule_barrier)
 
     def prologue(e, carry):     # tile 0 alone; always masked (exact when the tile is full)
-      _, m_i, l_i = carry
+      _, m_i, l_i, _ = carry
       plgpu.barrier_wait(w.k_bar.at[0])
       s_ref[...] = zeros_s
       plgpu.wgmma(s_ref, w.qo_smem, plgpu.transpose_ref(w.k_smem.at[0], (1, 0)))
@@ -89,15 +91,18 @@ def _overlap_loop(w):
       s = plgpu.wgmma_accumulator_load(s_ref, wait_n=0)
       kseg = None if w.seg is None else w.seg.ring(0, True)
       plgpu.barrier_arrive(w.k_used.at[0])
-      p, m_new, l_new, _ = softmax(s, e, m_i, l_i, True, kseg)
-      return p.astype(dtype), m_new, l_new
+      p, m_new, l_new, alpha = softmax(s, e, m_i, l_i, True, kseg)
+      return p.astype(dtype), m_new, l_new, alpha
 
     def step(e, carry, masked):
-      p_prev, m_i, l_i = carry
+      p_prev, m_i, l_i, alpha_prev = carry
       slot, pslot = slot_of(e), slot_of(e - 1)
       plgpu.barrier_wait(w.k_bar.at[slot])
       s_ref[...] = zeros_s
       plgpu.wgmma(s_ref, w.qo_smem, plgpu.transpose_ref(w.k_smem.at[slot], (1, 0)))
+      if rescale_early:   # FA3's order: O *= alpha of tile e - 1 while S_e is in flight
+        o = plgpu.wgmma_accumulator_load(o_ref, wait_n=1)
+        o_ref[...] = o * lax.broadcast_in_dim(alpha_prev, (bq, d), [0])
       plgpu.barrier_wait(w.v_bar.at[pslot])
       plgpu.wgmma(o_ref, p_prev, w.v_smem.at[pslot])
       w.schedule_barrier()
@@ -105,39 +110,49 @@ def _overlap_loop(w):
       kseg = None if w.seg is None else w.seg.ring(slot, masked)
       plgpu.barrier_arrive(w.k_used.at[slot])
       p, m_new, l_new, alpha = softmax(s, e, m_i, l_i, masked, kseg)
-      o = plgpu.wgmma_accumulator_load(o_ref, wait_n=0)
+      if rescale_early:
+        plgpu.wgmma_wait(0)
+      else:
+        o = plgpu.wgmma_accumulator_load(o_ref, wait_n=0)
       plgpu.barrier_arrive(w.v_used.at[pslot])
-      o_ref[...] = o * lax.broadcast_in_dim(alpha, (bq, d), [0])
+      if not rescale_early:
+        o_ref[...] = o * lax.broadcast_in_dim(alpha, (bq, d), [0])
       # Converted only now: LLVM gives the new P the registers of the carried one, which the
       # P V above reads while in flight, and ptxas then serialises every wgmma (C7513).
-      return p.astype(dtype), m_new, l_new
+      return p.astype(dtype), m_new, l_new, alpha
 
-    def epilogue(e, p_last):
+    def epilogue(e, carry):
+      p_last, alpha_last = carry
       last = slot_of(w.n_tot - 1)
+      if rescale_early:
+        o = plgpu.wgmma_accumulator_load(o_ref, wait_n=0)
+        o_ref[...] = o * lax.broadcast_in_dim(alpha_last, (bq, d), [0])
       plgpu.barrier_wait(w.v_bar.at[last])
       plgpu.wgmma(o_ref, p_last, w.v_smem.at[last])
       plgpu.wgmma_wait(0)
       plgpu.barrier_arrive(w.v_used.at[last])
-      return p_last
+      return carry
 
     n_pro = jnp.minimum(w.n_tot, 1)   # 1 when the row block sees any tile: prologue, epilogue
-    carry = lax.fori_loop(0, n_pro, prologue, (p16, m_i, l_i))
+    carry = lax.fori_loop(0, n_pro, prologue, (p16, m_i, l_i, l_i))
     carry = lax.fori_loop(1, jnp.maximum(w.n_full, 1), functools.partial(step, masked=False),
                           carry)
     carry = lax.fori_loop(jnp.maximum(w.n_full, 1), w.n_tot,
                           functools.partial(step, masked=True), carry)
-    p_last, m_i, l_i = carry
-    lax.fori_loop(0, n_pro, epilogue, p_last)
+    p_last, m_i, l_i, alpha_last = carry
+    lax.fori_loop(0, n_pro, epilogue, (p_last, alpha_last))
     pl.when(w.wg == 0)(w.schedule_barrier)
     return plgpu.wgmma_accumulator_load(o_ref, wait_n=0), m_i, l_i
 
   return pl.run_scoped(body, plgpu.ACC((bq, d), jnp.float32), plgpu.ACC((bq, bkv), jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
+@functools.partial(jax.jit, static_argnames=("spec", "config", "scale", "rescale_early"))
 def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = MosaicConfig(),
-                         scale: float | None = None, segment_ids=None, kv_segment_ids=None):
+                         scale: float | None = None, segment_ids=None, kv_segment_ids=None,
+                         rescale_early: bool = False):
   """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2), as ``pallas_gpu_mosaic``'s (segment
-  ids too)."""
-  return forward(q, k, v, spec, config, scale, _overlap_loop, split_release=True,
+  ids too). ``rescale_early``: ``_overlap_loop``'s (an A/B option for ``mosaic_fwd.py``)."""
+  loop = functools.partial(_overlap_loop, rescale_early=rescale_early)
+  return forward(q, k, v, spec, config, scale, loop, split_release=True,
                  segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)

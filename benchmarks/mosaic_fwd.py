@@ -2,8 +2,10 @@
 
 ``benchmarks/attention.py`` times whole cells through the public API. This script times only the
 forward kernels: ``pallas_gpu_mosaic.sparse_attention_fwd`` ("default", what
-``fwd_impl="auto"`` takes on Hopper) and ``pallas_gpu_mosaic_overlap.sparse_attention_fwd``
-("overlap", intra-warpgroup overlap; "overlap_early": with ``rescale_early=True``), in one
+``fwd_impl="auto"`` takes on Hopper; "default_pinned" with ``pin_schedule=True``) and
+``pallas_gpu_mosaic_overlap.sparse_attention_fwd``
+("overlap", intra-warpgroup overlap; "overlap_pinned" with ``pin_wait=True``;
+"overlap_early_pinned" also with ``rescale_early=True``), in one
 process with the same inputs. B=1, H=32 query heads, D=128, bf16. Timing is
 ``benchmarks/bench_timing.py``'s (back-to-back calls, one synchronisation per loop, median of 5
 loops), as in ``attention.py``. Useful FLOPs = 4 * visible pairs * D * H (``attention.py``'s
@@ -33,8 +35,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pattern's reference row
 VARIANTS = {
     "default": ("pallas_gpu_mosaic", {}),
+    "default_pinned": ("pallas_gpu_mosaic", {"pin_schedule": True}),
     "overlap": ("pallas_gpu_mosaic_overlap", {}),
-    "overlap_early": ("pallas_gpu_mosaic_overlap", {"rescale_early": True}),
+    "overlap_pinned": ("pallas_gpu_mosaic_overlap", {"pin_wait": True}),
+    "overlap_early_pinned": ("pallas_gpu_mosaic_overlap", {"rescale_early": True,
+                                                           "pin_wait": True}),
 }
 PATTERNS = {"sink_window": "sink_window:64:4096", "strided": "strided:16:64", "full": "full"}
 

@@ -106,9 +106,10 @@ def parse_config(text: str) -> tuple[str, dict]:
 
 def kernels(spec: str, length: int, heads: int = 32, kv_heads: int = 32, head_dim: int = 128,
             configs=(("", {}),)) -> dict:
-  """{row: (kernel, jittable fn, argument shapes, MosaicBwdConfig overrides)}, bf16, B=1: fwd,
-  fwd_overlap, fwd_overlap_early (``rescale_early=True``), and dq/dkv/bwd_fused per (name,
-  overrides) config, as '<kernel>_<name>' unless name is ''."""
+  """{row: (kernel, jittable fn, argument shapes, MosaicBwdConfig overrides)}, bf16, B=1: fwd
+  (also ``pin_schedule=True``), fwd_overlap (also ``pin_wait=True`` and ``rescale_early=True,
+  pin_wait=True``), and
+  dq/dkv/bwd_fused per (name, overrides) config, as '<kernel>_<name>' unless name is ''."""
   import jax
   import jax.numpy as jnp
   from pallas_kernels.backends import pallas_gpu_mosaic as pm
@@ -121,10 +122,15 @@ def kernels(spec: str, length: int, heads: int = 32, kv_heads: int = 32, head_di
   kv = jax.ShapeDtypeStruct((1, length, kv_heads, head_dim), jnp.bfloat16)
   stat = jax.ShapeDtypeStruct((1, heads, length), jnp.float32)   # lse2, delta: [B, Hq, T]
   out = {"fwd": ("fwd", functools.partial(pm.sparse_attention_fwd, spec=sp), (q, kv, kv), {}),
+         "fwd_pinned": ("fwd", functools.partial(pm.sparse_attention_fwd, spec=sp,
+                                                 pin_schedule=True), (q, kv, kv), {}),
          "fwd_overlap": ("fwd_overlap", functools.partial(po.sparse_attention_fwd, spec=sp),
                          (q, kv, kv), {}),
-         "fwd_overlap_early": ("fwd_overlap", functools.partial(
-             po.sparse_attention_fwd, spec=sp, rescale_early=True), (q, kv, kv), {})}
+         "fwd_overlap_pinned": ("fwd_overlap", functools.partial(
+             po.sparse_attention_fwd, spec=sp, pin_wait=True), (q, kv, kv), {}),
+         "fwd_overlap_early_pinned": ("fwd_overlap", functools.partial(
+             po.sparse_attention_fwd, spec=sp, rescale_early=True, pin_wait=True),
+             (q, kv, kv), {})}
   for name, over in configs:
     cfg = dataclasses.replace(mb.MosaicBwdConfig(), **over)
     for kernel, fn in (("dq", mb.sparse_attention_dq), ("dkv", mb.sparse_attention_dkv),

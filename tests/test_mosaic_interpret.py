@@ -62,14 +62,19 @@ def _bwd_stats(out, lse, do):
   return lse_b / math.log(2), delta
 
 
-# The overlapped forward with ``rescale_early`` (FA3's order of the O rescale), an A/B option.
-MO_EARLY = types.SimpleNamespace(
-    sparse_attention_fwd=functools.partial(mo.sparse_attention_fwd, rescale_early=True))
+# The forwards' A/B options (``sparse_attention_fwd``'s keyword arguments).
+PM_PINNED = types.SimpleNamespace(
+    sparse_attention_fwd=functools.partial(pm.sparse_attention_fwd, pin_schedule=True))
+MO_PINNED = types.SimpleNamespace(
+    sparse_attention_fwd=functools.partial(mo.sparse_attention_fwd, pin_wait=True))
+MO_EARLY_PINNED = types.SimpleNamespace(sparse_attention_fwd=functools.partial(
+    mo.sparse_attention_fwd, rescale_early=True, pin_wait=True))
 
 
 @pytest.mark.parametrize("spec", SPECS)
-@pytest.mark.parametrize("module", [pm, mo, MO_EARLY],
-                         ids=["mosaic", "mosaic_overlap", "mosaic_overlap_early"])
+@pytest.mark.parametrize("module", [pm, PM_PINNED, mo, MO_PINNED, MO_EARLY_PINNED],
+                         ids=["mosaic", "mosaic_pinned", "mosaic_overlap", "mosaic_overlap_pinned",
+                              "mosaic_overlap_early_pinned"])
 def test_forward_vs_reference(module, spec):
   spec = AttentionSpec.parse(spec)
   q, k, v, do = _inputs()
@@ -192,10 +197,11 @@ def _packed(t):
 
 
 @pytest.mark.parametrize("spec,module",
-                         [(s, pm) for s in SPECS] + [("strided:2:3@16", mo),
-                                                     ("strided:2:3@16", MO_EARLY)],
-                         ids=[f"mosaic-{s}" for s in SPECS] + ["mosaic_overlap-strided",
-                                                               "mosaic_overlap_early-strided"])
+                         [(s, pm) for s in SPECS] + [("strided:2:3@16", m) for m in (
+                             PM_PINNED, mo, MO_EARLY_PINNED)],
+                         ids=[f"mosaic-{s}" for s in SPECS] + [
+                             "mosaic_pinned-strided", "mosaic_overlap-strided",
+                             "mosaic_overlap_early_pinned-strided"])
 def test_packed_forward_vs_reference(spec, module):
   """Segment ids: the visit lists skip cross-document tiles, the masked tiles compare ids."""
   spec = AttentionSpec.parse(spec)

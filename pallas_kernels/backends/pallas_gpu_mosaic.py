@@ -266,6 +266,7 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
       w = types.SimpleNamespace(
           qo_smem=qo_smem, k_smem=k_smem, v_smem=v_smem, k_bar=k_bar, v_bar=v_bar,
           k_used=k_used, v_used=v_used, sched=sched, schedule_barrier=schedule_barrier,
+          lse_smem=lse_smem,
           visit=visit, wg=wg, q_base=q_base, n_full=n_full, n_tot=n_tot, spec=spec,
           c=c, bq=bq, bkv=bkv, d=d, dtype=dtype, mcs=mcs, seg=sg, qseg=qseg)
       acc, m_i, l_i = loop(w)
@@ -316,9 +317,16 @@ def tile_allowed(w, e, kseg=None):
   return ok if kseg is None else ok & w.seg.same(w.qseg, kseg, (w.bq, w.bkv))
 
 
-def _loop(w):
+def _loop(w, pin_schedule=False):
   """The compute warpgroup's walk: per tile S = Q Kᵀ (wait), softmax, P V, with the schedule
-  barrier handing the tensor cores to the other warpgroup during the softmax."""
+  barrier handing the tensor cores to the other warpgroup during the softmax.
+  ``pin_schedule``: without it ptxas hoists the schedule barrier's arrive after the softmax
+  above the softmax (it is an mbarrier arrive, and the softmax touches no memory), so the other
+  warpgroup may issue its P V and S while this one still runs its softmax, and the two
+  softmaxes can overlap each other instead of the tensor cores' work (SASS of
+  ``benchmarks/ptxas_offline.py --only fwd``). A shared-memory store of the row sums just before
+  the arrive keeps it after the softmax (the arrive has release semantics). An A/B option for
+  ``benchmarks/mosaic_fwd.py``, to be folded in or removed once timed."""
   bq, bkv, d, mcs = w.bq, w.bkv, w.d, w.mcs
   m_i = plgpu.layout_cast(jnp.full((bq,), M_INIT, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
   l_i = plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
@@ -351,6 +359,8 @@ def _loop(w):
     p16 = p.astype(w.dtype)
     l_i += p.sum(axis=1)
     acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
+    if pin_schedule:   # a shared-memory store of the row sums keeps the arrive after them
+      w.lse_smem[...] = l_i
     plgpu.barrier_arrive(w.sched)
     plgpu.barrier_wait(w.v_bar.at[slot])
     plgpu.barrier_wait(w.sched)
@@ -373,10 +383,12 @@ def _loop(w):
   return acc, m_i, l_i
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
+@functools.partial(jax.jit, static_argnames=("spec", "config", "scale", "pin_schedule"))
 def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = MosaicConfig(),
-                         scale: float | None = None, segment_ids=None, kv_segment_ids=None):
+                         scale: float | None = None, segment_ids=None, kv_segment_ids=None,
+                         pin_schedule: bool = False):
   """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2); see the module docstring. Segment ids
-  ([B, T] integers, both or neither): packed documents (``forward``)."""
-  return forward(q, k, v, spec, config, scale, _loop, segment_ids=segment_ids,
-                 kv_segment_ids=kv_segment_ids)
+  ([B, T] integers, both or neither): packed documents (``forward``). ``pin_schedule``:
+  ``_loop``'s."""
+  return forward(q, k, v, spec, config, scale, functools.partial(_loop, pin_schedule=pin_schedule),
+                 segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)

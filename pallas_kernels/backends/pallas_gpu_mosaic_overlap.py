@@ -53,10 +53,14 @@ from pallas_kernels.backends.pallas_gpu_mosaic import M_INIT, MosaicConfig, forw
 from pallas_kernels.spec import AttentionSpec
 
 
-def _overlap_loop(w, rescale_early=False):
+def _overlap_loop(w, rescale_early=False, pin_wait=False):
   """A compute warpgroup's walk with intra-warpgroup overlap (module docstring).
   ``rescale_early``: rescale O by the previous tile's alpha while S is in flight, just before
-  P V is issued (FA3's order), instead of after P V has been waited for."""
+  P V is issued (FA3's order), instead of after P V has been waited for. ``pin_wait``: store the
+  row sums to shared memory just before the P V wait, so that ptxas keeps the wait after the
+  softmax (without it ptxas hoists the wait, and the V release, above the softmax: nothing
+  overlaps; ``benchmarks/ptxas_offline.py --only fwd_overlap``'s SASS). Both are A/B options
+  for ``benchmarks/mosaic_fwd.py``, to be folded in or removed once timed."""
   bq, bkv, d, mcs, dtype, c = w.bq, w.bkv, w.d, w.mcs, w.dtype, w.c
   zeros_s = plgpu.layout_cast(jnp.full((bq, bkv), 0, jnp.float32), plgpu.Layout.WGMMA)
   zeros_o = plgpu.layout_cast(jnp.full((bq, d), 0, jnp.float32), plgpu.Layout.WGMMA)
@@ -110,6 +114,10 @@ def _overlap_loop(w, rescale_early=False):
       kseg = None if w.seg is None else w.seg.ring(slot, masked)
       plgpu.barrier_arrive(w.k_used.at[slot])
       p, m_new, l_new, alpha = softmax(s, e, m_i, l_i, masked, kseg)
+      if pin_wait:
+        # ptxas hoists a plain wait above the softmax (and with it the V release), so nothing
+        # overlaps; a shared-memory store of the softmax's row sums before it pins it here.
+        w.lse_smem[...] = l_new
       if rescale_early:
         plgpu.wgmma_wait(0)
       else:
@@ -147,12 +155,12 @@ def _overlap_loop(w, rescale_early=False):
   return pl.run_scoped(body, plgpu.ACC((bq, d), jnp.float32), plgpu.ACC((bq, bkv), jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "config", "scale", "rescale_early"))
+@functools.partial(jax.jit, static_argnames=("spec", "config", "scale", "rescale_early", "pin_wait"))
 def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = MosaicConfig(),
                          scale: float | None = None, segment_ids=None, kv_segment_ids=None,
-                         rescale_early: bool = False):
+                         rescale_early: bool = False, pin_wait: bool = False):
   """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2), as ``pallas_gpu_mosaic``'s (segment
   ids too). ``rescale_early``: ``_overlap_loop``'s (an A/B option for ``mosaic_fwd.py``)."""
-  loop = functools.partial(_overlap_loop, rescale_early=rescale_early)
+  loop = functools.partial(_overlap_loop, rescale_early=rescale_early, pin_wait=pin_wait)
   return forward(q, k, v, spec, config, scale, loop, split_release=True,
                  segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)

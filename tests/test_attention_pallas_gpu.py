@@ -260,8 +260,8 @@ def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel, seg):
 
 
 @pytest.mark.parametrize("over", [dict(registers=(232, 40)), dict(rederive=False),
-                                  dict(rederive_dq=True)],
-                         ids=["regs232", "no_rederive", "rederive_dq"])
+                                  dict(rederive_dq=True), dict(p_under_dp=True)],
+                         ids=["regs232", "no_rederive", "rederive_dq", "p_under_dp"])
 @pytest.mark.parametrize("kernel", ["sparse_attention_dkv", "sparse_attention_bwd"])
 @pytest.mark.parametrize("d", [64, 128])
 def test_mosaic_bwd_config_variants_lower_for_cuda(kernel, over, d):

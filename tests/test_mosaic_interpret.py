@@ -103,12 +103,16 @@ def test_backward_vs_reference(spec, fused):
 
 @pytest.mark.parametrize("fused, over", [(False, dict(rederive=False)),
                                          (True, dict(rederive=False)),
-                                         (True, dict(rederive_dq=True))],
-                         ids=["dq_dkv-no_rederive", "fused-no_rederive", "fused-rederive_dq"])
+                                         (True, dict(rederive_dq=True)),
+                                         (False, dict(p_under_dp=True)),
+                                         (True, dict(p_under_dp=True))],
+                         ids=["dq_dkv-no_rederive", "fused-no_rederive", "fused-rederive_dq",
+                              "dq_dkv-p_under_dp", "fused-p_under_dp"])
 def test_backward_config_variants(fused, over):
   """``MosaicBwdConfig(rederive=False)``: K's and V's refs and the mask's offsets held across
   the loop, not recomputed each step (the default before 2026-12-06). ``rederive_dq=True``
-  (fused only): the dQ matmul's K refs and columns recomputed each step too."""
+  (fused only): the dQ matmul's K refs and columns recomputed each step too. ``p_under_dp``:
+  sT and dPᵀ in two wgmma groups, Pᵀ computed between the waits."""
   spec = AttentionSpec.parse("sink_window:16:48@16")
   q, k, v, do = _inputs(seed=3, t=T_FUSED if fused else T)
   out, lse, want = _reference(q, k, v, do, spec)

@@ -186,8 +186,8 @@ def test_registry_dispatch():
 @pytest.mark.parametrize("seg", [False, True], ids=["", "segments"])
 @pytest.mark.parametrize("fused", [False, True], ids=["dq_dkv", "fused"])
 @pytest.mark.parametrize("over", [dict(registers=(232, 40)), dict(rederive=False),
-                                  dict(rederive_dq=True)],
-                         ids=["regs232", "no_rederive", "rederive_dq"])
+                                  dict(rederive_dq=True), dict(p_under_dp=True)],
+                         ids=["regs232", "no_rederive", "rederive_dq", "p_under_dp"])
 def test_mosaic_bwd_config_variants_match_default(over, fused, seg):
   """The other ``MosaicBwdConfig`` settings give the default kernels' gradients (which the tests
   above hold to the reference), GQA 8/2, with and without segment ids."""

@@ -155,12 +155,14 @@ def _overlap_loop(w, rescale_early=False, pin_wait=False):
   return pl.run_scoped(body, plgpu.ACC((bq, d), jnp.float32), plgpu.ACC((bq, bkv), jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "config", "scale", "rescale_early", "pin_wait"))
+@functools.partial(jax.jit,
+                   static_argnames=("spec", "config", "scale", "rescale_early", "pin_wait"))
 def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = MosaicConfig(),
                          scale: float | None = None, segment_ids=None, kv_segment_ids=None,
                          rescale_early: bool = False, pin_wait: bool = False):
   """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2), as ``pallas_gpu_mosaic``'s (segment
-  ids too). ``rescale_early``: ``_overlap_loop``'s (an A/B option for ``mosaic_fwd.py``)."""
+  ids too). ``rescale_early``, ``pin_wait``: ``_overlap_loop``'s (A/B options for
+  ``benchmarks/mosaic_fwd.py``)."""
   loop = functools.partial(_overlap_loop, rescale_early=rescale_early, pin_wait=pin_wait)
   return forward(q, k, v, spec, config, scale, loop, split_release=True,
                  segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)

@@ -35,7 +35,9 @@ reports. ``--python`` uses another venv holding those packages instead. Then:
 Each --config ``[NAME:]field=value,...`` (values are Python literals) adds dq/dkv/bwd_fused rows
 ``<kernel>_<NAME>`` with those MosaicBwdConfig fields. --out (default WORK/out) gets <kernel>/
 (module.mlirbc, *.ptx, *.ptxas, *.sass_ctrl when nvdisasm exists, ptxas_cmd.txt, compile.log)
-and summary.json. Exit status 1 if a kernel failed, 2 on a setup error (one line on stderr).
+and summary.json. Where the SASS exists, each row also gives ``ex2_under_wgmma``: per wait that
+leaves a wgmma group in flight, the exponentials before the next wait (``ex2_under_wgmma``'s
+docstring). Exit status 1 if a kernel failed, 2 on a setup error (one line on stderr).
 
 The numbers come from this jaxlib's Mosaic pipeline and the chosen ptxas (default the
 nvidia-cuda-nvcc-cu12 wheel's, 12.9 when written): close to, not identical with, a GPU machine on
@@ -183,6 +185,24 @@ def parse_ptxas(log: str) -> dict:
 
 # ----------------------------------------------------------------- side venv (CUDA plugin)
 
+def ex2_under_wgmma(sass: str) -> list[int]:
+  """Per ``WARPGROUP.DEPBAR.LE gsb0, 0x1`` in the SASS (a wait that leaves one wgmma group in
+  flight): how many ``MUFU.EX2`` follow it before the next wgmma wait or issue, i.e. the
+  exponentials that run while a matmul is in flight (the overlap forward's softmax under P V,
+  ``p_under_dp``'s Pᵀ under dPᵀ). Empty when the kernel never waits with a group in flight."""
+  lines = sass.splitlines()
+  out = []
+  for i, line in enumerate(lines):
+    if "WARPGROUP.DEPBAR.LE gsb0, 0x1" in line:
+      n = 0
+      for nxt in lines[i + 1:]:
+        if "WARPGROUP.DEPBAR" in nxt or "HGMMA" in nxt:
+          break
+        n += "MUFU.EX2" in nxt
+      out.append(n)
+  return out
+
+
 def probe() -> dict:
   """In the side venv: the CUDA plugin, its two symbols' offsets, jaxlib version, site-packages."""
   import importlib.util
@@ -308,6 +328,9 @@ def compile_module(job: dict, data: bytes, kdir: str) -> dict:
     return {"error": f"no ptxas report: {(tail or ['no output'])[-1][:200]} (see {kdir})"}
   if not os.path.exists(cmds) or "-arch=" not in open(cmds).read():   # XLA found another ptxas
     return {"error": f"the ptxas report is not from {job['ptxas']} (see {cmds})"}
+  sass = [n for n in sorted(os.listdir(kdir)) if n.endswith(".sass_ctrl")]
+  if sass:
+    row["ex2_under_wgmma"] = ex2_under_wgmma(open(os.path.join(kdir, sass[0])).read())
   return row
 
 
@@ -372,9 +395,11 @@ def main(argv=None) -> int:
         print(f"{kname:34s} ERROR {row['error']}", flush=True)
         continue
       notes = " ".join(f"{c}x{n}" for c, n in sorted(row["notes"].items()))
+      under = row.get("ex2_under_wgmma")
       print(f"{kname:34s} {row['registers']:5d} {row.get('stack', 0):6d} "
             f"{row.get('spill_stores', 0):8d} {row.get('spill_loads', 0):8d} "
-            f"{sum(row['notes'].values()):5d}  {notes}", flush=True)
+            f"{sum(row['notes'].values()):5d}  {notes}"
+            + (f"  ex2 under wgmma {under}" if under else ""), flush=True)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(dict(rows=rows, jax=jax.__version__, ptxas=job["ptxas_version"], spec=args.spec,

@@ -38,6 +38,17 @@ def test_parse_ptxas_log():
   assert "registers" not in po.parse_ptxas("ptxas fatal   : Unresolved extern function")
 
 
+def test_ex2_under_wgmma():
+  sass = "\n".join([
+      "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24, gsb0",
+      "HGMMA.64x128x16.F32.BF16 R88, R152, gdesc[UR8].tnspB, R88, gsb0",
+      "WARPGROUP.DEPBAR.LE gsb0, 0x1", "MUFU.EX2 R1, R1", "FADD R2, R1, R1", "MUFU.EX2 R3, R3",
+      "WARPGROUP.DEPBAR.LE gsb0, 0x0", "MUFU.EX2 R4, R4",
+      "WARPGROUP.DEPBAR.LE gsb0, 0x1", "MUFU.EX2 R5, R5", "HGMMA.64x128x16.F32.BF16 R24"])
+  assert po.ex2_under_wgmma(sass) == [2, 1]
+  assert po.ex2_under_wgmma("WARPGROUP.DEPBAR.LE gsb0, 0x0\nMUFU.EX2 R1, R1") == []
+
+
 def test_parse_config():
   assert po.parse_config("rederive=True,registers=(240,24)") == (
       "rederive_True_registers_240_24", {"rederive": True, "registers": (240, 24)})

@@ -29,9 +29,9 @@ Rows (B=1, H=32 query heads, D=128, bf16; every length at MHA 32/32 and GQA 32/8
                backward, then the default, and ``pallas_gpu_mosaic_bwd``);
                pallas_gpu_two_kernel_bwd: with ``bwd_impl="mosaic"``, the two-kernel Mosaic
                backward (runs before 2026-12-06 instead have pallas_gpu_fused_bwd, with the then
-               opt-in ``bwd_impl="mosaic_fused"``);
-               pallas_gpu_overlap_fwd: with ``fwd_impl="mosaic_overlap"``, the opt-in forward
-               with intra-warpgroup overlap (these two run last).
+               opt-in ``bwd_impl="mosaic_fused"``; it runs last). Runs before 2026-12-07 also
+               have pallas_gpu_overlap_fwd, a forward with intra-warpgroup overlap
+               (``fwd_impl="mosaic_overlap"``, removed then: 10-12% slower).
   window       window 4096 without sinks: cudnn_jax (public API, local_window_size=(4095, 0),
                is_causal=True): the "sinks for free" bound for the sink_window rows.
 
@@ -106,9 +106,6 @@ JAX_ROWS = [
     # when the fused one became 4-21% faster; runs before then have pallas_gpu_fused_bwd rows).
     ("sink_window", "pallas_gpu_two_kernel_bwd"), ("strided", "pallas_gpu_two_kernel_bwd"),
     ("full", "pallas_gpu_two_kernel_bwd"),
-    # and the opt-in forward with intra-warpgroup overlap (correct, 18-22% slower, same run).
-    ("sink_window", "pallas_gpu_overlap_fwd"), ("strided", "pallas_gpu_overlap_fwd"),
-    ("full", "pallas_gpu_overlap_fwd"),
 ]
 FLEX_PATTERNS = ("sink_window", "strided", "full")
 H, D, B = 32, 128, 1
@@ -152,8 +149,7 @@ def _jax_impl(pattern: str, impl: str, log_records: list):
     cfg = triton_native.NativeConfig(**over)
     return functools.partial(triton_native.native_attention, spec=spec, config=cfg), str(cfg)
   forced = {"pallas_gpu_triton_bwd": dict(bwd_impl="triton"),   # pallas_gpu, one kernel forced
-            "pallas_gpu_two_kernel_bwd": dict(bwd_impl="mosaic"),
-            "pallas_gpu_overlap_fwd": dict(fwd_impl="mosaic_overlap")}
+            "pallas_gpu_two_kernel_bwd": dict(bwd_impl="mosaic")}
   if impl in forced:
     from pallas_kernels.backends import pallas_gpu  # pylint: disable=g-import-not-at-top
     cfg = pallas_gpu.TritonConfig(**forced[impl])
@@ -426,6 +422,12 @@ def main(argv=None):
   p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
   p.add_argument("--flex-device", default="cuda", help=argparse.SUPPRESS)  # cpu: smoke tests
   args = p.parse_args(argv)
+  known = sorted({impl for _, impl in JAX_ROWS} | {"flex", "flex_fa4"})
+  bad = [name for name in args.skip if name.split("@")[0] not in known]
+  if bad:
+    print(f"--skip: unknown implementation {bad[0]!r}; choose from {', '.join(known)}",
+          file=sys.stderr)
+    sys.exit(2)
   if args.quick:
     args.lengths, args.kv_heads, args.loops, args.loop_s = [16384], [32], 3, 0.05
     args.flex_rep_ms = 50

@@ -39,10 +39,6 @@ VARIANTS = {
     "fused_before": ("fused", {"rederive": False, "registers": (232, 40)}),
     "fused_no_rederive": ("fused", {"rederive": False}),
     "fused_regs232": ("fused", {"registers": (232, 40)}),
-    "fused_rederive_dq": ("fused", {"rederive_dq": True}),
-    "two_kernel_p_under_dp": ("two", {"p_under_dp": True}),
-    "fused_p_under_dp": ("fused", {"p_under_dp": True}),
-    "fused_rederive_dq_p_under_dp": ("fused", {"rederive_dq": True, "p_under_dp": True}),
 }
 PATTERNS = {"sink_window": "sink_window:64:4096", "strided": "strided:16:64", "full": "full"}
 

@@ -64,7 +64,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROG = "benchmarks/ptxas_offline.py"
-KERNELS = ("fwd", "fwd_overlap", "dq", "dkv", "bwd_fused")
+KERNELS = ("fwd", "dq", "dkv", "bwd_fused")
 SYMBOLS = ("MosaicGpuCompile", "mosaic::gpu::EnsureLLVMNVPTXTargetIsRegistered()")
 PINNED = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt")   # == this jaxlib's version
 TOOLS = ("nvidia-cuda-nvcc-cu12", "nvidia-cuda-nvdisasm", "nvidia-cuda-cuobjdump", "absl-py")
@@ -108,31 +108,19 @@ def parse_config(text: str) -> tuple[str, dict]:
 
 def kernels(spec: str, length: int, heads: int = 32, kv_heads: int = 32, head_dim: int = 128,
             configs=(("", {}),)) -> dict:
-  """{row: (kernel, jittable fn, argument shapes, MosaicBwdConfig overrides)}, bf16, B=1: fwd
-  (also ``pin_schedule=True``), fwd_overlap (also ``pin_wait=True`` and ``rescale_early=True,
-  pin_wait=True``), and
-  dq/dkv/bwd_fused per (name, overrides) config, as '<kernel>_<name>' unless name is ''."""
+  """{row: (kernel, jittable fn, argument shapes, MosaicBwdConfig overrides)}, bf16, B=1: fwd,
+  and dq/dkv/bwd_fused per (name, overrides) config, as '<kernel>_<name>' unless name is ''."""
   import jax
   import jax.numpy as jnp
   from pallas_kernels.backends import pallas_gpu_mosaic as pm
   from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
-  from pallas_kernels.backends import pallas_gpu_mosaic_overlap as po
   from pallas_kernels.spec import AttentionSpec
 
   sp = AttentionSpec.parse(spec)
   q = jax.ShapeDtypeStruct((1, length, heads, head_dim), jnp.bfloat16)
   kv = jax.ShapeDtypeStruct((1, length, kv_heads, head_dim), jnp.bfloat16)
   stat = jax.ShapeDtypeStruct((1, heads, length), jnp.float32)   # lse2, delta: [B, Hq, T]
-  out = {"fwd": ("fwd", functools.partial(pm.sparse_attention_fwd, spec=sp), (q, kv, kv), {}),
-         "fwd_pinned": ("fwd", functools.partial(pm.sparse_attention_fwd, spec=sp,
-                                                 pin_schedule=True), (q, kv, kv), {}),
-         "fwd_overlap": ("fwd_overlap", functools.partial(po.sparse_attention_fwd, spec=sp),
-                         (q, kv, kv), {}),
-         "fwd_overlap_pinned": ("fwd_overlap", functools.partial(
-             po.sparse_attention_fwd, spec=sp, pin_wait=True), (q, kv, kv), {}),
-         "fwd_overlap_early_pinned": ("fwd_overlap", functools.partial(
-             po.sparse_attention_fwd, spec=sp, rescale_early=True, pin_wait=True),
-             (q, kv, kv), {})}
+  out = {"fwd": ("fwd", functools.partial(pm.sparse_attention_fwd, spec=sp), (q, kv, kv), {})}
   for name, over in configs:
     cfg = dataclasses.replace(mb.MosaicBwdConfig(), **over)
     for kernel, fn in (("dq", mb.sparse_attention_dq), ("dkv", mb.sparse_attention_dkv),
@@ -188,8 +176,9 @@ def parse_ptxas(log: str) -> dict:
 def ex2_under_wgmma(sass: str) -> list[int]:
   """Per ``WARPGROUP.DEPBAR.LE gsb0, 0x1`` in the SASS (a wait that leaves one wgmma group in
   flight): how many ``MUFU.EX2`` follow it before the next wgmma wait or issue, i.e. the
-  exponentials that run while a matmul is in flight (the overlap forward's softmax under P V,
-  ``p_under_dp``'s Pᵀ under dPᵀ). Empty when the kernel never waits with a group in flight."""
+  exponentials that run while a matmul is in flight (what an FA3/FA4-style overlap of softmax
+  and matmul needs; the kernels tried for it on 2026-12-07 are in docs/kernels.md). Empty when
+  the kernel never waits with a group in flight, as none of today's kernels does."""
   lines = sass.splitlines()
   out = []
   for i, line in enumerate(lines):

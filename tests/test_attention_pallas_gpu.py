@@ -204,26 +204,25 @@ def _abstract_cuda_gpu(device_kind="NVIDIA H100 80GB HBM3"):
 
 def test_mosaic_forward_needs_a_hopper_gpu():
   q, k, v, _ = _inputs(7, 128, 2, 2, 64, jnp.bfloat16)
-  for impl in ("mosaic", "mosaic_overlap"):
-    cfg = pallas_gpu.TritonConfig(fwd_impl=impl)
-    with pytest.raises(pallas_gpu.PallasGpuError, match=f"fwd_impl='{impl}' cannot run"):
-      pallas_gpu.attention(q, k, v, AttentionSpec.full(), config=cfg, interpret=True)
-  with pytest.raises(pallas_gpu.PallasGpuError, match="fwd_impl"):
-    pallas_gpu.TritonConfig(fwd_impl="cuda")
+  cfg = pallas_gpu.TritonConfig(fwd_impl="mosaic")
+  with pytest.raises(pallas_gpu.PallasGpuError, match="fwd_impl='mosaic' cannot run"):
+    pallas_gpu.attention(q, k, v, AttentionSpec.full(), config=cfg, interpret=True)
+  for bad in ("cuda", "mosaic_overlap"):   # the latter removed on 2026-12-07
+    with pytest.raises(pallas_gpu.PallasGpuError, match="fwd_impl"):
+      pallas_gpu.TritonConfig(fwd_impl=bad)
 
 
 SEG = jax.ShapeDtypeStruct((1, 512), jnp.int32)
 
 
 @pytest.mark.parametrize("seg", [False, True], ids=["", "segments"])
-@pytest.mark.parametrize("module", ["pallas_gpu_mosaic", "pallas_gpu_mosaic_overlap"])
 @pytest.mark.parametrize("spec,hkv", [("sink_window:64:256", 2), ("strided:4:4", 4), ("full", 1)])
-def test_mosaic_forward_lowers_for_cuda(module, spec, hkv, seg):
-  """The Mosaic GPU forwards (default and intra-warpgroup overlap), with and without segment
-  ids, lower to Mosaic GPU IR with the outputs' shapes (no GPU needed; numerics:
-  tests/test_mosaic_interpret.py and tests/gpu/test_gpu_pallas_gpu.py)."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  mod = importlib.import_module(f"pallas_kernels.backends.{module}")
+def test_mosaic_forward_lowers_for_cuda(spec, hkv, seg):
+  """The Mosaic GPU forward, with and without segment ids, lowers to Mosaic GPU IR with the
+  outputs' shapes (no GPU needed; numerics: tests/test_mosaic_interpret.py and
+  tests/gpu/test_gpu_pallas_gpu.py)."""
+  # pylint: disable-next=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu_mosaic as mod
   q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
   k = jax.ShapeDtypeStruct((1, 512, hkv, 128), jnp.bfloat16)
   traced = jax.jit(lambda q, k, v, *s: mod.sparse_attention_fwd(
@@ -259,9 +258,8 @@ def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel, seg):
       (w.shape, w.dtype) for w in want]
 
 
-@pytest.mark.parametrize("over", [dict(registers=(232, 40)), dict(rederive=False),
-                                  dict(rederive_dq=True), dict(p_under_dp=True)],
-                         ids=["regs232", "no_rederive", "rederive_dq", "p_under_dp"])
+@pytest.mark.parametrize("over", [dict(registers=(232, 40)), dict(rederive=False)],
+                         ids=["regs232", "no_rederive"])
 @pytest.mark.parametrize("kernel", ["sparse_attention_dkv", "sparse_attention_bwd"])
 @pytest.mark.parametrize("d", [64, 128])
 def test_mosaic_bwd_config_variants_lower_for_cuda(kernel, over, d):
@@ -300,8 +298,9 @@ def test_mosaic_bwd_limits_and_config():
   for bad in [(240, 40), (236, 24), (232, 16)]:   # over 64K registers; not x8; under 24
     with pytest.raises(ValueError, match=re.escape(f"registers={bad}")):
       mb.MosaicBwdConfig(registers=bad)
-  with pytest.raises(ValueError, match=re.escape("rederive_dq=True) needs rederive=True")):
-    mb.MosaicBwdConfig(rederive=False, rederive_dq=True)
+  for removed in ("rederive_dq", "p_under_dp"):   # tried and removed on 2026-12-07
+    with pytest.raises(TypeError, match=removed):
+      mb.MosaicBwdConfig(**{removed: True})
   assert mb.unsupported(1152, 1152, 64, jnp.bfloat16,
                         config=mb.MosaicBwdConfig(block_kv=128)) is not None
   from pallas_kernels.backends import pallas_gpu_mosaic as pm  # noqa: E402
@@ -375,14 +374,12 @@ def test_bwd_impl_dispatch(monkeypatch, bwd_impl, mosaic_applies, expect):
 
 
 @pytest.mark.parametrize("fwd_impl,expect", [
-    ("auto", "mosaic"), ("mosaic", "mosaic"), ("mosaic_overlap", "overlap"), ("triton", None)])
+    ("auto", "mosaic"), ("mosaic", "mosaic"), ("triton", None)])
 def test_fwd_impl_dispatch(monkeypatch, fwd_impl, expect):
   """Each ``fwd_impl`` takes its forward where the Mosaic kernels apply (verdict and kernels
   stood in for, as in ``test_bwd_impl_dispatch``)."""
   # pylint: disable-next=g-import-not-at-top
   from pallas_kernels.backends import pallas_gpu_mosaic as pm
-  # pylint: disable-next=g-import-not-at-top
-  from pallas_kernels.backends import pallas_gpu_mosaic_overlap as mo
   real = pallas_gpu.mosaic_unsupported
   def verdict(*a, step=None, **kw):
     return None if step is None else real(*a, step=step, **kw)   # only the forward's question
@@ -395,7 +392,6 @@ def test_fwd_impl_dispatch(monkeypatch, fwd_impl, expect):
   jax.clear_caches()
   monkeypatch.setattr(pallas_gpu, "mosaic_unsupported", verdict)
   monkeypatch.setattr(pm, "sparse_attention_fwd", fake("mosaic"))
-  monkeypatch.setattr(mo, "sparse_attention_fwd", fake("overlap"))
   q, k, v, _ = _inputs(10, 128, 4, 2, 64, jnp.float32)
   out = pallas_gpu.attention(q, k, v, AttentionSpec.strided(1, 1, block=32), interpret=True,
                              config=pallas_gpu.TritonConfig(fwd_impl=fwd_impl))

@@ -1,6 +1,6 @@
 """The Mosaic GPU kernels themselves, run on CPU in jax's GPU interpret mode, against the dense
-reference: both forwards (default and ``mosaic_overlap``), the dQ and dK/dV kernels and the
-single-pass fused backward, outputs and all gradients.
+reference: the forward, the dQ and dK/dV kernels and the single-pass fused backward, outputs and
+all gradients.
 
 ``pallas_kernels/mosaic_interpret.py`` says what the interpreter checks (tables, indexing, masks,
 formulas, barrier pairing, shared-memory races between warpgroups) and what it cannot (wgmma and
@@ -9,19 +9,18 @@ lengths make the K/V ring wrap and give CTAs with both full and partial entries.
 """
 
 import dataclasses
-import functools
 import math
-import types
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
 import numpy as np
 import pytest
 
 from pallas_kernels.backends import _frame
 from pallas_kernels.backends import pallas_gpu_mosaic as pm
 from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
-from pallas_kernels.backends import pallas_gpu_mosaic_overlap as mo
 from pallas_kernels.mosaic_interpret import interpret_mode
 from pallas_kernels.reference import reference_attention
 from pallas_kernels.spec import AttentionSpec
@@ -62,25 +61,13 @@ def _bwd_stats(out, lse, do):
   return lse_b / math.log(2), delta
 
 
-# The forwards' A/B options (``sparse_attention_fwd``'s keyword arguments).
-PM_PINNED = types.SimpleNamespace(
-    sparse_attention_fwd=functools.partial(pm.sparse_attention_fwd, pin_schedule=True))
-MO_PINNED = types.SimpleNamespace(
-    sparse_attention_fwd=functools.partial(mo.sparse_attention_fwd, pin_wait=True))
-MO_EARLY_PINNED = types.SimpleNamespace(sparse_attention_fwd=functools.partial(
-    mo.sparse_attention_fwd, rescale_early=True, pin_wait=True))
-
-
 @pytest.mark.parametrize("spec", SPECS)
-@pytest.mark.parametrize("module", [pm, PM_PINNED, mo, MO_PINNED, MO_EARLY_PINNED],
-                         ids=["mosaic", "mosaic_pinned", "mosaic_overlap", "mosaic_overlap_pinned",
-                              "mosaic_overlap_early_pinned"])
-def test_forward_vs_reference(module, spec):
+def test_forward_vs_reference(spec):
   spec = AttentionSpec.parse(spec)
   q, k, v, do = _inputs()
   want, want_lse, _ = _reference(q, k, v, do, spec)
   with interpret_mode(detect_races=True):
-    out, lse2 = module.sparse_attention_fwd(q, k, v, spec, FWD)
+    out, lse2 = pm.sparse_attention_fwd(q, k, v, spec, FWD)
   assert out.dtype == q.dtype and out.shape == q.shape
   assert _rel(out, want) < 1e-2
   lse = np.asarray(lse2) * math.log(2)
@@ -102,17 +89,11 @@ def test_backward_vs_reference(spec, fused):
 
 
 @pytest.mark.parametrize("fused, over", [(False, dict(rederive=False)),
-                                         (True, dict(rederive=False)),
-                                         (True, dict(rederive_dq=True)),
-                                         (False, dict(p_under_dp=True)),
-                                         (True, dict(p_under_dp=True))],
-                         ids=["dq_dkv-no_rederive", "fused-no_rederive", "fused-rederive_dq",
-                              "dq_dkv-p_under_dp", "fused-p_under_dp"])
+                                         (True, dict(rederive=False))],
+                         ids=["dq_dkv-no_rederive", "fused-no_rederive"])
 def test_backward_config_variants(fused, over):
   """``MosaicBwdConfig(rederive=False)``: K's and V's refs and the mask's offsets held across
-  the loop, not recomputed each step (the default before 2026-12-06). ``rederive_dq=True``
-  (fused only): the dQ matmul's K refs and columns recomputed each step too. ``p_under_dp``:
-  sT and dPᵀ in two wgmma groups, Pᵀ computed between the waits."""
+  the loop, not recomputed each step (the default before 2026-12-06)."""
   spec = AttentionSpec.parse("sink_window:16:48@16")
   q, k, v, do = _inputs(seed=3, t=T_FUSED if fused else T)
   out, lse, want = _reference(q, k, v, do, spec)
@@ -140,17 +121,29 @@ def test_gqa_forward_and_fused_backward():
     assert _rel(g, w) < 2e-2, name
 
 
-def test_overlap_forward_deadlocks_with_a_joint_refill():
-  """Why the overlapped forward's memory warpgroup refills K and V separately: with one refill
-  after both releases, its two warpgroups wait on each other on a 2-slot ring (found here, before
-  the kernel ever ran on a GPU). The interpreter must report that as a deadlock, not hang."""
-  spec = AttentionSpec.parse("full@16")
-  q, k, v, _ = _inputs()
-  joint = lambda q, k, v: pm.forward(q, k, v, spec, FWD, None, mo._overlap_loop,
-                                     split_release=False)
+def test_interpreter_reports_a_deadlock():
+  """Two warpgroups that each wait for the other's arrive before giving their own: the
+  interpreter must report a deadlock, not hang. (Such a deadlock, in a forward since removed,
+  was found this way before the kernel ever ran on a GPU.)"""
+  def body(x_ref, o_ref, scoped):
+    bars = scoped
+    wg = jax.lax.axis_index("wg")
+    for me in (0, 1):
+      @pl.when(wg == me)
+      def _(me=me):
+        plgpu.barrier_wait(bars.at[1 - me])
+        plgpu.barrier_arrive(bars.at[me])
+        o_ref[...] = x_ref[...]
+
+  def entry(x_ref, o_ref):
+    pl.run_scoped(lambda b: body(x_ref, o_ref, b), plgpu.Barrier(num_arrivals=1, num_barriers=2),
+                  collective_axes="wg")
+  x = jnp.zeros((8, 128), jnp.float32)
+  f = plgpu.kernel(entry, out_type=jax.ShapeDtypeStruct(x.shape, x.dtype), num_threads=2,
+                   thread_name="wg")
   with pytest.raises(Exception, match="deadlocks"):
-    with interpret_mode(wait_s=5):
-      jax.block_until_ready(jax.jit(joint)(q, k, v))
+    with interpret_mode(wait_s=3):
+      jax.block_until_ready(jax.jit(f)(x))
 
 
 @pytest.mark.parametrize("d,tile", [(64, 32), (128, 64)])
@@ -200,13 +193,8 @@ def _packed(t):
                      jnp.int32)
 
 
-@pytest.mark.parametrize("spec,module",
-                         [(s, pm) for s in SPECS] + [("strided:2:3@16", m) for m in (
-                             PM_PINNED, mo, MO_EARLY_PINNED)],
-                         ids=[f"mosaic-{s}" for s in SPECS] + [
-                             "mosaic_pinned-strided", "mosaic_overlap-strided",
-                             "mosaic_overlap_early_pinned-strided"])
-def test_packed_forward_vs_reference(spec, module):
+@pytest.mark.parametrize("spec", SPECS)
+def test_packed_forward_vs_reference(spec):
   """Segment ids: the visit lists skip cross-document tiles, the masked tiles compare ids."""
   spec = AttentionSpec.parse(spec)
   q, k, v, do = _inputs(seed=3)
@@ -214,8 +202,7 @@ def test_packed_forward_vs_reference(spec, module):
   want, want_lse, _ = _reference(q, k, v, do, spec, seg)
   assert _rel(_reference(q, k, v, do, spec)[0], want) > 0.1   # the documents matter here
   with interpret_mode(detect_races=True):
-    out, lse2 = module.sparse_attention_fwd(q, k, v, spec, FWD, segment_ids=seg,
-                                            kv_segment_ids=seg)
+    out, lse2 = pm.sparse_attention_fwd(q, k, v, spec, FWD, segment_ids=seg, kv_segment_ids=seg)
   assert _rel(out, want) < 1e-2
   assert np.abs(np.asarray(lse2) * math.log(2) - np.asarray(want_lse)).max() < 2e-2
 

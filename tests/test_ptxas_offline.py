@@ -61,11 +61,9 @@ def test_parse_config():
 def test_one_mosaic_module_per_kernel():
   table = po.kernels("strided:4:4", 512, heads=4, kv_heads=2, head_dim=128,
                      configs=(("", {}), ("r240", {"registers": (240, 24)})))
-  assert list(table) == ["fwd", "fwd_pinned", "fwd_overlap", "fwd_overlap_pinned",
-                         "fwd_overlap_early_pinned", "dq", "dkv", "bwd_fused", "dq_r240",
-                         "dkv_r240", "bwd_fused_r240"]
-  for name in ("fwd", "fwd_pinned", "fwd_overlap", "fwd_overlap_pinned",
-               "fwd_overlap_early_pinned", "dq", "dkv", "bwd_fused"):
+  assert list(table) == ["fwd", "dq", "dkv", "bwd_fused", "dq_r240", "dkv_r240",
+                         "bwd_fused_r240"]
+  for name in ("fwd", "dq", "dkv", "bwd_fused"):
     _, fn, shapes, _ = table[name]
     mods = po.mosaic_modules(fn, shapes)
     assert len(mods) == 1 and mods[0].startswith(b"ML\xefR"), name   # MLIR bytecode

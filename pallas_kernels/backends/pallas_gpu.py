@@ -42,7 +42,7 @@ from pallas_kernels.spec import AttentionSpec, as_spec
 _LN2 = math.log(2.0)
 
 
-FWD_IMPLS = ("auto", "triton", "mosaic", "mosaic_overlap")
+FWD_IMPLS = ("auto", "triton", "mosaic")
 BWD_IMPLS = ("auto", "triton", "mosaic", "mosaic_fused")
 
 
@@ -63,9 +63,8 @@ class TritonConfig:
   multiple of 128, not interpreting; segment ids too, skipping cross-document tiles) and the
   Triton forward otherwise; ``"mosaic"`` raises where it does not apply; ``"triton"`` always
   takes Triton. On an H100 the Mosaic forward is ~1.3-1.4x faster than Triton's
-  (docs/kernels.md). ``"mosaic_overlap"`` (opt-in: it passes the GPU tests but is 18-22%
-  slower on an H200) takes the Mosaic forward with intra-warpgroup overlap
-  (``pallas_gpu_mosaic_overlap.py``), with the same limits; it raises where they do not apply.
+  (docs/kernels.md). (A forward with FA4's intra-warpgroup overlap, ``"mosaic_overlap"``, was
+  removed on 2026-12-07: 10-12% slower than this one at 64K on an H100; docs/kernels.md.)
 
   ``bwd_impl``: ``"auto"`` (default) runs the single-pass Mosaic GPU backward
   ``pallas_gpu_mosaic_bwd.sparse_attention_bwd`` where it applies (the Mosaic forward's limits)
@@ -299,10 +298,6 @@ def _forward(cs: _frame.Problem, q, k, v, qseg, kseg):
   if impl != "triton":
     why = _mosaic_unsupported(cs, q, k)
     seg = dict(segment_ids=qseg, kv_segment_ids=kseg)
-    if why is None and impl == "mosaic_overlap":
-      # pylint: disable-next=g-import-not-at-top
-      from pallas_kernels.backends import pallas_gpu_mosaic_overlap as mo
-      return mo.sparse_attention_fwd(q, k, v, cs.spec, scale=cs.scale, **seg)
     if why is None:
       from pallas_kernels.backends import pallas_gpu_mosaic  # pylint: disable=g-import-not-at-top
       return pallas_gpu_mosaic.sparse_attention_fwd(q, k, v, cs.spec, scale=cs.scale, **seg)

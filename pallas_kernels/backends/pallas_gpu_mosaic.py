@@ -91,45 +91,33 @@ def tiled_smem(shape, dtype, swizzle: int = 128):
                     transforms=(plgpu.TilingTransform((8, cols)), plgpu.SwizzleTransform(swizzle)))
 
 
-def feed_ring(n_tot, mcs, issue, used, split=False):
+def feed_ring(n_tot, mcs, issue, used):
   """The memory warpgroup's loop: ``issue(e, slot)`` for the visit-list entries ``0..n_tot-1``
   into a ring of ``mcs`` shared-memory slots; entry ``e >= mcs`` first waits until every barrier
-  of ``used`` has released its slot. With ``split``, stream ``i`` of entry ``e >= mcs``
-  (``issue(e, slot, (i,))``) waits only for ``used[i]``: each stream refills its slot as soon as
-  its own consumer releases it."""
+  of ``used`` has released its slot."""
   for i in range(mcs):
     pl.when(i < n_tot)(functools.partial(issue, i, i))
 
   @pl.loop(0, jnp.maximum(n_tot - mcs, 0))
   def _(e):
     slot = lax.rem(e, jnp.array(mcs, e.dtype))
-    if split:
-      for i, bar in enumerate(used):
-        plgpu.barrier_wait(bar.at[slot])
-        issue(e + mcs, slot, (i,))
-      return
     for bar in used:
       plgpu.barrier_wait(bar.at[slot])
     issue(e + mcs, slot)
 
 
-def stream_kv(refs, smem, bars, used, visit, *, batch, kv_head, n_tot, bkv, mcs, split=False,
-              seg=None):
+def stream_kv(refs, smem, bars, used, visit, *, batch, kv_head, n_tot, bkv, mcs, seg=None):
   """The memory warpgroup of the forward and dQ kernels: the K/V tiles of the CTA's visit list
   (``visit(i)``: its column ``i``, block indices from column 2) into the ring. ``refs``,
-  ``smem``, ``bars`` and ``used`` are (K, V) pairs. By default a slot is refilled with K and V
-  once both are released. With ``split`` (``feed_ring``'s) each is refilled as soon as its own
-  ``used`` barrier releases it: the overlapped forward releases V one step after K, and waiting
-  for both there deadlocks its two warpgroups on a 2-slot ring (``pallas_gpu_mosaic_overlap``'s
-  docstring). ``seg`` (packed rows): a ``Segments``; each tile's key segment ids travel with K
-  (released with K)."""
-  def issue(e, slot, streams=(0, 1)):
+  ``smem``, ``bars`` and ``used`` are (K, V) pairs; a slot is refilled with K and V once both are
+  released. ``seg`` (packed rows): a ``Segments``; each tile's key segment ids travel with K."""
+  def issue(e, slot):
     blk = pl.ds(visit(e + 2) * bkv, bkv)
-    for i in streams:
+    for i in (0, 1):
       plgpu.copy_gmem_to_smem(refs[i].at[batch, blk, kv_head], smem[i].at[slot], bars[i].at[slot])
-    if seg is not None and 0 in streams:
+    if seg is not None:
       seg.issue(batch, blk, slot)
-  feed_ring(n_tot, mcs, issue, used, split=split)
+  feed_ring(n_tot, mcs, issue, used)
 
 
 @dataclasses.dataclass
@@ -214,13 +202,12 @@ def visit_reader(tab_ref, batch, row):
   return lambda i: tab_ref[row, i]
 
 
-def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | None, loop, *,
-            split_release: bool = False, segment_ids=None, kv_segment_ids=None):
-  """The frame the Mosaic GPU forwards share: argument checks, the visit table, the memory
-  warpgroup, each compute warpgroup's Q load and epilogue (normalise; out and base-2 lse to global
-  memory), the launch. ``loop(w)`` is a compute warpgroup's walk over its visit list (``w``: its
-  refs, indices and constants); it returns the unnormalised (acc, m_i, l_i). ``split_release``:
-  the memory warpgroup refills K and V slots separately (``stream_kv``'s ``split``). Segment ids
+def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | None, *,
+            segment_ids=None, kv_segment_ids=None):
+  """The forward: argument checks, the visit table, the memory warpgroup, each compute
+  warpgroup's Q load, its walk over its visit list (``_loop(w)``; ``w``: its refs, indices and
+  constants; returns the unnormalised (acc, m_i, l_i)) and epilogue (normalise; out and base-2
+  lse to global memory), the launch. Segment ids
   ([B, T] integers, both or neither): the visit lists skip tiles across documents and the
   masked tiles compare ids (``Segments``; ``w.seg``, ``w.qseg``).
 
@@ -266,10 +253,9 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
       w = types.SimpleNamespace(
           qo_smem=qo_smem, k_smem=k_smem, v_smem=v_smem, k_bar=k_bar, v_bar=v_bar,
           k_used=k_used, v_used=v_used, sched=sched, schedule_barrier=schedule_barrier,
-          lse_smem=lse_smem,
           visit=visit, wg=wg, q_base=q_base, n_full=n_full, n_tot=n_tot, spec=spec,
           c=c, bq=bq, bkv=bkv, d=d, dtype=dtype, mcs=mcs, seg=sg, qseg=qseg)
-      acc, m_i, l_i = loop(w)
+      acc, m_i, l_i = _loop(w)
       seen = l_i > 0
       l_safe = jnp.where(seen, l_i, 1.0)
       acc *= lax.broadcast_in_dim(1.0 / l_safe, (bq, d), [0])
@@ -285,7 +271,7 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
       plgpu.set_max_registers(40, action="decrease")
       stream_kv((k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar), (k_used, v_used), visit,
                 batch=batch, kv_head=lax.div(q_head, jnp.array(g, q_head.dtype)),
-                n_tot=n_tot, bkv=bkv, mcs=mcs, split=split_release, seg=sg)
+                n_tot=n_tot, bkv=bkv, mcs=mcs, seg=sg)
 
   def entry(q_ref, k_ref, v_ref, tab_ref, *refs):
     seg_refs, (out_ref, lse_ref) = (refs[:2], refs[2:]) if seg else (None, refs)
@@ -317,16 +303,13 @@ def tile_allowed(w, e, kseg=None):
   return ok if kseg is None else ok & w.seg.same(w.qseg, kseg, (w.bq, w.bkv))
 
 
-def _loop(w, pin_schedule=False):
+def _loop(w):
   """The compute warpgroup's walk: per tile S = Q Kᵀ (wait), softmax, P V, with the schedule
-  barrier handing the tensor cores to the other warpgroup during the softmax.
-  ``pin_schedule``: without it ptxas hoists the schedule barrier's arrive after the softmax
-  above the softmax (it is an mbarrier arrive, and the softmax touches no memory), so the other
-  warpgroup may issue its P V and S while this one still runs its softmax, and the two
-  softmaxes can overlap each other instead of the tensor cores' work (SASS of
-  ``benchmarks/ptxas_offline.py --only fwd``). A shared-memory store of the row sums just before
-  the arrive keeps it after the softmax (the arrive has release semantics). An A/B option for
-  ``benchmarks/mosaic_fwd.py``, to be folded in or removed once timed."""
+  barrier meant to hand the tensor cores to the other warpgroup during the softmax. ptxas hoists
+  the barrier's post-softmax arrive above the softmax (an mbarrier arrive; the softmax touches no
+  memory), so the ping-pong is not enforced. Pinning the arrive after the softmax (a
+  shared-memory store of the row sums just before it) was 3-5% slower at 64K on an H100
+  (2026-12-07, docs/kernels.md), so the hoisted schedule stays."""
   bq, bkv, d, mcs = w.bq, w.bkv, w.d, w.mcs
   m_i = plgpu.layout_cast(jnp.full((bq,), M_INIT, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
   l_i = plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
@@ -359,8 +342,6 @@ def _loop(w, pin_schedule=False):
     p16 = p.astype(w.dtype)
     l_i += p.sum(axis=1)
     acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
-    if pin_schedule:   # a shared-memory store of the row sums keeps the arrive after them
-      w.lse_smem[...] = l_i
     plgpu.barrier_arrive(w.sched)
     plgpu.barrier_wait(w.v_bar.at[slot])
     plgpu.barrier_wait(w.sched)
@@ -383,12 +364,10 @@ def _loop(w, pin_schedule=False):
   return acc, m_i, l_i
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "config", "scale", "pin_schedule"))
+@functools.partial(jax.jit, static_argnames=("spec", "config", "scale"))
 def sparse_attention_fwd(q, k, v, spec: AttentionSpec, config: MosaicConfig = MosaicConfig(),
-                         scale: float | None = None, segment_ids=None, kv_segment_ids=None,
-                         pin_schedule: bool = False):
+                         scale: float | None = None, segment_ids=None, kv_segment_ids=None):
   """Returns (out [B, T, Hq, D], lse2 [B, Hq, T] base-2); see the module docstring. Segment ids
-  ([B, T] integers, both or neither): packed documents (``forward``). ``pin_schedule``:
-  ``_loop``'s."""
-  return forward(q, k, v, spec, config, scale, functools.partial(_loop, pin_schedule=pin_schedule),
-                 segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)
+  ([B, T] integers, both or neither): packed documents (``forward``)."""
+  return forward(q, k, v, spec, config, scale, segment_ids=segment_ids,
+                 kv_segment_ids=kv_segment_ids)

@@ -96,18 +96,11 @@ class MosaicBwdConfig:
   # 2026-12-06: the fused kernel 11-16% faster at 64K on an H100 (ptxas spill stores 420-468 B
   # -> 64-160 B; 12-92 B with registers (240, 24)).
   rederive: bool = True
-  # fused kernel, with rederive: the same for the dQ matmul's K refs and column offset, which
-  # LLVM otherwise also hoists (ptxas_offline.py, 4K: spill stores 64 -> 8 B strided, 40 -> 0
-  # sink+window, 24 -> 0 full causal). Opt-in until timed on a GPU (docs/kernels.md).
-  rederive_dq: bool = False
-  # dK/dV and fused kernels: issue sT = K Qᵀ and dPᵀ = V dOᵀ as two wgmma groups and compute
-  # Pᵀ after the first wait, while dPᵀ is still in flight (FA3's backward), instead of one
-  # group and one wait. Opt-in until timed on a GPU (docs/kernels.md).
-  p_under_dp: bool = False
+  # (Tried and removed on 2026-12-07, both slower at 64K on an H100; docs/kernels.md:
+  # ``rederive_dq``, the same for the fused dQ matmul's K refs, and ``p_under_dp``, sT and dPᵀ as
+  # two wgmma groups with Pᵀ computed under dPᵀ.)
 
   def __post_init__(self):
-    if self.rederive_dq and not self.rederive:
-      raise ValueError("MosaicBwdConfig(rederive_dq=True) needs rederive=True")
     compute, memory = self.registers
     if (any(r % 8 or not 24 <= r <= 256 for r in self.registers)
         or 128 * (2 * compute + memory) > 65536):
@@ -206,7 +199,6 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
     wg = lax.axis_index("wg")
     ((k_smem2, v_smem2, q_smem, do_smem, lse_smem, dl_smem, *dq_smem),
      (k_bar, v_bar), (q_bar, do_bar, lse_bar, dl_bar), used, *ds_bar) = scoped[:4 + fused]
-    pin_smem = dq_smem.pop() if config.p_under_dp else None
     sg = Segments.of(seg_refs, scoped[4 + fused:])
     visit = visit_reader(tab_ref, batch, row)
     n_full, n_tot = visit(0), visit(1)
@@ -241,38 +233,22 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         qseg = None if sg is None else sg.ring(slot, masked)
         plgpu.barrier_wait(do_bar.at[slot])
 
-        def p_of(s_t):   # Pᵀ from the scores, masked on partial tiles
-          lse = plgpu.load(lse_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
-          p_t = jnp.exp2(s_t * c - lax.broadcast_in_dim(lse, (bkv, bq), [1]))
-          if masked:
-            qb_m = visit(e + 2) if qb is None else qb
-            ki = plgpu.broadcasted_iota(jnp.int32, (bkv, bq), 0, layout=plgpu.Layout.WGMMA)
-            qi = plgpu.broadcasted_iota(jnp.int32, (bkv, bq), 1, layout=plgpu.Layout.WGMMA)
-            ok = spec.allowed(qi + opaque(qb_m * bq), ki + opaque(kv_base), xp=jnp)
-            if sg is not None:
-              ok &= sg.same(kseg, qseg, (bkv, bq))
-            p_t = jnp.where(ok, p_t, 0.0)
-          return p_t
-
-        if config.p_under_dp:   # sT and dPᵀ in two groups: P is computed while dPᵀ runs
-          def s_dp_fn(s_ref, dp_ref):
-            plgpu.wgmma(s_ref, k_smem, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
-            plgpu.wgmma(dp_ref, v_smem, plgpu.transpose_ref(do_smem.at[slot], (1, 0)))
-            p_t = p_of(plgpu.wgmma_accumulator_load(s_ref, wait_n=1))
-            # ptxas would hoist the dPᵀ wait above the exponentials; a shared-memory store of
-            # Pᵀ's row sums keeps it after them.
-            pin_smem.at[wg][...] = p_t.sum(axis=1)
-            return p_t, plgpu.wgmma_accumulator_load(dp_ref, wait_n=0)
-          p_t, dp_t = pl.run_scoped(s_dp_fn, plgpu.ACC((bkv, bq), jnp.float32),
-                                    plgpu.ACC((bkv, bq), jnp.float32))
-        else:
-          def s_dp_fn(refs):   # sT = K Qᵀ and dPᵀ = V dOᵀ in one wgmma group: one wait for both
-            s_ref, dp_ref = refs
-            plgpu.wgmma(s_ref, k_smem, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
-            plgpu.wgmma(dp_ref, v_smem, plgpu.transpose_ref(do_smem.at[slot], (1, 0)))
-          z = plgpu.layout_cast(jnp.full((bkv, bq), 0, jnp.float32), plgpu.Layout.WGMMA)
-          s_t, dp_t = pl.run_state(s_dp_fn)((plgpu.ACC.init(z), plgpu.ACC.init(z)))
-          p_t = p_of(s_t)
+        def s_dp_fn(refs):   # sT = K Qᵀ and dPᵀ = V dOᵀ in one wgmma group: one wait for both
+          s_ref, dp_ref = refs
+          plgpu.wgmma(s_ref, k_smem, plgpu.transpose_ref(q_smem.at[slot], (1, 0)))
+          plgpu.wgmma(dp_ref, v_smem, plgpu.transpose_ref(do_smem.at[slot], (1, 0)))
+        z = plgpu.layout_cast(jnp.full((bkv, bq), 0, jnp.float32), plgpu.Layout.WGMMA)
+        s_t, dp_t = pl.run_state(s_dp_fn)((plgpu.ACC.init(z), plgpu.ACC.init(z)))
+        lse = plgpu.load(lse_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
+        p_t = jnp.exp2(s_t * c - lax.broadcast_in_dim(lse, (bkv, bq), [1]))
+        if masked:
+          qb = visit(e + 2) if qb is None else qb
+          ki = plgpu.broadcasted_iota(jnp.int32, (bkv, bq), 0, layout=plgpu.Layout.WGMMA)
+          qi = plgpu.broadcasted_iota(jnp.int32, (bkv, bq), 1, layout=plgpu.Layout.WGMMA)
+          ok = spec.allowed(qi + opaque(qb * bq), ki + opaque(kv_base), xp=jnp)
+          if sg is not None:
+            ok &= sg.same(kseg, qseg, (bkv, bq))
+          p_t = jnp.where(ok, p_t, 0.0)
         plgpu.barrier_wait(dl_bar.at[slot])
         dl = plgpu.load(dl_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0))
         ds_t = p_t * (dp_t - lax.broadcast_in_dim(dl, (bkv, bq), [1]))
@@ -295,8 +271,7 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         ds_smem[...] = ds_t.astype(dtype)
         plgpu.commit_smem()
         plgpu.barrier_arrive(ds_bar[0].at[buf])
-        dq_ix = opaque if config.rederive_dq else (lambda x: x)   # rederive_dq: dQ's K refs
-        cols = pl.ds(dq_ix(wg) * dh, dh)
+        cols = pl.ds(wg * dh, dh)
 
         def dk_dq_fn(refs):
           dk_ref, dq_ref, dv_ref = refs
@@ -307,7 +282,7 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
           plgpu.barrier_wait(ds_bar[0].at[buf])
           for j in range(2):
             plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_all.at[j], (1, 0)),
-                        k_smem2.at[dq_ix(j)].at[:, cols])
+                        k_smem2.at[j].at[:, cols])
         dq_zeros = plgpu.layout_cast(jnp.full((bq, dh), 0, jnp.float32), plgpu.Layout.WGMMA)
         dk, dq_tile, dv = pl.run_state(dk_dq_fn)(
             (plgpu.ACC.init(dk), plgpu.ACC.init(dq_zeros), dv_acc))
@@ -361,8 +336,6 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
                plgpu.SMEM((mcs, bq), jnp.float32), plgpu.SMEM((mcs, bq), jnp.float32))
     if fused:   # dSᵀ (2 tile parities x 2 warpgroups), and each warpgroup's fp32 dQ staging
       scratch += (sm((2, 2, bkv, bq)), tiled_smem((2, bq, dh), jnp.float32, swizzle=swz))
-    if config.p_under_dp:   # each compute warpgroup's Pᵀ row sums (step, ``p_under_dp``)
-      scratch += (plgpu.SMEM((2, bkv), jnp.float32),)
     pl.run_scoped(
         lambda *a: kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, dl_ref, tab_ref, seg_refs,
                           dq_acc_ref, dk_ref, dv_ref, a),

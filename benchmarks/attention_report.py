@@ -9,6 +9,11 @@ files hold the same cell, the later file wins. ``--rename OLD=NEW`` relabels an 
 (e.g. runs whose ``pallas_gpu`` row had the Triton backward). An ``auto`` row is labelled with
 the backend it chose (``auto -> fa4``: where FlashAttention-4 is installed ``auto`` is FA4, not
 one of our kernels).
+
+A second table checks issue 14's "``auto`` picks the fastest kernel per pattern and mode, within
+5%" (``--tolerance``): per cell and mode, ``auto`` against the fastest JAX-side row of the same
+cell (every implementation but the torch peers ``flex`` and ``flex_fa4``), and whether it is
+within the tolerance. Cells without an ``auto`` row are left out.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import json
 import re
 import sys
 
-ORDER = ("auto", "split_gpu", "pallas_gpu", "pallas_gpu_mosaic_bwd", "pallas_gpu_triton_bwd",
-         "cudnn", "cudnn_jax", "triton_native", "xla", "flex_fa4", "flex")
+ORDER = ("auto", "fa4", "split_gpu", "pallas_gpu", "pallas_gpu_two_kernel_bwd",
+         "pallas_gpu_mosaic_bwd", "pallas_gpu_triton_bwd", "cudnn", "cudnn_jax", "triton_native",
+         "xla", "flex_fa4", "flex")
+PEERS = ("flex", "flex_fa4")   # torch rows: not something ``auto`` can choose
 
 
 def label(row: dict) -> str:
@@ -63,11 +70,37 @@ def table(cells: dict, ceiling: float) -> str:
   return "\n".join(out)
 
 
+def auto_check(cells: dict, tolerance: float = 0.05) -> str:
+  """Markdown: per cell and mode, ``auto`` against the fastest JAX-side row (module docstring)."""
+  out = ["| pattern | L | heads | mode | auto | fastest JAX-side row | auto / fastest | "
+         f"within {tolerance:.0%} |", "|---|---|---|---|---|---|---|---|"]
+  groups = sorted({k[:3] for k in cells}, key=lambda g: (g[0] == "window", g[0], g[1], -g[2]))
+  for pattern, L, hkv in groups:
+    impls = [k[3] for k in cells if k[:3] == (pattern, L, hkv)]
+    autos = [i for i in impls if i.split()[0] == "auto"]
+    if not autos:
+      continue
+    for mode in ("fwd", "fwdbwd"):
+      auto_row = cells[(pattern, L, hkv, autos[0])].get(mode)
+      ours = [(cells[(pattern, L, hkv, i)][mode]["tflops"], i) for i in impls
+              if i not in PEERS and i.split()[0] != "auto" and mode in cells[(pattern, L, hkv, i)]]
+      if not auto_row or not ours:
+        continue
+      best, name = max(ours)
+      ratio = auto_row["tflops"] / best
+      verdict = "yes" if ratio >= 1 - tolerance else "**no**"
+      out.append(f"| {pattern} | {L // 1024}K | 32/{hkv} | {mode} | {autos[0]}: "
+                 f"{auto_row['tflops']:.0f} | {name}: {best:.0f} | {ratio:.2f} | {verdict} |")
+  return "\n".join(out) if len(out) > 2 else ""
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("files", nargs="+")
   p.add_argument("--ceiling", type=float, default=790.0)
   p.add_argument("--rename", nargs="*", default=[], metavar="OLD=NEW")
+  p.add_argument("--tolerance", type=float, default=0.05,
+                 help="how far behind the fastest JAX-side row auto may be (0.05 = 5%%)")
   args = p.parse_args(argv)
   rename = {}
   for item in args.rename:
@@ -79,6 +112,9 @@ def main(argv=None):
   if not cells:
     sys.exit("no timed rows in " + " ".join(args.files))
   print(table(cells, args.ceiling))
+  check = auto_check(cells, args.tolerance)
+  if check:
+    print("\n" + check)
 
 
 if __name__ == "__main__":

@@ -94,14 +94,37 @@ def test_attention_report_ratios_and_rename(tmp_path):
                       "pallas_gpu=pallas_gpu_triton_bwd", "--ceiling", "1000"], cwd=ROOT,
                      capture_output=True, text=True, timeout=60, check=False)
   assert p.returncode == 0, p.stderr
-  line, = [x for x in p.stdout.splitlines() if "pallas_gpu_triton_bwd" in x]
+  first, check = p.stdout.split("\n\n")   # the table, then the auto check
+  line, = [x for x in first.splitlines() if "pallas_gpu_triton_bwd" in x]
   assert "| 450 | 300 | 0.90 | 0.75 | 45%, 30% |" in line
   assert "xla" not in p.stdout                      # untimed rows are left out
-  line, = [x for x in p.stdout.splitlines() if "auto" in x]
+  assert "| fwd | auto -> fa4: 495 | pallas_gpu_triton_bwd: 450 | 1.10 | yes |" in check
+  line, = [x for x in first.splitlines() if "auto" in x]
   assert "| auto -> fa4 | 495 | – | 0.99 | – |" in line   # auto names what it ran
   bad = subprocess.run([sys.executable, "benchmarks/attention_report.py", str(f), "--rename", "x"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
   assert bad.returncode != 0 and "--rename takes OLD=NEW" in bad.stderr
+
+
+def test_attention_report_checks_auto_against_the_fastest_jax_row(tmp_path):
+  rows = [dict(pattern="full", L=65536, hkv=32, impl=impl, mode=mode, ms=1.0, tflops=tf, note=note)
+          for impl, mode, tf, note in [
+              ("auto", "fwd", 600.0, "auto -> cudnn; n=5"),
+              ("auto", "fwdbwd", 540.0, "auto -> cudnn"),
+              ("cudnn", "fwd", 600.0, ""), ("cudnn", "fwdbwd", 540.0, ""),
+              ("pallas_gpu", "fwd", 620.0, ""), ("pallas_gpu", "fwdbwd", 580.0, ""),
+              ("flex_fa4", "fwd", 700.0, ""), ("flex_fa4", "fwdbwd", 650.0, "")]]
+  rows += [dict(pattern="strided", L=65536, hkv=32, impl="pallas_gpu", mode="fwd", ms=1.0,
+                tflops=500.0, note="")]   # no auto row: not checked
+  f = tmp_path / "a.json"
+  f.write_text(json.dumps({"meta": {}, "rows": rows}))
+  p = subprocess.run([sys.executable, "benchmarks/attention_report.py", str(f)], cwd=ROOT,
+                     capture_output=True, text=True, timeout=60, check=False)
+  assert p.returncode == 0, p.stderr
+  checks = p.stdout.split("| auto / fastest |", 1)[1].splitlines()[2:]
+  assert checks == [   # the torch peer (700) is not a choice of auto's; 600 / 620 is within 5%
+      "| full | 64K | 32/32 | fwd | auto -> cudnn: 600 | pallas_gpu: 620 | 0.97 | yes |",
+      "| full | 64K | 32/32 | fwdbwd | auto -> cudnn: 540 | pallas_gpu: 580 | 0.93 | **no** |"]
 
 
 def test_step_attention_calls_counts_targets_and_runs_tiny(env, tmp_path):

@@ -78,7 +78,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import bench_timing as timing  # pylint: disable=wrong-import-position
-from benchmarks.attention_report import label  # pylint: disable=wrong-import-position
+from benchmarks.attention_report import PEERS, label  # pylint: disable=wrong-import-position
 from pallas_kernels.spec import AttentionSpec  # pylint: disable=wrong-import-position
 
 SPECS = {
@@ -422,7 +422,7 @@ def main(argv=None):
   p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
   p.add_argument("--flex-device", default="cuda", help=argparse.SUPPRESS)  # cpu: smoke tests
   args = p.parse_args(argv)
-  known = sorted({impl for _, impl in JAX_ROWS} | {"flex", "flex_fa4"})
+  known = sorted({impl for _, impl in JAX_ROWS} | set(PEERS))
   bad = [name for name in args.skip if name.split("@")[0] not in known]
   if bad:
     print(f"--skip: unknown implementation {bad[0]!r}; choose from {', '.join(known)}",

@@ -26,7 +26,7 @@ import sys
 ORDER = ("auto", "fa4", "split_gpu", "pallas_gpu", "pallas_gpu_two_kernel_bwd",
          "pallas_gpu_mosaic_bwd", "pallas_gpu_triton_bwd", "cudnn", "cudnn_jax", "triton_native",
          "xla", "flex_fa4", "flex")
-PEERS = ("flex", "flex_fa4")   # torch rows: not something ``auto`` can choose
+PEERS = ("flex", "flex_fa4")   # the torch rows (attention_flex.IMPLS): not choices of ``auto``
 
 
 def label(row: dict) -> str:
@@ -49,12 +49,16 @@ def load(paths: list[str], rename: dict[str, str]) -> dict:
   return cells
 
 
+def groups(cells: dict) -> list:
+  """The (pattern, L, hkv) cells in print order (the "window" bound last, MHA before GQA)."""
+  return sorted({k[:3] for k in cells}, key=lambda g: (g[0] == "window", g[0], g[1], -g[2]))
+
+
 def table(cells: dict, ceiling: float) -> str:
   out = ["| pattern | L | heads | kernel | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd / FA4 "
          f"| fwd+bwd / FA4 | fwd, fwd+bwd share of {ceiling:.0f} |",
          "|---|---|---|---|---|---|---|---|---|"]
-  groups = sorted({k[:3] for k in cells}, key=lambda g: (g[0] == "window", g[0], g[1], -g[2]))
-  for pattern, L, hkv in groups:
+  for pattern, L, hkv in groups(cells):
     fa4 = cells.get((pattern, L, hkv, "flex_fa4"), {})
     impls = sorted((k[3] for k in cells if k[:3] == (pattern, L, hkv)),
                    key=lambda i: ORDER.index(i.split()[0]) if i.split()[0] in ORDER else len(ORDER))
@@ -74,8 +78,7 @@ def auto_check(cells: dict, tolerance: float = 0.05) -> str:
   """Markdown: per cell and mode, ``auto`` against the fastest JAX-side row (module docstring)."""
   out = ["| pattern | L | heads | mode | auto | fastest JAX-side row | auto / fastest | "
          f"within {tolerance:.0%} |", "|---|---|---|---|---|---|---|---|"]
-  groups = sorted({k[:3] for k in cells}, key=lambda g: (g[0] == "window", g[0], g[1], -g[2]))
-  for pattern, L, hkv in groups:
+  for pattern, L, hkv in groups(cells):
     impls = [k[3] for k in cells if k[:3] == (pattern, L, hkv)]
     autos = [i for i in impls if i.split()[0] == "auto"]
     if not autos:

@@ -78,6 +78,8 @@ def test_attention_harness_refuses_an_unknown_skip(env):
   assert p.stderr.startswith("--skip: unknown implementation 'pallas_gpu_overlap_fwd'; choose "
                              "from auto, cudnn, "), p.stderr
   assert len(p.stderr.strip().splitlines()) == 1
+  from benchmarks import attention_flex, attention_report  # pylint: disable=import-outside-toplevel
+  assert [name for name, _ in attention_flex.IMPLS] == list(attention_report.PEERS)
 
 
 def test_attention_report_ratios_and_rename(tmp_path):

@@ -125,8 +125,7 @@ def test_interpreter_reports_a_deadlock():
   """Two warpgroups that each wait for the other's arrive before giving their own: the
   interpreter must report a deadlock, not hang. (Such a deadlock, in a forward since removed,
   was found this way before the kernel ever ran on a GPU.)"""
-  def body(x_ref, o_ref, scoped):
-    bars = scoped
+  def body(x_ref, o_ref, bars):
     wg = jax.lax.axis_index("wg")
     for me in (0, 1):
       @pl.when(wg == me)

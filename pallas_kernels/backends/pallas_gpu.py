@@ -420,6 +420,27 @@ def supports(platform, spec, shapes, dtype, smem_limit: int | None = None) -> st
   return why
 
 
+def mosaic_supports(platform, spec, shapes, dtype) -> str | None:
+  """Registry hook of ``pallas_gpu_mosaic`` (``backends/registry.py``): the calls where this
+  backend runs the Mosaic GPU forward and the fused Mosaic GPU backward (Hopper, bf16/f16, head
+  dim a multiple of 64, Tq == Tk, no offsets), without segment ids. Packed rows are left to the
+  next backend: cuDNN's packed layout was faster in the 128K step (docs/benchmarks.md,
+  2026-12-05)."""
+  why = supports(platform, spec, shapes, dtype)
+  if why:
+    return why
+  if shapes.has_segment_ids:
+    return "segment ids (packed rows go to cuDNN's packed layout where it applies)"
+  facts = dict(q_offset=shapes.q_offset, kv_offset=shapes.kv_offset)
+  why = mosaic_unsupported(shapes.q_len, shapes.kv_len, shapes.head_dim, dtype, **facts)
+  if why is None:   # the device is Hopper: the backward's module imports
+    # pylint: disable-next=g-import-not-at-top
+    from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb
+    why = mosaic_unsupported(shapes.q_len, shapes.kv_len, shapes.head_dim, dtype, step=mb.step(),
+                             **facts)
+  return None if why is None else f"the Mosaic GPU kernels cannot run it: {why}"
+
+
 def visited_tiles(spec, q_len: int, kv_len: int | None = None, config: TritonConfig | None = None,
                   q_offset: int = 0, kv_offset: int = 0) -> int:
   """(query block, KV block) tiles the forward kernel computes (for efficiency accounting)."""
@@ -429,5 +450,5 @@ def visited_tiles(spec, q_len: int, kv_len: int | None = None, config: TritonCon
                        kv_offset).visited
 
 
-__all__ = ["attention", "supports", "TritonConfig", "DEFAULT_CONFIG", "PallasGpuError",
-           "visited_tiles", "mosaic_unsupported"]
+__all__ = ["attention", "supports", "mosaic_supports", "TritonConfig", "DEFAULT_CONFIG",
+           "PallasGpuError", "visited_tiles", "mosaic_unsupported"]

@@ -35,6 +35,12 @@ BACKENDS = (
     # runs the first when the call is not differentiated and the second under autodiff.
     dict(name="split_gpu", fn=_P + "split:split_gpu_attention",
          supports=_P + "split:mosaic_sink_window_supports", priority=80, platforms=GPU),
+    # Hopper, no segment ids: pallas_gpu where it runs the Mosaic GPU forward and the fused Mosaic
+    # GPU backward (``pallas_gpu:mosaic_supports``), before cuDNN and split_gpu. Measured on one
+    # H100 at 64K in one run (docs/benchmarks.md, 2026-12-07, twelfth sitting): see there for the
+    # per-pattern ratios against cuDNN and split_gpu, forward and forward+backward.
+    dict(name="pallas_gpu_mosaic", fn=_P + "pallas_gpu:attention",
+         supports=_P + "pallas_gpu:mosaic_supports", priority=85, platforms=GPU),
     # FlashAttention-4 (optional extra ``fa4``) bound through a buffer callback: first for ``auto``
     # wherever it is installed and runs the call (bf16/fp16, whole rows, Hopper). On an H100 it was
     # the fastest kernel in every cell measured (16K / 64K / 128K, MHA and GQA 32/8, every pattern,

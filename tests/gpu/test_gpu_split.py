@@ -1,7 +1,9 @@
-"""GPU: ``auto`` among our kernels sends sink+window to ``split_gpu`` (Mosaic forward, cuDNN
-under autodiff). Where FlashAttention-4 is installed ``auto`` takes it first
-(``test_gpu_fa4.py``); these tests take it out of the registry, as a user keeping ``auto`` on our
-kernels does (``api.unregister_backend("fa4")``)."""
+"""GPU: ``auto`` among our kernels. On Hopper, without segment ids, it takes ``pallas_gpu_mosaic``
+(pallas_gpu's Mosaic forward and fused Mosaic backward) for every pattern; below that row,
+sink+window goes to ``split_gpu`` (Mosaic forward, cuDNN under autodiff). Where FlashAttention-4 is
+installed ``auto`` takes it first (``test_gpu_fa4.py``); these tests take it out of the registry,
+as a user keeping ``auto`` on our kernels does (``api.unregister_backend("fa4")``). The CPU side of
+the choice is ``tests/test_auto_hopper.py``."""
 
 import jax
 import jax.numpy as jnp
@@ -22,17 +24,58 @@ def _rel(a, b):
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.fixture(name="ours_only")
-def _ours_only():
-  row = next(r for r in registry.BACKENDS if r["name"] == "fa4")
-  api.unregister_backend("fa4")
+def _without(*names):
+  rows = [r for r in registry.BACKENDS if r["name"] in names]
+  for name in names:
+    api.unregister_backend(name)
   try:
     yield
   finally:
-    api.register_backend(**row)
+    for row in rows:
+      api.register_backend(**row)
 
 
-def test_auto_split_matches_parts_and_reference(ours_only):  # pylint: disable=unused-argument
+@pytest.fixture(name="ours_only")
+def _ours_only():
+  yield from _without("fa4")
+
+
+@pytest.fixture(name="below_mosaic")
+def _below_mosaic():
+  yield from _without("fa4", "pallas_gpu_mosaic")
+
+
+@pytest.mark.parametrize("spec", ["full", "sink_window:64:1024", "strided:4:4"])
+def test_auto_on_hopper_is_pallas_gpu(ours_only, spec):  # pylint: disable=unused-argument
+  """Without segment ids ``auto`` runs pallas_gpu's kernels: output and gradients equal to
+  ``backend="pallas_gpu"``'s bit for bit (the same kernels), and close to the reference."""
+  spec = AttentionSpec.parse(spec)
+  if jax.devices()[0].compute_capability != "9.0":
+    pytest.skip("Hopper only")
+  ks = jax.random.split(jax.random.PRNGKey(1), 4)
+  B, T, Hq, Hkv, D = 1, 4096 + 64, 8, 2, 128      # ragged: padded to the tiles
+  q = jax.random.normal(ks[0], (B, T, Hq, D)).astype(jnp.bfloat16)
+  k = jax.random.normal(ks[1], (B, T, Hkv, D)).astype(jnp.bfloat16)
+  v = jax.random.normal(ks[2], (B, T, Hkv, D)).astype(jnp.bfloat16)
+  w = jax.random.normal(ks[3], (B, T, Hq, D))
+  shapes = api.AttentionShapes(B, T, T, Hq, Hkv, D, 0, 0, False)
+  assert api.select_backend(spec, shapes, jnp.bfloat16) == "pallas_gpu_mosaic"
+  assert api.select_backend(spec, shapes._replace(has_segment_ids=True),
+                            jnp.bfloat16) != "pallas_gpu_mosaic"
+  grad = lambda name: jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(  # noqa: E731
+      api.attention(q, k, v, spec, backend=name).astype(jnp.float32) * w), argnums=(0, 1, 2)))
+  got, want = grad("auto")(q, k, v), grad("pallas_gpu")(q, k, v)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+  f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+  with jax.default_matmul_precision("float32"):
+    rg = jax.jit(jax.grad(lambda q, k, v: jnp.sum(reference_attention(
+        f32(q), f32(k), f32(v), spec) * w), argnums=(0, 1, 2)))(q, k, v)
+  for a, b in zip(got[1], rg):
+    assert _rel(a, b) < 2e-2
+
+
+def test_auto_split_matches_parts_and_reference(below_mosaic):  # pylint: disable=unused-argument
   ks = jax.random.split(jax.random.PRNGKey(0), 4)
   B, T, Hq, Hkv, D = 1, 4096, 8, 2, 128
   q = jax.random.normal(ks[0], (B, T, Hq, D)).astype(jnp.bfloat16)

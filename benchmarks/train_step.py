@@ -18,6 +18,9 @@ planner's estimate next to it, and the hybrid/full step-time ratio.
   python benchmarks/train_step.py --tiny --seq_lens=1024,512   # smoke test on CPU
   python benchmarks/train_step.py --seq_lens=32768 --steps=5 --json_out=/tmp/bench.json
   python benchmarks/train_step.py --seq_lens=131072 --no_segment_ids --backend=fa4   # [fa4] extra
+  python benchmarks/train_step.py --seq_lens=131072 --without=pallas_gpu_mosaic  # auto minus a row
+
+Each result names the backend every layer pattern ran (``backends``: what ``auto`` chose).
 
 Needs only jax, flax, optax (no grain / ml_collections).
 """
@@ -123,16 +126,32 @@ def build_step(layout: str, seq_len: int, remat: str, tiny: bool = False,
   return cfg, step, state, rest, batch, seg
 
 
+def chosen_backends(cfg, seq_len: int, segment_ids: bool) -> dict[str, str]:
+  """``{pattern: backend}``: what each layer pattern of ``cfg`` runs on this device."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from pallas_kernels import api  # pylint: disable=import-outside-toplevel
+  shapes = api.AttentionShapes(1, seq_len, seq_len, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+                               0, 0, segment_ids)
+  return {str(spec): api.select_backend(spec, shapes, jnp.dtype(cfg.dtype),
+                                        backend=cfg.attention_backend)
+          for spec in dict.fromkeys(cfg.layers)}
+
+
 def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: float,
-            tiny: bool = False, segment_ids: bool = True, backend: str = "auto") -> dict:
+            tiny: bool = False, segment_ids: bool = True, backend: str = "auto",
+            without: tuple[str, ...] = ()) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+  from pallas_kernels import api  # pylint: disable=import-outside-toplevel
   from longgen_jax.model.flops import flops_per_token  # pylint: disable=import-outside-toplevel
   from longgen_jax.parallel import memory  # pylint: disable=import-outside-toplevel
   from longgen_jax.training import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
 
+  for name in without:
+    api.unregister_backend(name)
   cfg, step, state, rest, batch, seg = build_step(layout, seq_len, remat, tiny, segment_ids,
                                                   backend)
+  backends = chosen_backends(cfg, seq_len, segment_ids)
   dev = jax.devices()[0]
   t0 = time.perf_counter()
   compiled = step.lower(state, rest, batch).compile()
@@ -157,8 +176,8 @@ def run_one(layout: str, seq_len: int, remat: str, steps: int, peak_override: fl
                         seq_len=seq_len, global_batch=1, loss_chunk=4096,
                         platform=_planner_platform(dev.platform))
   return {"layout": layout, "seq_len": seq_len, "remat": remat, "segment_ids": segment_ids,
-          "backend": backend, "doc_lens": doc_lens,
-          "step_s": step_s,
+          "backend": backend, "without": list(without), "backends": backends,
+          "doc_lens": doc_lens, "step_s": step_s,
           "step_times": times, "tokens_per_s": tok_s, "gflop_per_token": fl.total / 1e9,
           "model_tflops": tok_s * fl.total / 1e12,
           "mfu": tok_s * fl.total / peak if peak else None, "peak_tflops": (peak or 0) / 1e12,
@@ -187,6 +206,9 @@ def main() -> None:
                   help="skip configs that would start after this many seconds")
   ap.add_argument("--backend", default="auto",
                   help="attention backend of every layer (pallas_kernels.api name, e.g. fa4)")
+  ap.add_argument("--without", default="",
+                  help="comma-separated backends taken out of the registry first (e.g. "
+                       "pallas_gpu_mosaic,fa4: auto as it chose before those rows)")
   ap.add_argument("--json_out", default="")
   ap.add_argument("--child", default="", help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -194,7 +216,7 @@ def main() -> None:
     a = json.loads(args.child)
     print("RESULT " + json.dumps(run_one(a["layout"], a["seq_len"], a["remat"], a["steps"],
                                          a["peak"], a["tiny"], a["segment_ids"],
-                                         a["backend"])), flush=True)
+                                         a["backend"], tuple(a["without"]))), flush=True)
     return
 
   # The parent only plans (CPU); the children own the accelerator, one at a time.
@@ -203,6 +225,13 @@ def main() -> None:
   problem = api.unknown_backend(args.backend)
   if problem:
     ap.error(f"--backend: {problem}")
+  without = tuple(filter(None, args.without.split(",")))
+  for name in without:
+    problem = api.unknown_backend(name, allow_auto=False)
+    if problem:
+      ap.error(f"--without: {problem}")
+  if args.backend in without:
+    ap.error(f"--without takes out {args.backend!r}, the --backend asked for")
   fraction = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # fa4: torch scratch
   env = dict(BASE_ENV, XLA_PYTHON_CLIENT_MEM_FRACTION=fraction,
              PYTHONPATH=os.pathsep.join(filter(None, [ROOT, BASE_ENV.get("PYTHONPATH")])))
@@ -211,7 +240,8 @@ def main() -> None:
   budget = limit if limit > 0 else 0.94 * 80e9
   print(f"jax {version} on {kind}; usable device memory {budget / 2 ** 30:.1f} GiB; segment ids "
         f"{'on (4 packed documents)' if args.segment_ids else 'off (one document)'}; attention "
-        f"backend {args.backend}", flush=True)
+        f"backend {args.backend}" + (f" without {', '.join(without)}" if without else ""),
+        flush=True)
   for seq_len in [int(x) for x in args.seq_lens.split(",")]:
     remat = (args.remat if args.remat != "auto"
              else pick_remat(seq_len, budget, args.tiny, platform)[0])
@@ -222,7 +252,8 @@ def main() -> None:
         continue
       child = json.dumps({"layout": layout, "seq_len": seq_len, "remat": remat,
                           "steps": args.steps, "peak": args.peak_tflops, "tiny": args.tiny,
-                          "segment_ids": args.segment_ids, "backend": args.backend})
+                          "segment_ids": args.segment_ids, "backend": args.backend,
+                          "without": without})
       proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", child],
                             env=env, capture_output=True, text=True, check=False)
       lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -237,7 +268,7 @@ def main() -> None:
       print(f"{layout:6s} {seq_len:>7d} {remat:22s} step {r['step_s']:7.3f}s  "
             f"{r['tokens_per_s']:9.0f} tok/s  MFU {_pct(r['mfu'])}  peak "
             f"{r['peak_mem_gib']:5.1f} GiB (plan {r['plan_estimate_gib']:5.1f})  compile "
-            f"{r['compile_s']:.0f}s", flush=True)
+            f"{r['compile_s']:.0f}s  {r['backends']}", flush=True)
 
   ratios = {}
   for seq_len in sorted({r["seq_len"] for r in results}):
@@ -259,7 +290,7 @@ def main() -> None:
   for seq_len, ratio in ratios.items():
     print(f"hybrid/full step-time ratio at {seq_len}: {ratio:.3f} (speed-up {1 / ratio:.2f}x)")
   out = {"results": results, "hybrid_over_full_step_time": {str(k): v for k, v in ratios.items()},
-         "segment_ids": args.segment_ids, "backend": args.backend,
+         "segment_ids": args.segment_ids, "backend": args.backend, "without": list(without),
          "total_s": time.perf_counter() - start}
   print("JSON " + json.dumps(out))
   if args.json_out:

@@ -71,6 +71,10 @@ def test_everything_else_falls_through(hopper):
   assert "offsets" in why(strided, offsets) and auto(strided, offsets) == "pallas_gpu"
   assert "head_dim 96" in why(sw, SHAPES._replace(head_dim=96))
   assert "Tq != Tk" in why(sw, SHAPES._replace(q_len=2048))
+  with pytest.raises(ValueError, match=r"'pallas_gpu_mosaic' cannot run this call on gpu: .*"
+                     r"segment ids") as err:
+    api.select_backend(sw, packed, jnp.bfloat16, platform="gpu", backend="pallas_gpu_mosaic")
+  assert "\n" not in str(err.value)
   hopper.compute_capability = "8.0"
   assert "not sm_90" in why(sw)
   assert auto(sw) == "cudnn" and auto(strided) == "pallas_gpu"

@@ -30,15 +30,18 @@ BACKENDS = (
     # fallback for when Pallas' (deprecated) Triton lowering goes away.
     dict(name="triton_native", fn=_P + "triton_native:native_attention",
          supports=_P + "triton_native:registry_supports", priority=40, platforms=GPU),
-    # Sink+window on Hopper: the Mosaic GPU forward (pallas_gpu) is the fastest forward and cuDNN
-    # the fastest forward+backward (docs/benchmarks.md), so ``auto`` takes a split backend that
-    # runs the first when the call is not differentiated and the second under autodiff.
+    # Sink+window on Hopper with segment ids (without them pallas_gpu_mosaic comes first): the
+    # Mosaic GPU forward (pallas_gpu) when the call is not differentiated, cuDNN (its packed
+    # layout) under autodiff. Until 2026-12-07 it took every sink+window call on Hopper: cuDNN's
+    # backward was faster than ours then (docs/benchmarks.md).
     dict(name="split_gpu", fn=_P + "split:split_gpu_attention",
          supports=_P + "split:mosaic_sink_window_supports", priority=80, platforms=GPU),
     # Hopper, no segment ids: pallas_gpu where it runs the Mosaic GPU forward and the fused Mosaic
-    # GPU backward (``pallas_gpu:mosaic_supports``), before cuDNN and split_gpu. Measured on one
-    # H100 at 64K in one run (docs/benchmarks.md, 2026-12-07, twelfth sitting): see there for the
-    # per-pattern ratios against cuDNN and split_gpu, forward and forward+backward.
+    # GPU backward (``pallas_gpu:mosaic_supports``), before cuDNN and split_gpu. One H100, one run
+    # (docs/benchmarks.md, 2026-12-07, twelfth sitting), forward+backward at 64K: 1.12x split_gpu
+    # for sink+window (1.15x GQA 32/8), 1.02x cuDNN for full causal; forward within 1% of the
+    # fastest of them; the 128K training step 1.02x faster. Packed rows stay with cuDNN's packed
+    # layout (split_gpu / cudnn below), faster in the 128K step on 2026-12-05.
     dict(name="pallas_gpu_mosaic", fn=_P + "pallas_gpu:attention",
          supports=_P + "pallas_gpu:mosaic_supports", priority=85, platforms=GPU),
     # FlashAttention-4 (optional extra ``fa4``) bound through a buffer callback: first for ``auto``

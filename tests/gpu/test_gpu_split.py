@@ -47,8 +47,8 @@ def _below_mosaic():
 
 @pytest.mark.parametrize("spec", ["full", "sink_window:64:1024", "strided:4:4"])
 def test_auto_on_hopper_is_pallas_gpu(ours_only, spec):  # pylint: disable=unused-argument
-  """Without segment ids ``auto`` runs pallas_gpu's kernels: output and gradients equal to
-  ``backend="pallas_gpu"``'s bit for bit (the same kernels), and close to the reference."""
+  """Without segment ids ``auto`` runs pallas_gpu's kernels: the same loss and gradients as
+  ``backend="pallas_gpu"`` (dQ up to its reduce-add order), and close to the reference."""
   spec = AttentionSpec.parse(spec)
   if jax.devices()[0].compute_capability != "9.0":
     pytest.skip("Hopper only")
@@ -65,8 +65,12 @@ def test_auto_on_hopper_is_pallas_gpu(ours_only, spec):  # pylint: disable=unuse
   grad = lambda name: jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(  # noqa: E731
       api.attention(q, k, v, spec, backend=name).astype(jnp.float32) * w), argnums=(0, 1, 2)))
   got, want = grad("auto")(q, k, v), grad("pallas_gpu")(q, k, v)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+  # The loss, dK and dV are bit for bit equal; the fused backward reduce-adds fp32 dQ tiles
+  # across CTAs in whatever order they finish, so dQ differs by rounding run to run (measured on
+  # an H100: <= 20 of 4.3M elements, 2.4e-4 max abs), checked far below the bf16 error.
+  for a, b in zip((got[0], *got[1][1:]), (want[0], *want[1][1:])):
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+  assert _rel(got[1][0], want[1][0]) < 1e-4
   f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
   with jax.default_matmul_precision("float32"):
     rg = jax.jit(jax.grad(lambda q, k, v: jnp.sum(reference_attention(

@@ -3,9 +3,9 @@
 Where the Mosaic GPU forward and the fused Mosaic GPU backward both run a call and it has no
 segment ids, ``auto`` takes ``pallas_gpu_mosaic`` (pallas_gpu's kernels) before cuDNN and
 ``split_gpu``: the twelfth sitting's 64K run measured it faster in every pattern
-(docs/benchmarks.md). Packed rows, fp32, offsets, lengths off the kernels' tiles and other GPUs fall
-through to the next row. The GPU side (the same choice on a real H100, and auto's output and
-gradients equal to pallas_gpu's) is ``tests/gpu/test_gpu_split.py``.
+(docs/benchmarks.md). Packed rows, fp32, offsets, Tq != Tk, head dims off a multiple of 64 and
+other GPUs fall through to the next row. The GPU side (the same choice on a real H100, and auto's
+loss and gradients the same as pallas_gpu's, dQ up to rounding) is ``tests/gpu/test_gpu_split.py``.
 """
 
 import types

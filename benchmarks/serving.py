@@ -29,7 +29,8 @@ Per model and context length (32K, 64K, 128K):
 
 The prefill's attention goes through ``pallas_kernels.attention`` with ``--backend`` (default
 ``auto``: FA4 where it is installed, else our kernels); each prefill row records the backend
-every layer pattern got (``prefill_backends``). ``--backend pallas_gpu`` measures ours beside it.
+every layer pattern got (``prefill_backends``). ``--backend pallas_gpu`` measures ours beside it;
+``--without pallas_gpu_mosaic`` runs ``auto`` as it chose before that row (cuDNN for full layers).
 
 Timing: every compiled program is warmed up first (a 2-chunk prompt compiles both prefill
 programs, 2 decode steps compile the step), then one synchronised prefill and a timed run of
@@ -65,7 +66,7 @@ from longgen_jax.infer.forward import chunk_attention_shapes  # noqa: E402  pyli
 from longgen_jax.infer.report import nbytes  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.model.config import ModelConfig  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.model.layers import layer_param_shapes  # noqa: E402  pylint: disable=wrong-import-position
-from pallas_kernels.api import select_backend, unknown_backend  # noqa: E402  pylint: disable=wrong-import-position
+from pallas_kernels.api import backends_removed, select_backend, unknown_backend  # noqa: E402  pylint: disable=wrong-import-position
 
 GIB = 2.0 ** 30
 
@@ -497,6 +498,8 @@ def main(argv=None) -> int:
   p.add_argument("--decode_impl", default="auto")
   p.add_argument("--backend", default="auto", help="attention backend of the prefill "
                  "(pallas_kernels.attention; default auto: FA4 where installed, else ours)")
+  p.add_argument("--without", default="", help="comma-separated backends taken out of the "
+                 "registry for the run (e.g. pallas_gpu_mosaic: auto as it chose before that row)")
   p.add_argument("--cells", default=",".join(CELLS),
                  help=f"comma list of the cells to run, of {','.join(CELLS)}")
   p.add_argument("--batches", default=None, help="largest batch per length, e.g. "
@@ -513,6 +516,13 @@ def main(argv=None) -> int:
   problem = unknown_backend(args.backend)
   if problem:
     p.error(f"--backend: {problem}")
+  without = tuple(filter(None, args.without.split(",")))
+  for name in without:
+    problem = unknown_backend(name, allow_auto=False)
+    if problem:
+      p.error(f"--without: {problem}")
+  if args.backend in without:
+    p.error(f"--without takes out {args.backend!r}, the --backend asked for")
   q = args.quick
   defaults = dict(lengths="256" if q else "32k,64k,128k", decode_steps=2 if q else 32,
                   prefill_tokens=512 if q else 16384, min_chunk=64 if q else 1024,
@@ -521,7 +531,8 @@ def main(argv=None) -> int:
   for k, v in defaults.items():
     if getattr(args, k) is None:
       setattr(args, k, v)
-  out = run(args)
+  with backends_removed(*without):
+    out = run(args)
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:

@@ -17,6 +17,7 @@ registered with ``auto=True``, the highest-priority one whose ``supports`` accep
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -117,6 +118,24 @@ def unregister_backend(name: str) -> None:
   with _LOCK:
     if _BACKENDS.pop(name, None) is None:
       raise ValueError(f"attention backend {name!r} is not registered")
+
+
+@contextlib.contextmanager
+def backends_removed(*names: str):
+  """``with backends_removed("pallas_gpu_mosaic"):`` runs the block with those backends out of the
+  registry (``auto`` as it chose without them: A/B runs of a new row, ``benchmarks/serving.py
+  --without``) and puts them back after, as they were. An unknown name raises ValueError first."""
+  for name in names:
+    problem = unknown_backend(name, allow_auto=False)
+    if problem:
+      raise ValueError(problem)
+  with _LOCK:
+    removed = {name: _BACKENDS.pop(name) for name in dict.fromkeys(names)}
+  try:
+    yield
+  finally:
+    with _LOCK:
+      _BACKENDS.update(removed)
 
 
 def _ensure_builtins() -> None:

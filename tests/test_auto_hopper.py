@@ -86,3 +86,21 @@ def test_refused_off_gpu():
   with pytest.raises(ValueError, match="pallas_gpu_mosaic"):
     api.select_backend(SPECS[0], SHAPES, jnp.bfloat16, platform="cpu",
                        backend="pallas_gpu_mosaic")
+
+
+def test_backends_removed_is_auto_without_the_row_and_restores_it(hopper):
+  """What ``train_step.py`` / ``serving.py --without`` use for their A/B runs."""
+  del hopper
+  sw = SPECS[1]
+  with api.backends_removed("pallas_gpu_mosaic", "fa4"):
+    assert auto(sw) == "split_gpu" and auto(SPECS[0]) == "cudnn"
+    assert "pallas_gpu_mosaic" not in api.available_backends()
+  assert auto(sw) == "pallas_gpu_mosaic" and "fa4" in api.available_backends()
+  with pytest.raises(RuntimeError, match="inside"):
+    with api.backends_removed("pallas_gpu_mosaic"):
+      raise RuntimeError("inside")
+  assert auto(sw) == "pallas_gpu_mosaic"
+  with pytest.raises(ValueError, match="unknown attention backend 'mosaic'"):
+    with api.backends_removed("pallas_gpu_mosaic", "mosaic"):
+      pass
+  assert auto(sw) == "pallas_gpu_mosaic"

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from pallas_kernels import api
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -52,8 +54,12 @@ def test_selected_cells_with_fixed_batches(tmp_path):
   bench = _load()
   out = tmp_path / "serving.json"
   assert bench.main(["--quick", "--models=full", "--cells=maxbatch_prefill", "--batches=256:2",
-                     "--backend=reference", "--out", str(out)]) == 0
-  rows = json.loads(out.read_text())["rows"]
+                     "--backend=reference", "--without=pallas_gpu_mosaic,fa4",
+                     "--out", str(out)]) == 0
+  res = json.loads(out.read_text())
+  assert res["config"]["without"] == "pallas_gpu_mosaic,fa4"
+  assert {"pallas_gpu_mosaic", "fa4"} <= set(api.available_backends())   # put back after
+  rows = res["rows"]
   assert [(r["kind"], r["batch"], r["status"]) for r in rows] == [("maxbatch_prefill", 2, "ok")]
   assert rows[0]["prefill_s"] > 0
   # --backend reaches the engine: every prefill chunk (the later ones too) names it
@@ -63,7 +69,7 @@ def test_selected_cells_with_fixed_batches(tmp_path):
 def test_bad_cells_and_batches_are_refused(capsys):
   bench = _load()
   for bad in (["--cells=batch1,nope"], ["--batches=128k"], ["--batches=128k:0"],
-              ["--backend=flash"]):
+              ["--backend=flash"], ["--without=fa4,flash2"], ["--backend=xla", "--without=xla"]):
     try:
       bench.main(["--quick", *bad])
     except SystemExit as e:
@@ -72,3 +78,5 @@ def test_bad_cells_and_batches_are_refused(capsys):
       raise AssertionError(f"{bad} was accepted")
   err = capsys.readouterr().err
   assert "nope" in err and "--backend: unknown attention backend 'flash'" in err
+  assert "--without: unknown attention backend 'flash2'" in err
+  assert "--without takes out 'xla', the --backend asked for" in err

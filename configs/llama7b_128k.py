@@ -20,7 +20,8 @@ Recipe (Fu et al. 2024, which LongGen follows): 5B tokens of length-upsampled da
 131072-token rows, 32 rows (4.2M tokens) per step -> 1192 steps; AdamW, LR 2e-5 constant after a
 short warmup, clip 1.0; bf16 compute, fp32 master weights, chunked loss; remat ``save_attention``
 (layer inputs and the attention kernels' out + lse are kept, projections and MLP recomputed: the
-attention forward is never re-run; measured 46% MFU for the full layout on one H100 at 128K,
+attention forward is never re-run; measured 47% MFU for the full layout on one H100 at 128K with
+one document per row and ``auto``'s Hopper kernels since 2026-12-07, 46% with cuDNN before,
 docs/benchmarks.md).
 
 Hardware: 64 x H100-80GB (8 hosts): mesh fsdp=8 (-1) x sequence=8, micro-batch 8 rows

@@ -156,8 +156,10 @@ def test_step_attention_calls_counts_targets_and_runs_tiny(env, tmp_path):
   assert "--backends: unknown attention backend 'fast'; choose one of auto, " in p.stderr
 
 
-def test_mosaic_ab_says_it_needs_a_gpu(env):
-  p = subprocess.run([sys.executable, "benchmarks/mosaic_bwd.py", "--length", "1024"], env=env,
+@pytest.mark.parametrize("script", [["mosaic_bwd.py", "--length", "1024"],
+                                    ["mosaic_fwd.py", "--lengths", "1024"]])
+def test_mosaic_ab_says_it_needs_a_gpu(env, script):
+  p = subprocess.run([sys.executable, "benchmarks/" + script[0], *script[1:]], env=env,
                      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert p.returncode == 2 and "needs a GPU (Hopper); found cpu" in p.stderr
   assert len(p.stderr.strip().splitlines()) == 1

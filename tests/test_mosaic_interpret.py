@@ -74,6 +74,21 @@ def test_forward_vs_reference(spec):
   assert np.abs(lse - np.asarray(want_lse)).max() < 2e-2
 
 
+def test_forward_row_order_does_not_change_the_result():
+  """``MosaicConfig.longest_first=True`` maps CTA ``i`` to query row ``n - 1 - i``; the default
+  (False) maps it to row ``i``. Both give the reference's output, bit-equal."""
+  spec = AttentionSpec.parse("full@16")
+  q, k, v, do = _inputs(seed=5)
+  want, _, _ = _reference(q, k, v, do, spec)
+  with interpret_mode(detect_races=True):
+    got = [pm.sparse_attention_fwd(q, k, v, spec, dataclasses.replace(FWD, longest_first=lf))
+           for lf in (True, False)]
+  assert _rel(got[0][0], want) < 1e-2
+  np.testing.assert_array_equal(np.asarray(got[0][0], np.float32),
+                                np.asarray(got[1][0], np.float32))
+  np.testing.assert_array_equal(np.asarray(got[0][1]), np.asarray(got[1][1]))
+
+
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("fused", [False, True], ids=["dq_dkv", "fused"])
 def test_backward_vs_reference(spec, fused):

@@ -55,6 +55,14 @@ class MosaicConfig:
   block_q: int = 64        # rows per compute warpgroup (a CTA covers 2 * block_q rows)
   block_kv: int = 128
   max_concurrent_steps: int = 2
+  # CTA order within a head. False (the measured default): CTA i takes query row i, shortest
+  # rows first. True: row n - 1 - i, the longest (for causal patterns) first. Rows of one head
+  # run side by side (the grid is heads-major), and under full causal attention shortest-first
+  # spreads the resident CTAs' K/V positions over the head's whole prefix, which overflows the
+  # 50 MB L2 once one head's K and V exceed it (128K at D=128: 64 MB); longest-first keeps them
+  # in near lockstep. A model, not a measurement: benchmarks/l2_row_order.py. Not timed on a
+  # GPU yet (benchmarks/mosaic_fwd.py times both); the default changes only on a measured win.
+  longest_first: bool = False
 
 
 def shape_limits(q_len: int, kv_len: int, head_dim: int, dtype, *, step: int,
@@ -223,6 +231,7 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
   seg = segment_args(segment_ids, kv_segment_ids, B, T, T)
   bq, bkv, mcs = config.block_q, config.block_kv, config.max_concurrent_steps
   g = hq // hkv
+  n_rows = T // (2 * bq)
   tab = visit_table(kernel_tables(spec, T, T, 2 * bq, bkv).fwd, *(seg or (None, None)), 2 * bq,
                     bkv)
   c = (d ** -0.5 if scale is None else scale) * math.log2(math.e)
@@ -231,6 +240,8 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
     batch = lax.axis_index("batch")
     q_head = lax.axis_index("heads")
     row = lax.axis_index("q_seq")
+    if config.longest_first:
+      row = n_rows - 1 - row
     (qo_smem2, k_smem, v_smem, lse_smem2), (k_bar, v_bar, q_bar), (k_used, v_used), sched = (
         scoped[:4])
     sg = Segments.of(seg_refs, scoped[4:])
@@ -290,7 +301,7 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
 
   return launch(entry, [jax.ShapeDtypeStruct(q.shape, dtype),
                         jax.ShapeDtypeStruct((B, hq, T), jnp.float32)],
-                (hq, T // (2 * bq), B), ("heads", "q_seq", "batch"), q, k, v, tab, *(seg or ()))
+                (hq, n_rows, B), ("heads", "q_seq", "batch"), q, k, v, tab, *(seg or ()))
 
 
 def tile_allowed(w, e, kseg=None):

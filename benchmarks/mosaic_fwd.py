@@ -1,0 +1,97 @@
+"""The Mosaic GPU forward alone, variant against variant, on one GPU (an A/B check).
+
+``benchmarks/attention.py`` times whole cells through the public API. This script times only
+``pallas_kernels/backends/pallas_gpu_mosaic.py``'s ``sparse_attention_fwd`` with ``MosaicConfig``
+variants (``longest_first``: the longest query rows' CTAs first), in one process with the same
+inputs. B=1, H=32 query heads, D=128, bf16. Timing is ``benchmarks/bench_timing.py``'s
+(back-to-back calls, one synchronisation per loop, median of 5 loops), as in ``attention.py``.
+Useful forward FLOPs = 4 * visible pairs * D * H.
+
+  python3 benchmarks/mosaic_fwd.py --lengths 65536 131072 --patterns full --out $OUT/mosaic_fwd.json
+
+Each row also gives the relative L2 error of the output against the first row of its pattern and
+length (the default config). Needs a Hopper GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# name -> MosaicConfig overrides; the first is every cell's reference row
+VARIANTS = {
+    "default": {},
+    "longest_first": {"longest_first": True},
+}
+PATTERNS = {"sink_window": "sink_window:64:4096", "strided": "strided:16:64", "full": "full"}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--lengths", type=int, nargs="+", default=[65536, 131072])
+  p.add_argument("--kv-heads", type=int, default=32, help="32 = MHA, 8 = GQA 32/8")
+  p.add_argument("--patterns", nargs="+", default=["full"], choices=list(PATTERNS))
+  p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+  p.add_argument("--out", default=None, help="JSON file for the rows")
+  args = p.parse_args(argv)
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import bench_timing as timing  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu_mosaic as pm  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.spec import AttentionSpec  # pylint: disable=g-import-not-at-top
+
+  if jax.devices()[0].platform != "gpu":
+    print("benchmarks/mosaic_fwd.py: needs a GPU (Hopper); found "
+          f"{jax.devices()[0].platform}", file=sys.stderr)
+    return 2
+  hq, hkv, d = 32, args.kv_heads, 128
+  rows = []
+  print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}, heads {hq}/{hkv}")
+  for L in args.lengths:
+    ks = jax.random.split(jax.random.PRNGKey(0), 3)
+    q = jax.random.normal(ks[0], (1, L, hq, d), jnp.bfloat16)
+    k = jax.random.normal(ks[1], (1, L, hkv, d), jnp.bfloat16)
+    v = jax.random.normal(ks[2], (1, L, hkv, d), jnp.bfloat16)
+    for pattern in args.patterns:
+      spec = AttentionSpec.parse(PATTERNS[pattern])
+      useful = 4.0 * spec.visible_pairs(L) * d * hq
+      ref = None
+      for name in args.variants:
+        cfg = dataclasses.replace(pm.MosaicConfig(), **VARIANTS[name])
+        fn = jax.jit(functools.partial(pm.sparse_attention_fwd, spec=spec, config=cfg))
+        row = dict(pattern=pattern, spec=str(spec), variant=name, config=dataclasses.asdict(cfg),
+                   L=L, hq=hq, hkv=hkv, ms=None, tflops=None, err=None, status="ok")
+        try:
+          t = timing.time_cell(lambda fn=fn: fn(q, k, v), jax.block_until_ready)
+          row.update(ms=t.ms, tflops=useful / (t.ms * 1e-3) / 1e12, compile_s=t.compile_s,
+                     loop_ms=t.loop_ms)
+          out = np.asarray(t.output[0], np.float32)
+          if ref is None:
+            ref = out
+          else:
+            row["err"] = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+        except Exception as e:  # pylint: disable=broad-except
+          row.update(status="error", note=f"{type(e).__name__}: {e}"[:300])
+        rows.append(row)
+        shown = (f"{row['ms']:8.2f} ms {row['tflops']:6.1f} TFLOP/s err {row['err']}"
+                 if row["status"] == "ok" else row["note"])
+        print(f"L={L:6d} {pattern:12s} {name:16s} {shown}", flush=True)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(dict(rows=rows, date=time.strftime("%Y-%m-%d"),
+                     device=jax.devices()[0].device_kind, jax=jax.__version__), f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

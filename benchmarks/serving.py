@@ -66,7 +66,7 @@ from longgen_jax.infer.forward import chunk_attention_shapes  # noqa: E402  pyli
 from longgen_jax.infer.report import nbytes  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.model.config import ModelConfig  # noqa: E402  pylint: disable=wrong-import-position
 from longgen_jax.model.layers import layer_param_shapes  # noqa: E402  pylint: disable=wrong-import-position
-from pallas_kernels.api import backends_removed, select_backend, unknown_backend  # noqa: E402  pylint: disable=wrong-import-position
+from pallas_kernels.api import backends_removed, parse_without, select_backend, unknown_backend  # noqa: E402  pylint: disable=wrong-import-position
 
 GIB = 2.0 ** 30
 
@@ -516,13 +516,9 @@ def main(argv=None) -> int:
   problem = unknown_backend(args.backend)
   if problem:
     p.error(f"--backend: {problem}")
-  without = tuple(filter(None, args.without.split(",")))
-  for name in without:
-    problem = unknown_backend(name, allow_auto=False)
-    if problem:
-      p.error(f"--without: {problem}")
-  if args.backend in without:
-    p.error(f"--without takes out {args.backend!r}, the --backend asked for")
+  without, problem = parse_without(args.without, args.backend)
+  if problem:
+    p.error(problem)
   q = args.quick
   defaults = dict(lengths="256" if q else "32k,64k,128k", decode_steps=2 if q else 32,
                   prefill_tokens=512 if q else 16384, min_chunk=64 if q else 1024,

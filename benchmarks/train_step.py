@@ -225,13 +225,9 @@ def main() -> None:
   problem = api.unknown_backend(args.backend)
   if problem:
     ap.error(f"--backend: {problem}")
-  without = tuple(filter(None, args.without.split(",")))
-  for name in without:
-    problem = api.unknown_backend(name, allow_auto=False)
-    if problem:
-      ap.error(f"--without: {problem}")
-  if args.backend in without:
-    ap.error(f"--without takes out {args.backend!r}, the --backend asked for")
+  without, problem = api.parse_without(args.without, args.backend)
+  if problem:
+    ap.error(problem)
   fraction = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # fa4: torch scratch
   env = dict(BASE_ENV, XLA_PYTHON_CLIENT_MEM_FRACTION=fraction,
              PYTHONPATH=os.pathsep.join(filter(None, [ROOT, BASE_ENV.get("PYTHONPATH")])))

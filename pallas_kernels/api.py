@@ -163,6 +163,20 @@ def unknown_backend(name: str, allow_auto: bool = True) -> str | None:
   return f"unknown attention backend {name!r}; choose one of {', '.join(choices)}"
 
 
+def parse_without(text: str, backend: str) -> tuple[tuple[str, ...], str | None]:
+  """A benchmark's ``--without`` flag (comma-separated backends taken out of the registry for
+  the run, ``backends_removed``): (the names, the one-line complaint or None). It complains of
+  an unknown name, or of taking out the ``--backend`` the run asked for."""
+  names = tuple(filter(None, text.split(",")))
+  for name in names:
+    problem = unknown_backend(name, allow_auto=False)
+    if problem:
+      return names, f"--without: {problem}"
+  if backend in names:
+    return names, f"--without takes out {backend!r}, the --backend asked for"
+  return names, None
+
+
 def get_backend_fn(name: str):
   """The (imported) ``fn`` of the registered backend ``name``."""
   problem = unknown_backend(name, allow_auto=False)

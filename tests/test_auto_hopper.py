@@ -104,3 +104,16 @@ def test_backends_removed_is_auto_without_the_row_and_restores_it(hopper):
     with api.backends_removed("pallas_gpu_mosaic", "mosaic"):
       pass
   assert auto(sw) == "pallas_gpu_mosaic"
+
+
+def test_parse_without_names_and_complaints():
+  """The ``--without`` flag of ``train_step.py`` and ``serving.py``."""
+  assert api.parse_without("", "auto") == ((), None)
+  assert api.parse_without("pallas_gpu_mosaic,,fa4", "auto") == (("pallas_gpu_mosaic", "fa4"),
+                                                                  None)
+  names, problem = api.parse_without("fa4,flash2", "auto")
+  assert names == ("fa4", "flash2")
+  assert problem.startswith("--without: unknown attention backend 'flash2'; choose one of ")
+  assert api.parse_without("xla", "xla")[1] == "--without takes out 'xla', the --backend asked for"
+  assert api.parse_without("auto", "xla")[1].startswith("--without: unknown attention backend "
+                                                        "'auto'")

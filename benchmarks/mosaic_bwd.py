@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import mosaic_ab  # noqa: E402  pylint: disable=wrong-import-position
 
 # name -> (kernel, MosaicBwdConfig overrides); the first is every pattern's reference row
 VARIANTS = {
@@ -40,7 +40,7 @@ VARIANTS = {
     "fused_no_rederive": ("fused", {"rederive": False}),
     "fused_regs232": ("fused", {"registers": (232, 40)}),
 }
-PATTERNS = {"sink_window": "sink_window:64:4096", "strided": "strided:16:64", "full": "full"}
+PATTERNS = mosaic_ab.PATTERNS
 
 
 def main(argv=None) -> int:
@@ -54,16 +54,12 @@ def main(argv=None) -> int:
 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import bench_timing as timing  # pylint: disable=g-import-not-at-top
   from pallas_kernels.backends._frame import bwd_row_stats  # pylint: disable=g-import-not-at-top
   from pallas_kernels.backends import pallas_gpu_mosaic as pm  # pylint: disable=g-import-not-at-top
   from pallas_kernels.backends import pallas_gpu_mosaic_bwd as mb  # pylint: disable=g-import-not-at-top
   from pallas_kernels.spec import AttentionSpec  # pylint: disable=g-import-not-at-top
 
-  if jax.devices()[0].platform != "gpu":
-    print("benchmarks/mosaic_bwd.py: needs a GPU (Hopper); found "
-          f"{jax.devices()[0].platform}", file=sys.stderr)
+  if mosaic_ab.no_gpu("mosaic_bwd.py"):
     return 2
   L, hq, hkv, d = args.length, 32, args.kv_heads, 128
   ks = jax.random.split(jax.random.PRNGKey(0), 4)
@@ -86,25 +82,11 @@ def main(argv=None) -> int:
                                      fused=kind == "fused"))
       row = dict(pattern=pattern, spec=str(spec), variant=name, config=dataclasses.asdict(cfg),
                  L=L, hq=hq, hkv=hkv, ms=None, tflops=None, err=None, status="ok")
-      try:
-        t = timing.time_cell(lambda fn=fn: fn(q, k, v, do, lse2, delta), jax.block_until_ready)
-        row.update(ms=t.ms, tflops=useful / (t.ms * 1e-3) / 1e12, compile_s=t.compile_s)
-        grads = [np.asarray(x, np.float32) for x in t.output]
-        if ref is None:
-          ref = grads
-        else:
-          row["err"] = max(float(np.linalg.norm(g - r) / np.linalg.norm(r))
-                           for g, r in zip(grads, ref))
-      except Exception as e:  # pylint: disable=broad-except
-        row.update(status="error", note=f"{type(e).__name__}: {e}"[:300])
+      ref = mosaic_ab.time_row(row, lambda fn=fn: fn(q, k, v, do, lse2, delta), useful,
+                               lambda grads: grads, ref)
       rows.append(row)
-      shown = (f"{row['ms']:8.2f} ms {row['tflops']:6.1f} TFLOP/s err {row['err']}"
-               if row["status"] == "ok" else row["note"])
-      print(f"{pattern:12s} {name:24s} {shown}", flush=True)
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(dict(rows=rows, date=time.strftime("%Y-%m-%d"),
-                     device=jax.devices()[0].device_kind, jax=jax.__version__), f, indent=1)
+      print(f"{pattern:12s} {name:24s} {mosaic_ab.shown(row)}", flush=True)
+  mosaic_ab.write_rows(args.out, rows)
   return 0
 
 

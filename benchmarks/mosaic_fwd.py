@@ -18,20 +18,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import mosaic_ab  # noqa: E402  pylint: disable=wrong-import-position
 
 # name -> MosaicConfig overrides; the first is every cell's reference row
 VARIANTS = {
     "default": {},
     "longest_first": {"longest_first": True},
 }
-PATTERNS = {"sink_window": "sink_window:64:4096", "strided": "strided:16:64", "full": "full"}
+PATTERNS = mosaic_ab.PATTERNS
 
 
 def main(argv=None) -> int:
@@ -45,14 +45,10 @@ def main(argv=None) -> int:
 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import bench_timing as timing  # pylint: disable=g-import-not-at-top
   from pallas_kernels.backends import pallas_gpu_mosaic as pm  # pylint: disable=g-import-not-at-top
   from pallas_kernels.spec import AttentionSpec  # pylint: disable=g-import-not-at-top
 
-  if jax.devices()[0].platform != "gpu":
-    print("benchmarks/mosaic_fwd.py: needs a GPU (Hopper); found "
-          f"{jax.devices()[0].platform}", file=sys.stderr)
+  if mosaic_ab.no_gpu("mosaic_fwd.py"):
     return 2
   hq, hkv, d = 32, args.kv_heads, 128
   rows = []
@@ -71,25 +67,11 @@ def main(argv=None) -> int:
         fn = jax.jit(functools.partial(pm.sparse_attention_fwd, spec=spec, config=cfg))
         row = dict(pattern=pattern, spec=str(spec), variant=name, config=dataclasses.asdict(cfg),
                    L=L, hq=hq, hkv=hkv, ms=None, tflops=None, err=None, status="ok")
-        try:
-          t = timing.time_cell(lambda fn=fn: fn(q, k, v), jax.block_until_ready)
-          row.update(ms=t.ms, tflops=useful / (t.ms * 1e-3) / 1e12, compile_s=t.compile_s,
-                     loop_ms=t.loop_ms)
-          out = np.asarray(t.output[0], np.float32)
-          if ref is None:
-            ref = out
-          else:
-            row["err"] = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-        except Exception as e:  # pylint: disable=broad-except
-          row.update(status="error", note=f"{type(e).__name__}: {e}"[:300])
+        ref = mosaic_ab.time_row(row, lambda fn=fn: fn(q, k, v), useful,
+                                 lambda out_lse: out_lse[:1], ref)   # err: the output's
         rows.append(row)
-        shown = (f"{row['ms']:8.2f} ms {row['tflops']:6.1f} TFLOP/s err {row['err']}"
-                 if row["status"] == "ok" else row["note"])
-        print(f"L={L:6d} {pattern:12s} {name:16s} {shown}", flush=True)
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(dict(rows=rows, date=time.strftime("%Y-%m-%d"),
-                     device=jax.devices()[0].device_kind, jax=jax.__version__), f, indent=1)
+        print(f"L={L:6d} {pattern:12s} {name:16s} {mosaic_ab.shown(row)}", flush=True)
+  mosaic_ab.write_rows(args.out, rows)
   return 0
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,3 +164,26 @@ def test_mosaic_ab_says_it_needs_a_gpu(env, script):
                      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert p.returncode == 2 and "needs a GPU (Hopper); found cpu" in p.stderr
   assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_mosaic_ab_time_row_reference_error_and_failure(tmp_path):
+  """``benchmarks/mosaic_ab.py``: the first variant's outputs become the reference, later rows
+  get their largest relative error against it, a failing call becomes an error row, and the
+  rows go to JSON."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import mosaic_ab  # pylint: disable=g-import-not-at-top
+  x = jnp.arange(1.0, 5.0)
+  first = dict(status="ok", err=None)
+  ref = mosaic_ab.time_row(first, lambda: (x, 2 * x), 1e12, lambda o: o, None)
+  assert first["err"] is None and first["ms"] > 0 and len(first["loop_ms"]) == 5
+  assert len(ref) == 2 and np.array_equal(ref[1], 2 * np.arange(1.0, 5.0))
+  second = dict(status="ok", err=None)
+  assert mosaic_ab.time_row(second, lambda: (x, 2 * x + 3), 1e12, lambda o: o, ref) is ref
+  assert second["err"] == pytest.approx(np.linalg.norm([3.0] * 4) / np.linalg.norm(2 * x))
+  bad = dict(status="ok", err=None)
+  mosaic_ab.time_row(bad, lambda: 1 / 0, 1e12, lambda o: o, ref)
+  assert bad["status"] == "error" and mosaic_ab.shown(bad).startswith("ZeroDivisionError")
+  assert "TFLOP/s err" in mosaic_ab.shown(second)
+  mosaic_ab.write_rows(str(tmp_path / "r.json"), [first, second, bad])
+  assert [r["status"] for r in json.loads((tmp_path / "r.json").read_text())["rows"]] == [
+      "ok", "ok", "error"]

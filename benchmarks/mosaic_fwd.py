@@ -2,7 +2,9 @@
 
 ``benchmarks/attention.py`` times whole cells through the public API. This script times only
 ``pallas_kernels/backends/pallas_gpu_mosaic.py``'s ``sparse_attention_fwd`` with ``MosaicConfig``
-variants (``longest_first``: the longest query rows' CTAs first), in one process with the same
+variants (``longest_first``: the longest query rows' CTAs first; ``named`` / ``named_pv``: the
+named-barrier warp scheduler around S = Q Kᵀ / around both products; ``named_longest_first``:
+``named`` with ``longest_first``), in one process with the same
 inputs. B=1, H=32 query heads, D=128, bf16. Timing is ``benchmarks/bench_timing.py``'s
 (back-to-back calls, one synchronisation per loop, median of 5 loops), as in ``attention.py``.
 Useful forward FLOPs = 4 * visible pairs * D * H.
@@ -30,6 +32,9 @@ import mosaic_ab  # noqa: E402  pylint: disable=wrong-import-position
 VARIANTS = {
     "default": {},
     "longest_first": {"longest_first": True},
+    "named": {"scheduler": "named"},
+    "named_pv": {"scheduler": "named_pv"},
+    "named_longest_first": {"scheduler": "named", "longest_first": True},
 }
 PATTERNS = mosaic_ab.PATTERNS
 

@@ -33,7 +33,9 @@ reports. ``--python`` uses another venv holding those packages instead. Then:
       --ptxas /usr/local/cuda/bin/ptxas
 
 Each --config ``[NAME:]field=value,...`` (values are Python literals) adds dq/dkv/bwd_fused rows
-``<kernel>_<NAME>`` with those MosaicBwdConfig fields. --out (default WORK/out) gets <kernel>/
+``<kernel>_<NAME>`` with those MosaicBwdConfig fields; each --fwd-config a forward row
+``fwd_<NAME>`` with those MosaicConfig fields (e.g. ``--only fwd --fwd-config
+"named:scheduler='named'"``). --out (default WORK/out) gets <kernel>/
 (module.mlirbc, *.ptx, *.ptxas, *.sass_ctrl when nvdisasm exists, ptxas_cmd.txt, compile.log)
 and summary.json. Where the SASS exists, each row also gives ``ex2_under_wgmma``: per wait that
 leaves a wgmma group in flight, the exponentials before the next wait (``ex2_under_wgmma``'s
@@ -107,9 +109,10 @@ def parse_config(text: str) -> tuple[str, dict]:
 
 
 def kernels(spec: str, length: int, heads: int = 32, kv_heads: int = 32, head_dim: int = 128,
-            configs=(("", {}),)) -> dict:
-  """{row: (kernel, jittable fn, argument shapes, MosaicBwdConfig overrides)}, bf16, B=1: fwd,
-  and dq/dkv/bwd_fused per (name, overrides) config, as '<kernel>_<name>' unless name is ''."""
+            configs=(("", {}),), fwd_configs=()) -> dict:
+  """{row: (kernel, jittable fn, argument shapes, config overrides)}, bf16, B=1: fwd, plus
+  'fwd_<name>' per (name, MosaicConfig overrides) of ``fwd_configs``, and dq/dkv/bwd_fused per
+  (name, MosaicBwdConfig overrides) of ``configs``, as '<kernel>_<name>' unless name is ''."""
   import jax
   import jax.numpy as jnp
   from pallas_kernels.backends import pallas_gpu_mosaic as pm
@@ -121,6 +124,10 @@ def kernels(spec: str, length: int, heads: int = 32, kv_heads: int = 32, head_di
   kv = jax.ShapeDtypeStruct((1, length, kv_heads, head_dim), jnp.bfloat16)
   stat = jax.ShapeDtypeStruct((1, heads, length), jnp.float32)   # lse2, delta: [B, Hq, T]
   out = {"fwd": ("fwd", functools.partial(pm.sparse_attention_fwd, spec=sp), (q, kv, kv), {})}
+  for name, over in fwd_configs:
+    cfg = dataclasses.replace(pm.MosaicConfig(), **over)
+    out[f"fwd_{name}"] = ("fwd", functools.partial(pm.sparse_attention_fwd, spec=sp, config=cfg),
+                          (q, kv, kv), over)
   for name, over in configs:
     cfg = dataclasses.replace(mb.MosaicBwdConfig(), **over)
     for kernel, fn in (("dq", mb.sparse_attention_dq), ("dkv", mb.sparse_attention_dkv),
@@ -330,6 +337,9 @@ def main(argv=None) -> int:
   p.add_argument("--kv-heads", type=int, default=32, help="32 query heads; 8 = GQA 32/8")
   p.add_argument("--config", action="append", default=[],
                  help="[NAME:]field=value,... of MosaicBwdConfig, e.g. 'registers=(240,24)'")
+  p.add_argument("--fwd-config", action="append", default=[],
+                 help="[NAME:]field=value,... of MosaicConfig (a fwd_NAME row), e.g. "
+                      "\"named:scheduler='named'\"")
   p.add_argument("--only", nargs="+", help=f"kernels ({', '.join(KERNELS)}) or row names")
   p.add_argument("--work", default="/tmp/ptxas_offline", help="side venv and scratch files")
   p.add_argument("--python", help="python of a venv with the CUDA plugin (default WORK/venv)")
@@ -352,7 +362,8 @@ def main(argv=None) -> int:
     job = prepare(args)
     os.environ["JAX_PLATFORMS"] = "cpu"
     try:
-      table = kernels(args.spec, args.length, 32, args.kv_heads, 128, configs)
+      table = kernels(args.spec, args.length, 32, args.kv_heads, 128, configs,
+                      [parse_config(c) for c in args.fwd_config])
     except (TypeError, ValueError) as e:   # unknown config field, bad registers, bad spec
       raise SetupError(e) from None
     table = {k: v for k, v in table.items() if not args.only or {k, v[0]} & set(args.only)}

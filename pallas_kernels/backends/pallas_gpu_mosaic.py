@@ -42,12 +42,20 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
+from jax.experimental.mosaic.gpu import utils as mgpu_utils
+from jax._src.lib.mlir import ir
+from jax._src.lib.mlir.dialects import arith as arith_dialect
+from jax._src.lib.mlir.dialects import llvm as llvm_dialect
 
 from pallas_kernels.backends._frame import check_segment_ids
 from pallas_kernels.backends.gpu_tables import kernel_tables, visit_table
 from pallas_kernels.spec import AttentionSpec
 
 M_INIT = -1e30
+SCHEDULERS = ("mbarrier", "named", "named_pv")
+# The named hardware barriers of the "named" scheduler: compute warpgroup w owns NAMED_BAR + w.
+# Mosaic GPU's own barriers are 0 (gpu.barrier) and 1..3 (warpgroup_barrier: 1 + warpgroup).
+NAMED_BAR = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +71,20 @@ class MosaicConfig:
   # in near lockstep. A model, not a measurement: benchmarks/l2_row_order.py. Not timed on a
   # GPU yet (benchmarks/mosaic_fwd.py times both); the default changes only on a measured win.
   longest_first: bool = False
+  # How the two compute warpgroups take turns on the tensor cores (``SCHEDULERS``).
+  # "mbarrier" (the measured default): a two-party shared-memory mbarrier that both warpgroups
+  # arrive at and wait on, twice per tile, as jax's attention_mgpu.py does; ptxas hoists its
+  # post-softmax arrive, so the turns are not enforced. "named": FA3's warp scheduler, two named
+  # hardware barriers (bar.sync on one's own before issuing S = Q K^T, bar.arrive on the other's
+  # after), emitted through ``plgpu.inline_mgpu`` (``turns``, ``named_barrier``). "named_pv":
+  # the same around P V too. Not timed on a GPU yet (benchmarks/mosaic_fwd.py); the default
+  # changes only on a measured win.
+  scheduler: str = "mbarrier"
+
+  def __post_init__(self):
+    if self.scheduler not in SCHEDULERS:
+      raise ValueError(f"MosaicConfig.scheduler={self.scheduler!r}: expected one of "
+                       f"{sorted(SCHEDULERS)}")
 
 
 def shape_limits(q_len: int, kv_len: int, head_dim: int, dtype, *, step: int,
@@ -249,10 +271,6 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
     visit = visit_reader(tab_ref, batch, row)
     n_full, n_tot = visit(0), visit(1)
 
-    def schedule_barrier():
-      plgpu.barrier_arrive(sched)
-      plgpu.barrier_wait(sched)
-
     @pl.when(wg < 2)
     def _compute():
       plgpu.set_max_registers(232, action="increase")
@@ -263,8 +281,8 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
       qseg = None if sg is None else sg.load_own(batch, wg, pl.ds(q_base, bq))
       w = types.SimpleNamespace(
           qo_smem=qo_smem, k_smem=k_smem, v_smem=v_smem, k_bar=k_bar, v_bar=v_bar,
-          k_used=k_used, v_used=v_used, sched=sched, schedule_barrier=schedule_barrier,
-          visit=visit, wg=wg, q_base=q_base, n_full=n_full, n_tot=n_tot, spec=spec,
+          k_used=k_used, v_used=v_used, turns=turns(config.scheduler, sched, wg), visit=visit,
+          wg=wg, q_base=q_base, n_full=n_full, n_tot=n_tot, spec=spec,
           c=c, bq=bq, bkv=bkv, d=d, dtype=dtype, mcs=mcs, seg=sg, qseg=qseg)
       acc, m_i, l_i = _loop(w)
       seen = l_i > 0
@@ -304,6 +322,59 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
                 (hq, n_rows, B), ("heads", "q_seq", "batch"), q, k, v, tab, *(seg or ()))
 
 
+def named_barrier(op: str, whose: str):
+  """``bar.sync`` (``op`` "sync") or ``bar.arrive`` ("arrive") on a compute warpgroup's named
+  hardware barrier, counting both compute warpgroups (256 threads): ``whose`` "own" (barrier
+  ``NAMED_BAR + w``, w = the calling warpgroup, 0 or 1) or "other" (``NAMED_BAR + 1 - w``).
+  Emitted as PTX through ``plgpu.inline_mgpu``; FA3's ``warp_scheduler_barrier_sync/arrive``."""
+  if op not in ("sync", "arrive") or whose not in ("own", "other"):
+    raise ValueError(f"named_barrier({op!r}, {whose!r})")
+
+  def emit(ctx):
+    del ctx
+    i32 = ir.IntegerType.get_signless(32)
+    wg = mgpu_utils.warpgroup_idx(sync=True)
+    bar = (arith_dialect.addi(wg, mgpu_utils.c(NAMED_BAR, i32)) if whose == "own" else
+           arith_dialect.subi(mgpu_utils.c(NAMED_BAR + 1, i32), wg))
+    llvm_dialect.inline_asm(ir.Type.parse("!llvm.void"), [bar], f"bar.{op} $0, 256;", "r",
+                            has_side_effects=True)
+  # what pallas_kernels/mosaic_interpret.py models (count: 256 threads = 2 warpgroups)
+  emit.named_barrier = dict(op=op, whose=whose, base=NAMED_BAR, warpgroups=2)
+  plgpu.inline_mgpu()(emit)()
+
+
+def turns(scheduler: str, sched, wg):
+  """How the compute warpgroups take turns issuing wgmma (``MosaicConfig.scheduler``; the one
+  place that branches on it): hooks ``start`` and ``end`` (once, around the walk), and per tile
+  ``before_qk`` / ``after_qk`` (around issuing S = Q Kᵀ), ``softmax_done`` (before the V wait),
+  ``before_pv`` / ``after_pv`` (around issuing P V).
+
+  "mbarrier": both arrive at and wait on ``sched`` (two arrivals) after issuing S and around the
+  V wait; warpgroup 1 meets once more at the start, warpgroup 0 at the end.
+  "named" / "named_pv": warpgroup w syncs on its own named barrier before issuing S (and, for
+  "named_pv", P V) and arrives on the other's after it, so those issues alternate 0, 1, 0, 1 and
+  at most one arrival is ever pending on a barrier. Warpgroup 1 arrives on warpgroup 0's at the
+  start (0 goes first); warpgroup 0 syncs once more at the end (taking 1's last arrival)."""
+  def nothing():
+    pass
+  if scheduler == "mbarrier":
+    def meet():
+      plgpu.barrier_arrive(sched)
+      plgpu.barrier_wait(sched)
+    return types.SimpleNamespace(
+        start=lambda: pl.when(wg == 1)(meet), end=lambda: pl.when(wg == 0)(meet),
+        before_qk=nothing, after_qk=meet, softmax_done=lambda: plgpu.barrier_arrive(sched),
+        before_pv=lambda: plgpu.barrier_wait(sched), after_pv=nothing)
+  if scheduler in ("named", "named_pv"):
+    sync, arrive = (lambda: named_barrier("sync", "own")), (lambda: named_barrier("arrive", "other"))
+    pv = scheduler == "named_pv"
+    return types.SimpleNamespace(
+        start=lambda: pl.when(wg == 1)(arrive), end=lambda: pl.when(wg == 0)(sync),
+        before_qk=sync, after_qk=arrive, softmax_done=nothing,
+        before_pv=sync if pv else nothing, after_pv=arrive if pv else nothing)
+  raise ValueError(f"unknown scheduler {scheduler!r}")
+
+
 def tile_allowed(w, e, kseg=None):
   """``spec.allowed`` over visit-list entry ``e``'s (query row, key) tile, WGMMA layout; with
   ``kseg`` (the tile's key segment ids, ``w.seg.ring``) also same-segment pairs only."""
@@ -330,15 +401,16 @@ def _loop(w):
   def _():
     plgpu.barrier_wait(w.k_bar.at[0])
 
-  pl.when(w.wg == 1)(w.schedule_barrier)
+  w.turns.start()
 
   def step(e, carry, masked):
     acc, m_i, l_i = carry
     slot = lax.rem(e, jnp.array(mcs, e.dtype))
 
     def qk_fn(acc_ref):
+      w.turns.before_qk()
       plgpu.wgmma(acc_ref, w.qo_smem, plgpu.transpose_ref(w.k_smem.at[slot], (1, 0)))
-      w.schedule_barrier()
+      w.turns.after_qk()
       return acc_ref[...]
     s = pl.run_scoped(qk_fn, plgpu.ACC((bq, bkv), jnp.float32))
     kseg = None if w.seg is None else w.seg.ring(slot, masked)
@@ -353,12 +425,13 @@ def _loop(w):
     p16 = p.astype(w.dtype)
     l_i += p.sum(axis=1)
     acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
-    plgpu.barrier_arrive(w.sched)
+    w.turns.softmax_done()
     plgpu.barrier_wait(w.v_bar.at[slot])
-    plgpu.barrier_wait(w.sched)
+    w.turns.before_pv()
 
     def pv_fn(acc_ref):
       plgpu.wgmma(acc_ref, p16, w.v_smem.at[slot])
+      w.turns.after_pv()
       nxt = e + 1
       nslot = lax.rem(nxt, jnp.array(mcs, e.dtype))
 
@@ -371,7 +444,7 @@ def _loop(w):
 
   carry = lax.fori_loop(0, w.n_full, functools.partial(step, masked=False), (acc, m_i, l_i))
   acc, m_i, l_i = lax.fori_loop(w.n_full, w.n_tot, functools.partial(step, masked=True), carry)
-  pl.when(w.wg == 0)(w.schedule_barrier)
+  w.turns.end()
   return acc, m_i, l_i
 
 

@@ -209,11 +209,18 @@ def test_mosaic_bwd_config_variants_match_default(over, fused, seg):
     assert _rel(a, b) < 1e-3, f"d{name}: {_rel(a, b)}"
 
 
-@pytest.mark.parametrize("spec,seg", [("full", False), ("full", True), ("strided:4:4", False)],
-                         ids=["full", "full-segments", "strided"])
-def test_mosaic_forward_longest_first_matches_default(spec, seg):
-  """``MosaicConfig(longest_first=True)`` (the longest query rows' CTAs first) gives the default
-  order's output and lse bit-equal (each CTA writes only its own rows), and the reference's; GQA
+@pytest.mark.parametrize("over", [dict(longest_first=True), dict(scheduler="named"),
+                                  dict(scheduler="named_pv"),
+                                  dict(scheduler="named", longest_first=True)],
+                         ids=["longest_first", "named", "named_pv", "named-longest_first"])
+@pytest.mark.parametrize("spec,seg", [("full", False), ("full", True), ("strided:4:4", False),
+                                      ("sink_window:64:512", False)],
+                         ids=["full", "full-segments", "strided", "sink_window"])
+def test_mosaic_forward_schedule_variants_match_default(spec, seg, over):
+  """``MosaicConfig`` options that change only the schedule give the default's output and lse
+  bit-equal (each CTA writes only its own rows, and each row's arithmetic is the same), and the
+  reference's: ``longest_first`` (the longest query rows' CTAs first), ``scheduler="named"`` and
+  ``"named_pv"`` (FA3's named-barrier warp scheduler, around S = Q Kᵀ, or both products); GQA
   8/2, with and without segment ids."""
   from pallas_kernels.backends import pallas_gpu_mosaic as pm  # pylint: disable=g-import-not-at-top
   spec = AttentionSpec.parse(spec)
@@ -221,11 +228,11 @@ def test_mosaic_forward_longest_first_matches_default(spec, seg):
   ids = np.zeros((1, 2048), np.int32)
   ids[0, 700:] = 1
   kw = dict(segment_ids=jnp.asarray(ids), kv_segment_ids=jnp.asarray(ids)) if seg else {}
-  base, lpt = (pm.sparse_attention_fwd(q, k, v, spec, pm.MosaicConfig(longest_first=lf), **kw)
-               for lf in (False, True))
-  np.testing.assert_array_equal(np.asarray(lpt[0], np.float32), np.asarray(base[0], np.float32))
-  np.testing.assert_array_equal(np.asarray(lpt[1]), np.asarray(base[1]))
+  base, var = (pm.sparse_attention_fwd(q, k, v, spec, cfg, **kw)
+               for cfg in (pm.MosaicConfig(), pm.MosaicConfig(**over)))
+  np.testing.assert_array_equal(np.asarray(var[0], np.float32), np.asarray(base[0], np.float32))
+  np.testing.assert_array_equal(np.asarray(var[1]), np.asarray(base[1]))
   with jax.default_matmul_precision("float32"):
     ref = reference_attention(q.astype(jnp.float32), k.astype(jnp.float32),
                               v.astype(jnp.float32), spec, **kw)
-  assert _rel(lpt[0], ref) < 1e-2
+  assert _rel(var[0], ref) < 1e-2

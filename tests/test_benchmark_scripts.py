@@ -187,3 +187,15 @@ def test_mosaic_ab_time_row_reference_error_and_failure(tmp_path):
   mosaic_ab.write_rows(str(tmp_path / "r.json"), [first, second, bad])
   assert [r["status"] for r in json.loads((tmp_path / "r.json").read_text())["rows"]] == [
       "ok", "ok", "error"]
+
+
+def test_mosaic_fwd_variants_are_valid_configs():
+  """Every ``benchmarks/mosaic_fwd.py`` variant is a ``MosaicConfig`` (unknown fields or values
+  would fail only on the GPU machine otherwise)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from benchmarks import mosaic_fwd  # pylint: disable=g-import-not-at-top
+  from pallas_kernels.backends import pallas_gpu_mosaic as pm  # pylint: disable=g-import-not-at-top
+  assert next(iter(mosaic_fwd.VARIANTS)) == "default" and mosaic_fwd.VARIANTS["default"] == {}
+  for name, over in mosaic_fwd.VARIANTS.items():
+    cfg = dataclasses.replace(pm.MosaicConfig(), **over)
+    assert all(getattr(cfg, k) == v for k, v in over.items()), name

@@ -234,7 +234,7 @@ def test_mosaic_forward_lowers_for_cuda(spec, hkv, seg, over):
       kv_segment_ids=s[0] if s else None)).trace(q, k, k, *((SEG,) if seg else ()))
   text = traced.lower(lowering_platforms=("cuda",)).as_text()
   assert "mosaic_gpu" in text
-  named = over.get("scheduler", "mbarrier") != "mbarrier"   # its PTX, in the serialized kernel module
+  named = over.get("scheduler", "mbarrier") != "mbarrier"   # its PTX is in the kernel module
   assert ("bar.sync $0, 256;" in text) == named and ("bar.arrive $0, 256;" in text) == named
   assert [(o.shape, o.dtype) for o in jax.tree.leaves(traced.out_info)] == [
       (q.shape, q.dtype), ((1, 4, 512), jnp.float32)]

@@ -82,8 +82,8 @@ def test_forward_vs_reference(spec):
 def test_forward_config_variants_do_not_change_the_result(spec, over):
   """``MosaicConfig`` options that change only the schedule give the default's output and lse,
   bit-equal, and the reference's: ``longest_first`` (CTA ``i`` takes query row ``n - 1 - i``) and
-  ``scheduler="named"`` / ``"named_pv"`` (the warpgroups take turns through named hardware barriers, which the
-  interpreter models: a deadlock or an arrival left pending fails)."""
+  ``scheduler="named"`` / ``"named_pv"`` (the warpgroups take turns through named hardware
+  barriers, which the interpreter models: a deadlock or an arrival left pending fails)."""
   spec = AttentionSpec.parse(spec)
   q, k, v, do = _inputs(seed=5)
   want, _, _ = _reference(q, k, v, do, spec)

@@ -366,7 +366,8 @@ def turns(scheduler: str, sched, wg):
         before_qk=nothing, after_qk=meet, softmax_done=lambda: plgpu.barrier_arrive(sched),
         before_pv=lambda: plgpu.barrier_wait(sched), after_pv=nothing)
   if scheduler in ("named", "named_pv"):
-    sync, arrive = (lambda: named_barrier("sync", "own")), (lambda: named_barrier("arrive", "other"))
+    sync = lambda: named_barrier("sync", "own")
+    arrive = lambda: named_barrier("arrive", "other")
     pv = scheduler == "named_pv"
     return types.SimpleNamespace(
         start=lambda: pl.when(wg == 1)(arrive), end=lambda: pl.when(wg == 0)(sync),

@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     work = args.heads * n_rows * (n_rows + 1) // 2
     for lf in (False, True):
       m, r, t = simulate(n_rows, args.heads, args.slots, cap, lf)
-      print(f"{L:7d} {L * tile // args.block_kv / 2**20:9.0f} MB {('longest first' if lf else 'shortest first'):>14} "
+      order = "longest first" if lf else "shortest first"
+      print(f"{L:7d} {L * tile // args.block_kv / 2**20:9.0f} MB {order:>14} "
             f"{m / r:12.4f} {t / (work / args.slots):19.4f}", flush=True)
   return 0
 

@@ -1,5 +1,5 @@
 """What the Mosaic GPU kernel A/B scripts share (``mosaic_fwd.py``, ``mosaic_bwd.py``): the
-patterns, the one-line refusal without a GPU, one timed variant row, and the JSON file."""
+patterns, the one-line refusal without a GPU, one variant row and its timing, and the JSON file."""
 
 from __future__ import annotations
 
@@ -17,6 +17,14 @@ def no_gpu(script: str) -> bool:
   if platform != "gpu":
     print(f"benchmarks/{script}: needs a GPU (Hopper); found {platform}", file=sys.stderr)
   return platform != "gpu"
+
+
+def new_row(pattern: str, spec, variant: str, config, L: int, hq: int, hkv: int) -> dict:
+  """An untimed variant row (``time_row`` fills it): the cell, the variant and its config
+  (a dataclass, stored as a dict)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  return dict(pattern=pattern, spec=str(spec), variant=variant, config=dataclasses.asdict(config),
+              L=L, hq=hq, hkv=hkv, ms=None, tflops=None, err=None, status="ok")
 
 
 def time_row(row: dict, call, useful: float, outputs, ref):

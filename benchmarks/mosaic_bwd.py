@@ -80,8 +80,7 @@ def main(argv=None) -> int:
       cfg = dataclasses.replace(mb.MosaicBwdConfig(), **over)
       fn = jax.jit(functools.partial(mb.gradients, spec=spec, config=cfg,
                                      fused=kind == "fused"))
-      row = dict(pattern=pattern, spec=str(spec), variant=name, config=dataclasses.asdict(cfg),
-                 L=L, hq=hq, hkv=hkv, ms=None, tflops=None, err=None, status="ok")
+      row = mosaic_ab.new_row(pattern, spec, name, cfg, L, hq, hkv)
       ref = mosaic_ab.time_row(row, lambda fn=fn: fn(q, k, v, do, lse2, delta), useful,
                                lambda grads: grads, ref)
       rows.append(row)

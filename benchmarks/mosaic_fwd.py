@@ -70,8 +70,7 @@ def main(argv=None) -> int:
       for name in args.variants:
         cfg = dataclasses.replace(pm.MosaicConfig(), **VARIANTS[name])
         fn = jax.jit(functools.partial(pm.sparse_attention_fwd, spec=spec, config=cfg))
-        row = dict(pattern=pattern, spec=str(spec), variant=name, config=dataclasses.asdict(cfg),
-                   L=L, hq=hq, hkv=hkv, ms=None, tflops=None, err=None, status="ok")
+        row = mosaic_ab.new_row(pattern, spec, name, cfg, L, hq, hkv)
         ref = mosaic_ab.time_row(row, lambda fn=fn: fn(q, k, v), useful,
                                  lambda out_lse: out_lse[:1], ref)   # err: the output's
         rows.append(row)

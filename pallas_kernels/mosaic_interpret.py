@@ -274,7 +274,7 @@ class _NamedBarriers:
                              f"saw nothing for {self.wait_s} s; the kernel deadlocks")
 
 
-def _named_barrier(self, eqn, spec, barriers):
+def _named_barrier(self, spec, barriers):
   """An ``inline_mgpu`` equation emitting a named barrier (``spec``: its ``named_barrier``
   dict), run through ``barriers`` (a ``_NamedBarriers``) in program order."""
   def run(*, device_id, grid, wg):
@@ -286,7 +286,6 @@ def _named_barrier(self, eqn, spec, barriers):
   callback.io_callback(run, _gcb.TOKEN_SHAPE_DTYPE, device_id=self.device_info.device_id,
                        grid=jnp.asarray(self.grid_point_coords), wg=self.thread_id_in_block,
                        ordered=True)
-  del eqn
   return []
 
 
@@ -330,7 +329,7 @@ def interpret_mode(wait_s: float = 60.0, **params):
       spec = getattr(eqn.params["mgpu_fn"], "named_barrier", None)
       if spec is None:
         raise NotImplementedError("inline_mgpu in Mosaic GPU interpret mode (only named barriers)")
-      return _named_barrier(self, eqn, spec, named)
+      return _named_barrier(self, spec, named)
     if eqn.primitive is lax.optimization_barrier_p:
       return list(get_invals())
     if eqn.primitive is _mgpu_core.layout_cast_p:  # register layouts do not exist on CPU

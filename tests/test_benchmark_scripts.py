@@ -173,6 +173,11 @@ def test_mosaic_ab_time_row_reference_error_and_failure(tmp_path):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from benchmarks import mosaic_ab  # pylint: disable=g-import-not-at-top
   x = jnp.arange(1.0, 5.0)
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  cfg = dataclasses.make_dataclass("Cfg", [("block_q", int, 64)])()
+  assert mosaic_ab.new_row("full", "full", "default", cfg, 1024, 32, 8) == dict(
+      pattern="full", spec="full", variant="default", config={"block_q": 64}, L=1024, hq=32,
+      hkv=8, ms=None, tflops=None, err=None, status="ok")
   first = dict(status="ok", err=None)
   ref = mosaic_ab.time_row(first, lambda: (x, 2 * x), 1e12, lambda o: o, None)
   assert first["err"] is None and first["ms"] > 0 and len(first["loop_ms"]) == 5

@@ -84,8 +84,8 @@ def main(argv=None) -> int:
       ref = mosaic_ab.time_row(row, lambda fn=fn: fn(q, k, v, do, lse2, delta), useful,
                                lambda grads: grads, ref)
       rows.append(row)
+      mosaic_ab.write_rows(args.out, rows)   # after every row: a timeout keeps the rest
       print(f"{pattern:12s} {name:24s} {mosaic_ab.shown(row)}", flush=True)
-  mosaic_ab.write_rows(args.out, rows)
   return 0
 
 

@@ -74,8 +74,8 @@ def main(argv=None) -> int:
         ref = mosaic_ab.time_row(row, lambda fn=fn: fn(q, k, v), useful,
                                  lambda out_lse: out_lse[:1], ref)   # err: the output's
         rows.append(row)
+        mosaic_ab.write_rows(args.out, rows)   # after every row: a timeout keeps the rest
         print(f"L={L:6d} {pattern:12s} {name:16s} {mosaic_ab.shown(row)}", flush=True)
-  mosaic_ab.write_rows(args.out, rows)
   return 0
 
 

@@ -272,8 +272,9 @@ def test_mosaic_bwd_lowers_for_cuda(spec, hkv, kernel, seg):
       (w.shape, w.dtype) for w in want]
 
 
-@pytest.mark.parametrize("over", [dict(registers=(232, 40)), dict(rederive=False)],
-                         ids=["regs232", "no_rederive"])
+@pytest.mark.parametrize("over", [dict(registers=(232, 40)), dict(rederive=False),
+                                  dict(dk_last=True)],
+                         ids=["regs232", "no_rederive", "dk_last"])
 @pytest.mark.parametrize("kernel", ["sparse_attention_dkv", "sparse_attention_bwd"])
 @pytest.mark.parametrize("d", [64, 128])
 def test_mosaic_bwd_config_variants_lower_for_cuda(kernel, over, d):

@@ -148,11 +148,13 @@ def test_backward_vs_reference(spec, fused):
 
 
 @pytest.mark.parametrize("fused, over", [(False, dict(rederive=False)),
-                                         (True, dict(rederive=False))],
-                         ids=["dq_dkv-no_rederive", "fused-no_rederive"])
+                                         (True, dict(rederive=False)),
+                                         (True, dict(dk_last=True))],
+                         ids=["dq_dkv-no_rederive", "fused-no_rederive", "fused-dk_last"])
 def test_backward_config_variants(fused, over):
   """``MosaicBwdConfig(rederive=False)``: K's and V's refs and the mask's offsets held across
-  the loop, not recomputed each step (the default before 2026-12-06)."""
+  the loop, not recomputed each step (the default before 2026-12-06). ``dk_last``: the fused
+  kernel's FA3 order (dV, dQ, dK; dQ reduce-added with dK in flight)."""
   spec = AttentionSpec.parse("sink_window:16:48@16")
   q, k, v, do = _inputs(seed=3, t=T_FUSED if fused else T)
   out, lse, want = _reference(q, k, v, do, spec)

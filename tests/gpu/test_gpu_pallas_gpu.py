@@ -184,8 +184,9 @@ def test_registry_dispatch():
 
 @pytest.mark.parametrize("seg", [False, True], ids=["", "segments"])
 @pytest.mark.parametrize("fused", [False, True], ids=["dq_dkv", "fused"])
-@pytest.mark.parametrize("over", [dict(registers=(232, 40)), dict(rederive=False)],
-                         ids=["regs232", "no_rederive"])
+@pytest.mark.parametrize("over", [dict(registers=(232, 40)), dict(rederive=False),
+                                  dict(dk_last=True)],
+                         ids=["regs232", "no_rederive", "dk_last"])
 def test_mosaic_bwd_config_variants_match_default(over, fused, seg):
   """The other ``MosaicBwdConfig`` settings give the default kernels' gradients (which the tests
   above hold to the reference), GQA 8/2, with and without segment ids."""

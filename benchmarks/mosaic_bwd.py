@@ -4,8 +4,8 @@
 times only the backward of ``pallas_kernels/backends/pallas_gpu_mosaic_bwd.py``: the two kernels
 (``sparse_attention_dq`` + ``sparse_attention_dkv``, ``bwd_impl="mosaic"``) and the single-pass
 ``sparse_attention_bwd`` ("fused", the default), each with ``MosaicBwdConfig`` variants
-(``*_before``: the settings until 2026-12-06; ``fused_dk_last``: FA3's order of the last
-wgmma, dQ reduce-added under dK), in one process with the same inputs. B=1, H=32 query heads, D=128, bf16; the forward outputs come from the Mosaic
+(``*_before``: the settings until 2026-12-06), in one process with
+the same inputs. B=1, H=32 query heads, D=128, bf16; the forward outputs come from the Mosaic
 forward. Timing is ``benchmarks/bench_timing.py``'s (back-to-back calls, one synchronisation per
 loop, median of 5 loops), as in ``attention.py``. Useful backward FLOPs = 2.5 x the forward's
 4 * visible pairs * D * H (the convention of ``attention.py``: forward+backward = 3.5 x forward).
@@ -39,7 +39,6 @@ VARIANTS = {
     "fused_before": ("fused", {"rederive": False, "registers": (232, 40)}),
     "fused_no_rederive": ("fused", {"rederive": False}),
     "fused_regs232": ("fused", {"registers": (232, 40)}),
-    "fused_dk_last": ("fused", {"dk_last": True}),
 }
 PATTERNS = mosaic_ab.PATTERNS
 

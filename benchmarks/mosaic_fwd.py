@@ -2,10 +2,10 @@
 
 ``benchmarks/attention.py`` times whole cells through the public API. This script times only
 ``pallas_kernels/backends/pallas_gpu_mosaic.py``'s ``sparse_attention_fwd`` with ``MosaicConfig``
-variants (``longest_first``: the longest query rows' CTAs first; ``named`` / ``named_pv``: the
-named-barrier warp scheduler around S = Q Kᵀ / around both products; ``named_longest_first``:
-``named`` with ``longest_first``), in one process with the same
-inputs. B=1, H=32 query heads, D=128, bf16. Timing is ``benchmarks/bench_timing.py``'s
+variants (``shortest_first``: the query rows' CTAs shortest first, the order before
+2026-12-07; the default takes the longest first), in one process with the same inputs.
+(FA3's named-barrier scheduler, timed here as ``named`` / ``named_pv`` on 2026-12-07 and 5-10%
+slower, was removed; ``git show ac5c9ce:benchmarks/mosaic_fwd.py``.) B=1, H=32 query heads, D=128, bf16. Timing is ``benchmarks/bench_timing.py``'s
 (back-to-back calls, one synchronisation per loop, median of 5 loops), as in ``attention.py``.
 Useful forward FLOPs = 4 * visible pairs * D * H.
 
@@ -31,10 +31,7 @@ import mosaic_ab  # noqa: E402  pylint: disable=wrong-import-position
 # name -> MosaicConfig overrides; the first is every cell's reference row
 VARIANTS = {
     "default": {},
-    "longest_first": {"longest_first": True},
-    "named": {"scheduler": "named"},
-    "named_pv": {"scheduler": "named_pv"},
-    "named_longest_first": {"scheduler": "named", "longest_first": True},
+    "shortest_first": {"longest_first": False},
 }
 PATTERNS = mosaic_ab.PATTERNS
 

@@ -34,8 +34,8 @@ reports. ``--python`` uses another venv holding those packages instead. Then:
 
 Each --config ``[NAME:]field=value,...`` (values are Python literals) adds dq/dkv/bwd_fused rows
 ``<kernel>_<NAME>`` with those MosaicBwdConfig fields; each --fwd-config a forward row
-``fwd_<NAME>`` with those MosaicConfig fields (e.g. ``--only fwd --fwd-config
-"named:scheduler='named'"``). --out (default WORK/out) gets <kernel>/
+``fwd_<NAME>`` with those MosaicConfig fields (e.g. ``--only fwd fwd_sf --fwd-config
+sf:longest_first=False``). --out (default WORK/out) gets <kernel>/
 (module.mlirbc, *.ptx, *.ptxas, *.sass_ctrl when nvdisasm exists, ptxas_cmd.txt, compile.log)
 and summary.json. Where the SASS exists, each row also gives ``ex2_under_wgmma``: per wait that
 leaves a wgmma group in flight, the exponentials before the next wait (``ex2_under_wgmma``'s
@@ -339,7 +339,7 @@ def main(argv=None) -> int:
                  help="[NAME:]field=value,... of MosaicBwdConfig, e.g. 'registers=(240,24)'")
   p.add_argument("--fwd-config", action="append", default=[],
                  help="[NAME:]field=value,... of MosaicConfig (a fwd_NAME row), e.g. "
-                      "\"named:scheduler='named'\"")
+                      "sf:longest_first=False")
   p.add_argument("--only", nargs="+", help=f"kernels ({', '.join(KERNELS)}) or row names")
   p.add_argument("--work", default="/tmp/ptxas_offline", help="side venv and scratch files")
   p.add_argument("--python", help="python of a venv with the CUDA plugin (default WORK/venv)")

@@ -42,20 +42,12 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
-from jax.experimental.mosaic.gpu import utils as mgpu_utils
-from jax._src.lib.mlir import ir
-from jax._src.lib.mlir.dialects import arith as arith_dialect
-from jax._src.lib.mlir.dialects import llvm as llvm_dialect
 
 from pallas_kernels.backends._frame import check_segment_ids
 from pallas_kernels.backends.gpu_tables import kernel_tables, visit_table
 from pallas_kernels.spec import AttentionSpec
 
 M_INIT = -1e30
-SCHEDULERS = ("mbarrier", "named", "named_pv")
-# The named hardware barriers of the "named" scheduler: compute warpgroup w owns NAMED_BAR + w.
-# Mosaic GPU's own barriers are 0 (gpu.barrier) and 1..3 (warpgroup_barrier: 1 + warpgroup).
-NAMED_BAR = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,28 +55,17 @@ class MosaicConfig:
   block_q: int = 64        # rows per compute warpgroup (a CTA covers 2 * block_q rows)
   block_kv: int = 128
   max_concurrent_steps: int = 2
-  # CTA order within a head. False (the measured default): CTA i takes query row i, shortest
-  # rows first. True: row n - 1 - i, the longest (for causal patterns) first. Rows of one head
-  # run side by side (the grid is heads-major), and under full causal attention shortest-first
-  # spreads the resident CTAs' K/V positions over the head's whole prefix, which overflows the
-  # 50 MB L2 once one head's K and V exceed it (128K at D=128: 64 MB); longest-first keeps them
-  # in near lockstep. A model, not a measurement: benchmarks/l2_row_order.py. Not timed on a
-  # GPU yet (benchmarks/mosaic_fwd.py times both); the default changes only on a measured win.
-  longest_first: bool = False
-  # How the two compute warpgroups take turns on the tensor cores (``SCHEDULERS``).
-  # "mbarrier" (the measured default): a two-party shared-memory mbarrier that both warpgroups
-  # arrive at and wait on, twice per tile, as jax's attention_mgpu.py does; ptxas hoists its
-  # post-softmax arrive, so the turns are not enforced. "named": FA3's warp scheduler, two named
-  # hardware barriers (bar.sync on one's own before issuing S = Q K^T, bar.arrive on the other's
-  # after), emitted through ``plgpu.inline_mgpu`` (``turns``, ``named_barrier``). "named_pv":
-  # the same around P V too. Not timed on a GPU yet (benchmarks/mosaic_fwd.py); the default
-  # changes only on a measured win.
-  scheduler: str = "mbarrier"
-
-  def __post_init__(self):
-    if self.scheduler not in SCHEDULERS:
-      raise ValueError(f"MosaicConfig.scheduler={self.scheduler!r}: expected one of "
-                       f"{sorted(SCHEDULERS)}")
+  # CTA order within a head. True (the default since 2026-12-07): CTA i takes query row
+  # n - 1 - i, the longest (for causal patterns) first, as FA4's causal Sm90 forward does
+  # (SingleTileLPTScheduler). False: row i, shortest first (the order until then). Rows of one
+  # head run side by side (the grid is heads-major), and under full causal attention
+  # shortest-first spreads the resident CTAs' K/V positions over the head's whole prefix, which
+  # overflows the 50 MB L2 once one head's K and V exceed it (128K at D=128: 64 MB);
+  # longest-first keeps them in near lockstep (model: benchmarks/l2_row_order.py). Measured on an
+  # H100 (benchmarks/mosaic_fwd.py; docs/benchmarks.md, fifteenth sitting): full causal at 128K
+  # 603 against 570 TFLOP/s (1.058x; GQA 32/8 604), at 64K 624 against 622; sink+window and
+  # strided within 0.5% either way at 64K and 128K.
+  longest_first: bool = True
 
 
 def shape_limits(q_len: int, kv_len: int, head_dim: int, dtype, *, step: int,
@@ -271,6 +252,10 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
     visit = visit_reader(tab_ref, batch, row)
     n_full, n_tot = visit(0), visit(1)
 
+    def schedule_barrier():
+      plgpu.barrier_arrive(sched)
+      plgpu.barrier_wait(sched)
+
     @pl.when(wg < 2)
     def _compute():
       plgpu.set_max_registers(232, action="increase")
@@ -281,8 +266,8 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
       qseg = None if sg is None else sg.load_own(batch, wg, pl.ds(q_base, bq))
       w = types.SimpleNamespace(
           qo_smem=qo_smem, k_smem=k_smem, v_smem=v_smem, k_bar=k_bar, v_bar=v_bar,
-          k_used=k_used, v_used=v_used, turns=turns(config.scheduler, sched, wg), visit=visit,
-          wg=wg, q_base=q_base, n_full=n_full, n_tot=n_tot, spec=spec,
+          k_used=k_used, v_used=v_used, sched=sched, schedule_barrier=schedule_barrier,
+          visit=visit, wg=wg, q_base=q_base, n_full=n_full, n_tot=n_tot, spec=spec,
           c=c, bq=bq, bkv=bkv, d=d, dtype=dtype, mcs=mcs, seg=sg, qseg=qseg)
       acc, m_i, l_i = _loop(w)
       seen = l_i > 0
@@ -322,60 +307,6 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
                 (hq, n_rows, B), ("heads", "q_seq", "batch"), q, k, v, tab, *(seg or ()))
 
 
-def named_barrier(op: str, whose: str):
-  """``bar.sync`` (``op`` "sync") or ``bar.arrive`` ("arrive") on a compute warpgroup's named
-  hardware barrier, counting both compute warpgroups (256 threads): ``whose`` "own" (barrier
-  ``NAMED_BAR + w``, w = the calling warpgroup, 0 or 1) or "other" (``NAMED_BAR + 1 - w``).
-  Emitted as PTX through ``plgpu.inline_mgpu``; FA3's ``warp_scheduler_barrier_sync/arrive``."""
-  if op not in ("sync", "arrive") or whose not in ("own", "other"):
-    raise ValueError(f"named_barrier({op!r}, {whose!r})")
-
-  def emit(ctx):
-    del ctx
-    i32 = ir.IntegerType.get_signless(32)
-    wg = mgpu_utils.warpgroup_idx(sync=True)
-    bar = (arith_dialect.addi(wg, mgpu_utils.c(NAMED_BAR, i32)) if whose == "own" else
-           arith_dialect.subi(mgpu_utils.c(NAMED_BAR + 1, i32), wg))
-    llvm_dialect.inline_asm(ir.Type.parse("!llvm.void"), [bar], f"bar.{op} $0, 256;", "r",
-                            has_side_effects=True)
-  # what pallas_kernels/mosaic_interpret.py models (count: 256 threads = 2 warpgroups)
-  emit.named_barrier = dict(op=op, whose=whose, base=NAMED_BAR, warpgroups=2)
-  plgpu.inline_mgpu()(emit)()
-
-
-def turns(scheduler: str, sched, wg):
-  """How the compute warpgroups take turns issuing wgmma (``MosaicConfig.scheduler``; the one
-  place that branches on it): hooks ``start`` and ``end`` (once, around the walk), and per tile
-  ``before_qk`` / ``after_qk`` (around issuing S = Q Kᵀ), ``softmax_done`` (before the V wait),
-  ``before_pv`` / ``after_pv`` (around issuing P V).
-
-  "mbarrier": both arrive at and wait on ``sched`` (two arrivals) after issuing S and around the
-  V wait; warpgroup 1 meets once more at the start, warpgroup 0 at the end.
-  "named" / "named_pv": warpgroup w syncs on its own named barrier before issuing S (and, for
-  "named_pv", P V) and arrives on the other's after it, so those issues alternate 0, 1, 0, 1 and
-  at most one arrival is ever pending on a barrier. Warpgroup 1 arrives on warpgroup 0's at the
-  start (0 goes first); warpgroup 0 syncs once more at the end (taking 1's last arrival)."""
-  def nothing():
-    pass
-  if scheduler == "mbarrier":
-    def meet():
-      plgpu.barrier_arrive(sched)
-      plgpu.barrier_wait(sched)
-    return types.SimpleNamespace(
-        start=lambda: pl.when(wg == 1)(meet), end=lambda: pl.when(wg == 0)(meet),
-        before_qk=nothing, after_qk=meet, softmax_done=lambda: plgpu.barrier_arrive(sched),
-        before_pv=lambda: plgpu.barrier_wait(sched), after_pv=nothing)
-  if scheduler in ("named", "named_pv"):
-    sync = lambda: named_barrier("sync", "own")
-    arrive = lambda: named_barrier("arrive", "other")
-    pv = scheduler == "named_pv"
-    return types.SimpleNamespace(
-        start=lambda: pl.when(wg == 1)(arrive), end=lambda: pl.when(wg == 0)(sync),
-        before_qk=sync, after_qk=arrive, softmax_done=nothing,
-        before_pv=sync if pv else nothing, after_pv=arrive if pv else nothing)
-  raise ValueError(f"unknown scheduler {scheduler!r}")
-
-
 def tile_allowed(w, e, kseg=None):
   """``spec.allowed`` over visit-list entry ``e``'s (query row, key) tile, WGMMA layout; with
   ``kseg`` (the tile's key segment ids, ``w.seg.ring``) also same-segment pairs only."""
@@ -392,7 +323,10 @@ def _loop(w):
   the barrier's post-softmax arrive above the softmax (an mbarrier arrive; the softmax touches no
   memory), so the ping-pong is not enforced. Pinning the arrive after the softmax (a
   shared-memory store of the row sums just before it) was 3-5% slower at 64K on an H100
-  (2026-12-07, docs/kernels.md), so the hoisted schedule stays."""
+  (2026-12-07, docs/kernels.md), so the hoisted schedule stays. FA3's warp scheduler (named
+  hardware barriers, ``bar.sync`` / ``bar.arrive`` emitted through ``plgpu.inline_mgpu``, around
+  issuing S or both products) was 5-10% slower (H100, 2026-12-07, fifteenth sitting; the code is
+  in git at ac5c9ce, ``MosaicConfig.scheduler``)."""
   bq, bkv, d, mcs = w.bq, w.bkv, w.d, w.mcs
   m_i = plgpu.layout_cast(jnp.full((bq,), M_INIT, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
   l_i = plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
@@ -402,16 +336,15 @@ def _loop(w):
   def _():
     plgpu.barrier_wait(w.k_bar.at[0])
 
-  w.turns.start()
+  pl.when(w.wg == 1)(w.schedule_barrier)
 
   def step(e, carry, masked):
     acc, m_i, l_i = carry
     slot = lax.rem(e, jnp.array(mcs, e.dtype))
 
     def qk_fn(acc_ref):
-      w.turns.before_qk()
       plgpu.wgmma(acc_ref, w.qo_smem, plgpu.transpose_ref(w.k_smem.at[slot], (1, 0)))
-      w.turns.after_qk()
+      w.schedule_barrier()
       return acc_ref[...]
     s = pl.run_scoped(qk_fn, plgpu.ACC((bq, bkv), jnp.float32))
     kseg = None if w.seg is None else w.seg.ring(slot, masked)
@@ -426,13 +359,12 @@ def _loop(w):
     p16 = p.astype(w.dtype)
     l_i += p.sum(axis=1)
     acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
-    w.turns.softmax_done()
+    plgpu.barrier_arrive(w.sched)
     plgpu.barrier_wait(w.v_bar.at[slot])
-    w.turns.before_pv()
+    plgpu.barrier_wait(w.sched)
 
     def pv_fn(acc_ref):
       plgpu.wgmma(acc_ref, p16, w.v_smem.at[slot])
-      w.turns.after_pv()
       nxt = e + 1
       nslot = lax.rem(nxt, jnp.array(mcs, e.dtype))
 
@@ -445,7 +377,7 @@ def _loop(w):
 
   carry = lax.fori_loop(0, w.n_full, functools.partial(step, masked=False), (acc, m_i, l_i))
   acc, m_i, l_i = lax.fori_loop(w.n_full, w.n_tot, functools.partial(step, masked=True), carry)
-  w.turns.end()
+  pl.when(w.wg == 0)(w.schedule_barrier)
   return acc, m_i, l_i
 
 

@@ -96,16 +96,10 @@ class MosaicBwdConfig:
   # 2026-12-06: the fused kernel 11-16% faster at 64K on an H100 (ptxas spill stores 420-468 B
   # -> 64-160 B; 12-92 B with registers (240, 24)).
   rederive: bool = True
-  # Fused kernel: the order of a tile's last wgmma. False (the measured default): dK += dSᵀ Q and
-  # dV += Pᵀ dO, then (once both warpgroups' dS are in shared memory) dQ; all three are waited for
-  # before dQ is staged and reduce-added. True: FA3's order (``mainloop_bwd_sm90_tma_gmma_ws.hpp``):
-  # dV, then dQ, then dK, and dQ is read with dK still in flight (``wgmma_accumulator_load``,
-  # ``wait_n=1``), so its staging and reduce-add run under dK. Not timed on a GPU yet
-  # (benchmarks/mosaic_bwd.py); the default changes only on a measured win.
-  dk_last: bool = False
-  # (Tried and removed on 2026-12-07, both slower at 64K on an H100; docs/kernels.md:
-  # ``rederive_dq``, the same for the fused dQ matmul's K refs, and ``p_under_dp``, sT and dPᵀ as
-  # two wgmma groups with Pᵀ computed under dPᵀ.)
+  # (Tried and removed on 2026-12-07, none faster at 64K on an H100; docs/kernels.md:
+  # ``rederive_dq``, the same for the fused dQ matmul's K refs; ``p_under_dp``, sT and dPᵀ as
+  # two wgmma groups with Pᵀ computed under dPᵀ; ``dk_last``, FA3's dV, dQ, dK order with dQ
+  # reduce-added under dK, 0.99x, in git at ac5c9ce.)
 
   def __post_init__(self):
     compute, memory = self.registers
@@ -280,40 +274,26 @@ def _dkv(q, k, v, do, lse2, delta, spec, config, scale, segment_ids, kv_segment_
         plgpu.barrier_arrive(ds_bar[0].at[buf])
         cols = pl.ds(wg * dh, dh)
 
-        def reduce_add_dq(dq_tile):
-          # The previous tile's reduce-add must have read the staging buffer before it is reused.
-          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-          dq_stage[...] = dq_tile
-          plgpu.commit_smem()
-          plgpu.copy_smem_to_gmem(dq_stage,
-                                  dq_acc_ref.at[batch, pl.ds(qb * bq, bq), q_head, cols],
-                                  reduction_op="add")
-
-        def dq_wgmma(dq_ref):
+        def dk_dq_fn(refs):
+          dk_ref, dq_ref, dv_ref = refs
+          plgpu.wgmma(dk_ref, ds_smem, q_smem.at[slot])   # dK += dSᵀ Q with this warpgroup's dS
+          plgpu.wgmma(dv_ref, p_t.astype(dtype), do_smem.at[slot])
           # Once both warpgroups' dS are in shared memory, this warpgroup's half of dQ_tile's
           # columns: dS K over all 2 * block_kv keys.
           plgpu.barrier_wait(ds_bar[0].at[buf])
           for j in range(2):
             plgpu.wgmma(dq_ref, plgpu.transpose_ref(ds_all.at[j], (1, 0)),
                         k_smem2.at[j].at[:, cols])
-
-        def dk_dq_fn(refs):
-          dk_ref, dq_ref, dv_ref = refs
-          if config.dk_last:   # dV, dQ, dK; dQ leaves with dK in flight (one group pending)
-            plgpu.wgmma(dv_ref, p_t.astype(dtype), do_smem.at[slot])
-            dq_wgmma(dq_ref)
-            plgpu.wgmma(dk_ref, ds_smem, q_smem.at[slot])
-            reduce_add_dq(plgpu.wgmma_accumulator_load(dq_ref, wait_n=1))
-            return
-          plgpu.wgmma(dk_ref, ds_smem, q_smem.at[slot])   # dK += dSᵀ Q with this warpgroup's dS
-          plgpu.wgmma(dv_ref, p_t.astype(dtype), do_smem.at[slot])
-          dq_wgmma(dq_ref)
         dq_zeros = plgpu.layout_cast(jnp.full((bq, dh), 0, jnp.float32), plgpu.Layout.WGMMA)
         dk, dq_tile, dv = pl.run_state(dk_dq_fn)(
             (plgpu.ACC.init(dk), plgpu.ACC.init(dq_zeros), dv_acc))
         plgpu.barrier_arrive(used.at[slot])
-        if not config.dk_last:
-          reduce_add_dq(dq_tile)
+        # The previous tile's reduce-add must have read the staging buffer before it is reused.
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        dq_stage[...] = dq_tile
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(dq_stage, dq_acc_ref.at[batch, pl.ds(qb * bq, bq), q_head, cols],
+                                reduction_op="add")
         return dk, dv
 
       carry = lax.fori_loop(0, n_full, functools.partial(step, masked=False), (dk, dv))

@@ -4,9 +4,10 @@
 ``pallas_kernels/backends/pallas_gpu_mosaic.py``'s ``sparse_attention_fwd`` with ``MosaicConfig``
 variants (``shortest_first``: the query rows' CTAs shortest first, the order before
 2026-12-07; the default takes the longest first), in one process with the same inputs.
-(FA3's named-barrier scheduler, timed here as ``named`` / ``named_pv`` on 2026-12-07 and 5-10%
-slower, was removed; ``git show ac5c9ce:benchmarks/mosaic_fwd.py``.) B=1, H=32 query heads, D=128, bf16. Timing is ``benchmarks/bench_timing.py``'s
-(back-to-back calls, one synchronisation per loop, median of 5 loops), as in ``attention.py``.
+(FA3's named-barrier scheduler, timed here as ``named`` / ``named_pv`` on 2026-12-07 and 6-10%
+slower, was removed; ``git show ac5c9ce:benchmarks/mosaic_fwd.py``.) B=1, H=32 query heads,
+D=128, bf16. Timing is ``benchmarks/bench_timing.py``'s (back-to-back calls, one
+synchronisation per loop, median of 5 loops), as in ``attention.py``.
 Useful forward FLOPs = 4 * visible pairs * D * H.
 
   python3 benchmarks/mosaic_fwd.py --lengths 65536 131072 --patterns full --out $OUT/mosaic_fwd.json

@@ -215,8 +215,8 @@ def test_mosaic_forward_needs_a_hopper_gpu():
 SEG = jax.ShapeDtypeStruct((1, 512), jnp.int32)
 
 
-@pytest.mark.parametrize("seg,longest_first", [(False, False), (True, False), (False, True)],
-                         ids=["", "segments", "longest_first"])
+@pytest.mark.parametrize("seg,longest_first", [(False, True), (True, True), (False, False)],
+                         ids=["", "segments", "shortest_first"])
 @pytest.mark.parametrize("spec,hkv", [("sink_window:64:256", 2), ("strided:4:4", 4), ("full", 1)])
 def test_mosaic_forward_lowers_for_cuda(spec, hkv, seg, longest_first):
   """The Mosaic GPU forward, with and without segment ids, and in either CTA order, lowers to

@@ -325,7 +325,7 @@ def _loop(w):
   shared-memory store of the row sums just before it) was 3-5% slower at 64K on an H100
   (2026-12-07, docs/kernels.md), so the hoisted schedule stays. FA3's warp scheduler (named
   hardware barriers, ``bar.sync`` / ``bar.arrive`` emitted through ``plgpu.inline_mgpu``, around
-  issuing S or both products) was 5-10% slower (H100, 2026-12-07, fifteenth sitting; the code is
+  issuing S or both products) was 6-10% slower (H100, 2026-12-07, fifteenth sitting; the code is
   in git at ac5c9ce, ``MosaicConfig.scheduler``)."""
   bq, bkv, d, mcs = w.bq, w.bkv, w.d, w.mcs
   m_i = plgpu.layout_cast(jnp.full((bq,), M_INIT, jnp.float32), plgpu.Layout.WGMMA.reduce(1))

@@ -89,6 +89,23 @@ def test_forward_row_order_does_not_change_the_result():
   np.testing.assert_array_equal(np.asarray(got[0][1]), np.asarray(got[1][1]))
 
 
+@pytest.mark.parametrize("spec,mcs", [("full@16", 3), ("strided:2:3@16", 4)])
+def test_forward_deeper_ring(spec, mcs):
+  """A K/V ring of 3 or 4 slots (``max_concurrent_steps``; ``benchmarks/mosaic_fwd.py``'s
+  ``kv64_mcs4`` variant has 4): the ring wraps (up to 8 tiles per row here), and the output is
+  the 2-slot ring's, bit-equal, and the reference's."""
+  spec = AttentionSpec.parse(spec)
+  q, k, v, do = _inputs(seed=6)
+  want, _, _ = _reference(q, k, v, do, spec)
+  with interpret_mode(detect_races=True):
+    got = [pm.sparse_attention_fwd(q, k, v, spec, cfg)
+           for cfg in (dataclasses.replace(FWD, max_concurrent_steps=mcs), FWD)]
+  assert _rel(got[0][0], want) < 1e-2
+  np.testing.assert_array_equal(np.asarray(got[0][0], np.float32),
+                                np.asarray(got[1][0], np.float32))
+  np.testing.assert_array_equal(np.asarray(got[0][1]), np.asarray(got[1][1]))
+
+
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("fused", [False, True], ids=["dq_dkv", "fused"])
 def test_backward_vs_reference(spec, fused):

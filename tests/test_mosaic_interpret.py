@@ -74,32 +74,23 @@ def test_forward_vs_reference(spec):
   assert np.abs(lse - np.asarray(want_lse)).max() < 2e-2
 
 
-def test_forward_row_order_does_not_change_the_result():
-  """``MosaicConfig.longest_first=True`` (the default) maps CTA ``i`` to query row ``n - 1 - i``;
-  False maps it to row ``i``. Both give the reference's output, bit-equal."""
-  spec = AttentionSpec.parse("full@16")
+@pytest.mark.parametrize("spec,over", [
+    ("full@16", dict(longest_first=False)),
+    ("full@16", dict(max_concurrent_steps=3)),
+    ("strided:2:3@16", dict(max_concurrent_steps=4)),
+], ids=["shortest_first", "ring3", "ring4-strided"])
+def test_forward_config_variants_do_not_change_the_result(spec, over):
+  """``MosaicConfig`` options that change only the schedule give the default's output and lse,
+  bit-equal, and the reference's: ``longest_first=False`` (CTA ``i`` takes query row ``i``; the
+  default, True, row ``n - 1 - i``) and a K/V ring of 3 or 4 slots (``max_concurrent_steps``;
+  ``benchmarks/mosaic_fwd.py``'s ``kv64_mcs4`` variant has 4), which wraps here (up to 8 tiles
+  per row)."""
+  spec = AttentionSpec.parse(spec)
   q, k, v, do = _inputs(seed=5)
   want, _, _ = _reference(q, k, v, do, spec)
   with interpret_mode(detect_races=True):
-    got = [pm.sparse_attention_fwd(q, k, v, spec, dataclasses.replace(FWD, longest_first=lf))
-           for lf in (True, False)]
-  assert _rel(got[0][0], want) < 1e-2
-  np.testing.assert_array_equal(np.asarray(got[0][0], np.float32),
-                                np.asarray(got[1][0], np.float32))
-  np.testing.assert_array_equal(np.asarray(got[0][1]), np.asarray(got[1][1]))
-
-
-@pytest.mark.parametrize("spec,mcs", [("full@16", 3), ("strided:2:3@16", 4)])
-def test_forward_deeper_ring(spec, mcs):
-  """A K/V ring of 3 or 4 slots (``max_concurrent_steps``; ``benchmarks/mosaic_fwd.py``'s
-  ``kv64_mcs4`` variant has 4): the ring wraps (up to 8 tiles per row here), and the output is
-  the 2-slot ring's, bit-equal, and the reference's."""
-  spec = AttentionSpec.parse(spec)
-  q, k, v, do = _inputs(seed=6)
-  want, _, _ = _reference(q, k, v, do, spec)
-  with interpret_mode(detect_races=True):
     got = [pm.sparse_attention_fwd(q, k, v, spec, cfg)
-           for cfg in (dataclasses.replace(FWD, max_concurrent_steps=mcs), FWD)]
+           for cfg in (dataclasses.replace(FWD, **over), FWD)]
   assert _rel(got[0][0], want) < 1e-2
   np.testing.assert_array_equal(np.asarray(got[0][0], np.float32),
                                 np.asarray(got[1][0], np.float32))

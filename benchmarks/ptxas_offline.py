@@ -95,8 +95,9 @@ class SetupError(Exception):
 
 # ----------------------------------------------------------------- pure part (no CUDA plugin)
 
-def parse_config(text: str) -> tuple[str, dict]:
-  """'[NAME:]field=value,...' -> (NAME, or one made of the text; {field: literal value})."""
+def parse_config(text: str, flag: str = "--config") -> tuple[str, dict]:
+  """'[NAME:]field=value,...' -> (NAME, or one made of the text; {field: literal value}).
+  ``flag``: the option the text came from, for the error."""
   m = re.fullmatch(r"(?:(\w+):)?(.+)", text.strip())
   over = {}
   for item in re.split(r",(?![^(\[]*[)\]])", m.group(2)):
@@ -104,7 +105,7 @@ def parse_config(text: str) -> tuple[str, dict]:
     try:
       over[key.strip()] = ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
-      raise SetupError(f"--config {text!r}: {item!r} is not field=<Python literal>") from None
+      raise SetupError(f"{flag} {text!r}: {item!r} is not field=<Python literal>") from None
   return m.group(1) or re.sub(r"\W+", "_", m.group(2)).strip("_"), over
 
 
@@ -357,13 +358,13 @@ def main(argv=None) -> int:
       compile_one(json.loads(args.compile_one))
       return 0
     configs = [("", {})] + [parse_config(c) for c in args.config]
+    fwd_configs = [parse_config(c, "--fwd-config") for c in args.fwd_config]
     if args.setup:
       setup_venv(args.work)
     job = prepare(args)
     os.environ["JAX_PLATFORMS"] = "cpu"
     try:
-      table = kernels(args.spec, args.length, 32, args.kv_heads, 128, configs,
-                      [parse_config(c) for c in args.fwd_config])
+      table = kernels(args.spec, args.length, 32, args.kv_heads, 128, configs, fwd_configs)
     except (TypeError, ValueError) as e:   # unknown config field, bad registers, bad spec
       raise SetupError(e) from None
     table = {k: v for k, v in table.items() if not args.only or {k, v[0]} & set(args.only)}

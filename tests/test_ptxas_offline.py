@@ -56,14 +56,18 @@ def test_parse_config():
       "r240", {"registers": (240, 24), "rederive": False})
   with pytest.raises(po.SetupError, match="field=<Python literal>"):
     po.parse_config("rederive")
+  with pytest.raises(po.SetupError, match="^--fwd-config 'longest_first': "):
+    po.parse_config("longest_first", "--fwd-config")
 
 
 def test_one_mosaic_module_per_kernel():
   table = po.kernels("strided:4:4", 512, heads=4, kv_heads=2, head_dim=128,
-                     configs=(("", {}), ("r240", {"registers": (240, 24)})))
-  assert list(table) == ["fwd", "dq", "dkv", "bwd_fused", "dq_r240", "dkv_r240",
+                     configs=(("", {}), ("r240", {"registers": (240, 24)})),
+                     fwd_configs=(("sf", {"longest_first": False}),))
+  assert list(table) == ["fwd", "fwd_sf", "dq", "dkv", "bwd_fused", "dq_r240", "dkv_r240",
                          "bwd_fused_r240"]
-  for name in ("fwd", "dq", "dkv", "bwd_fused"):
+  assert table["fwd_sf"][0] == "fwd" and table["fwd_sf"][3] == {"longest_first": False}
+  for name in ("fwd", "fwd_sf", "dq", "dkv", "bwd_fused"):
     _, fn, shapes, _ = table[name]
     mods = po.mosaic_modules(fn, shapes)
     assert len(mods) == 1 and mods[0].startswith(b"ML\xefR"), name   # MLIR bytecode

@@ -17,7 +17,12 @@ block:
 * a producer may leave the last completion of a barrier unobserved (jax's check refuses what the
   GPU and jax's own ``attention_mgpu`` do);
 * a barrier wait that sees nothing for ``wait_s`` seconds raises: a deadlock fails instead of
-  hanging the process.
+  hanging the process;
+* named hardware barriers (``bar.sync`` / ``bar.arrive``, emitted through ``plgpu.inline_mgpu``
+  by a function carrying a ``named_barrier`` dict, as ``pallas_gpu_mosaic.named_barrier`` does):
+  per CTA and barrier, a sync blocks until the barrier's count of warpgroups has arrived; a
+  barrier that completes with no warpgroup syncing on it (arrivals alone, which the hardware
+  allows and a protocol never means) raises. Other ``inline_mgpu`` code is refused.
 
 What it does not model: wgmma and TMA run synchronously, and ``commit_group`` / ``wgmma_wait`` /
 ``wait_smem_to_gmem`` are no-ops. A kernel that reads an accumulator before waiting for it, or
@@ -70,6 +75,7 @@ def _check_internals():
           (_gcb, "get_thread_id_for_collective_allocation_key"), (_gcb, "get_memory_space_idx"),
           (_gcb, "_remove_noop_transforms"), (_gcb, "callback"), (_gcb, "is_gmem_memory_space"),
           (_gcb, "reset_gpu_interpret_mode_state"), (_smem, "Barrier"), (_smem, "threading"),
+          (_gpu_prims, "inline_mgpu_p"), (_ji.JaxprInterpreter, "thread_id_in_block"),
           (_iutils, "to_range")]
   missing = [f"{getattr(o, '__name__', o)}.{a}" for o, a in need if not hasattr(o, a)]
   if missing:
@@ -241,6 +247,48 @@ class _Threading:
 _REDUCE_LOCK = threading.Lock()
 
 
+class _NamedBarriers:
+  """Named hardware barriers (``bar.sync`` / ``bar.arrive`` with a thread count), one set per
+  CTA: ``op(key, kind, count)`` arrives at barrier ``key``, and for ``kind`` "sync" also waits
+  until ``count`` warpgroups have arrived (then the barrier resets for its next use)."""
+
+  def __init__(self, wait_s):
+    self.wait_s, self.cv, self.state = wait_s, threading.Condition(), {}
+
+  def op(self, key, kind, count):
+    with self.cv:
+      st = self.state.setdefault(key, {"arrived": 0, "syncing": 0, "generation": 0})
+      st["arrived"] += 1
+      st["syncing"] += kind == "sync"
+      if st["arrived"] == count:
+        if not st["syncing"]:
+          raise RuntimeError(f"Mosaic GPU interpret mode: named barrier {key[-1]} completed by "
+                             f"{count} arrives and no sync (an arrival was left pending)")
+        st.update(arrived=0, syncing=0, generation=st["generation"] + 1)
+        self.cv.notify_all()
+        return
+      if kind == "sync":
+        gen = st["generation"]
+        if not self.cv.wait_for(lambda: st["generation"] != gen, self.wait_s):
+          raise TimeoutError(f"Mosaic GPU interpret mode: bar.sync on named barrier {key[-1]} "
+                             f"saw nothing for {self.wait_s} s; the kernel deadlocks")
+
+
+def _named_barrier(self, spec, barriers):
+  """An ``inline_mgpu`` equation emitting a named barrier (``spec``: its ``named_barrier``
+  dict), run through ``barriers`` (a ``_NamedBarriers``) in program order."""
+  def run(*, device_id, grid, wg):
+    wg = int(wg)
+    index = spec["base"] + (wg if spec["whose"] == "own" else 1 - wg)
+    barriers.op((int(device_id), tuple(np.asarray(grid).ravel().tolist()), index), spec["op"],
+                spec["warpgroups"])
+    return np.int32(0)
+  callback.io_callback(run, _gcb.TOKEN_SHAPE_DTYPE, device_id=self.device_info.device_id,
+                       grid=jnp.asarray(self.grid_point_coords), wg=self.thread_id_in_block,
+                       ordered=True)
+  return []
+
+
 def _copy_smem_to_gmem_reduce(orig, **kw):
   """``copy_smem_to_gmem`` with ``reduction_op="add"``: destination += source."""
   if kw.get("reduction_op") is None:
@@ -272,10 +320,16 @@ def interpret_mode(wait_s: float = 60.0, **params):
   orig_arith, orig_wgmma, orig_copy = (cls._interpret_arithmetic_primitive,
                                        cls._interpret_wgmma_ref_p, _gcb.copy_smem_to_gmem)
   orig_dealloc = _smem.Barrier.deallocate
+  named = _NamedBarriers(wait_s)
 
   def arith(self, eqn, get_invals):
     if eqn.primitive is _discharge.run_state_p:
       return _run_state(self, eqn, get_invals)
+    if eqn.primitive is _gpu_prims.inline_mgpu_p:
+      spec = getattr(eqn.params["mgpu_fn"], "named_barrier", None)
+      if spec is None:
+        raise NotImplementedError("inline_mgpu in Mosaic GPU interpret mode (only named barriers)")
+      return _named_barrier(self, spec, named)
     if eqn.primitive is lax.optimization_barrier_p:
       return list(get_invals())
     if eqn.primitive is _mgpu_core.layout_cast_p:  # register layouts do not exist on CPU

@@ -215,18 +215,20 @@ def test_mosaic_forward_needs_a_hopper_gpu():
 SEG = jax.ShapeDtypeStruct((1, 512), jnp.int32)
 
 
-@pytest.mark.parametrize("seg,longest_first", [(False, True), (True, True), (False, False)],
-                         ids=["", "segments", "shortest_first"])
+@pytest.mark.parametrize("seg,over", [(False, {}), (True, {}), (False, dict(longest_first=False)),
+                                      (True, dict(overlap=True))],
+                         ids=["", "segments", "shortest_first", "overlap-segments"])
 @pytest.mark.parametrize("spec,hkv", [("sink_window:64:256", 2), ("strided:4:4", 4), ("full", 1)])
-def test_mosaic_forward_lowers_for_cuda(spec, hkv, seg, longest_first):
-  """The Mosaic GPU forward, with and without segment ids, and in either CTA order, lowers to
-  Mosaic GPU IR with the outputs' shapes (no GPU needed; numerics: tests/test_mosaic_interpret.py
-  and tests/gpu/test_gpu_pallas_gpu.py)."""
+def test_mosaic_forward_lowers_for_cuda(spec, hkv, seg, over):
+  """The Mosaic GPU forward, with and without segment ids, in either CTA order and with FA4's
+  schedule (``overlap``: named barriers as inline PTX), lowers to Mosaic GPU IR with the outputs'
+  shapes (no GPU needed; numerics: tests/test_mosaic_interpret.py and
+  tests/gpu/test_gpu_pallas_gpu.py)."""
   # pylint: disable-next=g-import-not-at-top
   from pallas_kernels.backends import pallas_gpu_mosaic as mod
   q = jax.ShapeDtypeStruct((1, 512, 4, 128), jnp.bfloat16)
   k = jax.ShapeDtypeStruct((1, 512, hkv, 128), jnp.bfloat16)
-  cfg = mod.MosaicConfig(longest_first=longest_first)
+  cfg = mod.MosaicConfig(**over)
   traced = jax.jit(lambda q, k, v, *s: mod.sparse_attention_fwd(
       q, k, v, AttentionSpec.parse(spec), cfg, segment_ids=s[0] if s else None,
       kv_segment_ids=s[0] if s else None)).trace(q, k, k, *((SEG,) if seg else ()))

@@ -97,6 +97,72 @@ def test_forward_config_variants_do_not_change_the_result(spec, over):
   np.testing.assert_array_equal(np.asarray(got[0][1]), np.asarray(got[1][1]))
 
 
+@pytest.mark.parametrize("spec,packed,hq,over", [
+    ("sink_window:16:48@16", False, 1, {}),
+    ("strided:2:3@16", False, 1, {}),
+    ("full@16", False, 1, {}),
+    ("sink_window:16:48@16", True, 1, {}),
+    ("full@16", False, 2, dict(max_concurrent_steps=3)),
+], ids=["sink_window", "strided", "full", "packed-sink_window", "gqa-ring3-full"])
+def test_forward_overlap_vs_reference(spec, packed, hq, over):
+  """``MosaicConfig(overlap=True)`` (FA4's schedule, ``pallas_gpu_mosaic_overlap``): intra-
+  warpgroup overlap, named-barrier turns (modelled: a deadlock or an arrival left pending
+  fails) and K and V refilled separately, against the reference and the default loop (the same
+  sums in another order: close, not bit-equal), with segment ids, GQA and a 3-slot ring."""
+  spec = AttentionSpec.parse(spec)
+  q, k, v, do = _inputs(hq=hq, seed=6)
+  seg = _packed(T) if packed else None
+  want, want_lse, _ = _reference(q, k, v, do, spec, seg)
+  cfg = dataclasses.replace(FWD, overlap=True, **over)
+  with interpret_mode(detect_races=True):
+    out, lse2 = pm.sparse_attention_fwd(q, k, v, spec, cfg, segment_ids=seg, kv_segment_ids=seg)
+    base, base_lse2 = pm.sparse_attention_fwd(q, k, v, spec, dataclasses.replace(FWD, **over),
+                                              segment_ids=seg, kv_segment_ids=seg)
+  assert _rel(out, want) < 1e-2
+  assert np.abs(np.asarray(lse2) * math.log(2) - np.asarray(want_lse)).max() < 2e-2
+  assert _rel(out, base) < 5e-3
+  np.testing.assert_allclose(np.asarray(lse2), np.asarray(base_lse2), rtol=0, atol=1e-4)
+
+
+def _named_barrier_kernel(protocol):
+  """A one-CTA kernel of two warpgroups running ``protocol(wg)`` (calls of
+  ``pm.named_barrier``), then each writing its index to the output."""
+  def body(o_ref):
+    wg = jax.lax.axis_index("wg")
+    protocol(wg)
+    o_ref[wg] = jnp.full((128,), wg, jnp.int32)
+  return plgpu.kernel(body, out_type=jax.ShapeDtypeStruct((2, 128), jnp.int32),
+                      num_threads=2, thread_name="wg")
+
+
+def test_named_barrier_model_catches_bad_protocols():
+  """The interpreter's named barriers pass the overlap forward's protocol (one turn each way)
+  and fail the two ways a protocol can go wrong: an arrival left pending (both warpgroups only
+  arrive: the barrier completes with no sync) and a deadlock (a sync nobody arrives at)."""
+  def ping_pong(wg):
+    pl.when(wg == 1)(lambda: pm.named_barrier("arrive", "other"))
+    pm.named_barrier("sync", "own")
+    pm.named_barrier("arrive", "other")
+    pl.when(wg == 0)(lambda: pm.named_barrier("sync", "own"))
+
+  with interpret_mode():
+    np.testing.assert_array_equal(_named_barrier_kernel(ping_pong)(), [[0] * 128, [1] * 128])
+  def arrivals_only(wg):   # both arrive at warpgroup 0's barrier; nobody syncs
+    pl.when(wg == 0)(lambda: pm.named_barrier("arrive", "own"))
+    pl.when(wg == 1)(lambda: pm.named_barrier("arrive", "other"))
+
+  with pytest.raises(Exception, match="completed by 2 arrives"):
+    with interpret_mode():
+      _named_barrier_kernel(arrivals_only)().block_until_ready()
+  with pytest.raises(Exception, match="deadlocks"):
+    with interpret_mode(wait_s=2.0):
+      _named_barrier_kernel(
+          lambda wg: pl.when(wg == 0)(lambda: pm.named_barrier("sync", "own")))(
+          ).block_until_ready()
+  with pytest.raises(ValueError, match="named_barrier"):
+    pm.named_barrier("wait", "own")
+
+
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("fused", [False, True], ids=["dq_dkv", "fused"])
 def test_backward_vs_reference(spec, fused):

@@ -42,12 +42,19 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
+from jax.experimental.mosaic.gpu import utils as mgpu_utils
+from jax._src.lib.mlir import ir
+from jax._src.lib.mlir.dialects import arith as arith_dialect
+from jax._src.lib.mlir.dialects import llvm as llvm_dialect
 
 from pallas_kernels.backends._frame import check_segment_ids
 from pallas_kernels.backends.gpu_tables import kernel_tables, visit_table
 from pallas_kernels.spec import AttentionSpec
 
 M_INIT = -1e30
+# The named hardware barriers of ``named_barrier``: compute warpgroup w owns NAMED_BAR + w.
+# Mosaic GPU's own barriers are 0 (gpu.barrier) and 1..3 (warpgroup_barrier: 1 + warpgroup).
+NAMED_BAR = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +73,11 @@ class MosaicConfig:
   # 603 against 570 TFLOP/s (1.058x; GQA 32/8 604), at 64K 624 against 622; sink+window and
   # strided within 0.5% either way at 64K and 128K.
   longest_first: bool = True
+  # FA4's Sm90 forward schedule (``pallas_gpu_mosaic_overlap``), an A/B option until timed:
+  # intra-warpgroup overlap (S of tile e and P V of tile e - 1 issued back to back, the softmax
+  # of tile e under the P V) with FA3's named-barrier warp scheduler around the pair. Each part
+  # alone was slower (docs/kernels.md); this is the combination FA4 runs.
+  overlap: bool = False
 
 
 def shape_limits(q_len: int, kv_len: int, head_dim: int, dtype, *, step: int,
@@ -102,33 +114,45 @@ def tiled_smem(shape, dtype, swizzle: int = 128):
                     transforms=(plgpu.TilingTransform((8, cols)), plgpu.SwizzleTransform(swizzle)))
 
 
-def feed_ring(n_tot, mcs, issue, used):
+def feed_ring(n_tot, mcs, issue, used, split=False):
   """The memory warpgroup's loop: ``issue(e, slot)`` for the visit-list entries ``0..n_tot-1``
   into a ring of ``mcs`` shared-memory slots; entry ``e >= mcs`` first waits until every barrier
-  of ``used`` has released its slot."""
+  of ``used`` has released its slot. With ``split``, stream ``i`` of entry ``e >= mcs``
+  (``issue(e, slot, (i,))``) waits only for ``used[i]``: each stream refills its slot as soon as
+  its own consumer releases it."""
   for i in range(mcs):
     pl.when(i < n_tot)(functools.partial(issue, i, i))
 
   @pl.loop(0, jnp.maximum(n_tot - mcs, 0))
   def _(e):
     slot = lax.rem(e, jnp.array(mcs, e.dtype))
+    if split:
+      for i, bar in enumerate(used):
+        plgpu.barrier_wait(bar.at[slot])
+        issue(e + mcs, slot, (i,))
+      return
     for bar in used:
       plgpu.barrier_wait(bar.at[slot])
     issue(e + mcs, slot)
 
 
-def stream_kv(refs, smem, bars, used, visit, *, batch, kv_head, n_tot, bkv, mcs, seg=None):
+def stream_kv(refs, smem, bars, used, visit, *, batch, kv_head, n_tot, bkv, mcs, split=False,
+              seg=None):
   """The memory warpgroup of the forward and dQ kernels: the K/V tiles of the CTA's visit list
   (``visit(i)``: its column ``i``, block indices from column 2) into the ring. ``refs``,
-  ``smem``, ``bars`` and ``used`` are (K, V) pairs; a slot is refilled with K and V once both are
-  released. ``seg`` (packed rows): a ``Segments``; each tile's key segment ids travel with K."""
-  def issue(e, slot):
+  ``smem``, ``bars`` and ``used`` are (K, V) pairs. By default a slot is refilled with K and V
+  once both are released. With ``split`` (``feed_ring``'s) each is refilled as soon as its own
+  ``used`` barrier releases it: the overlap forward releases V one step after K, and waiting for
+  both there deadlocks its warpgroups on a 2-slot ring (found in Mosaic GPU interpret mode on
+  2026-12-05). ``seg`` (packed rows): a ``Segments``; each tile's key segment ids travel with K
+  (released with K)."""
+  def issue(e, slot, streams=(0, 1)):
     blk = pl.ds(visit(e + 2) * bkv, bkv)
-    for i in (0, 1):
+    for i in streams:
       plgpu.copy_gmem_to_smem(refs[i].at[batch, blk, kv_head], smem[i].at[slot], bars[i].at[slot])
-    if seg is not None:
+    if seg is not None and 0 in streams:
       seg.issue(batch, blk, slot)
-  feed_ring(n_tot, mcs, issue, used)
+  feed_ring(n_tot, mcs, issue, used, split=split)
 
 
 @dataclasses.dataclass
@@ -238,6 +262,10 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
   tab = visit_table(kernel_tables(spec, T, T, 2 * bq, bkv).fwd, *(seg or (None, None)), 2 * bq,
                     bkv)
   c = (d ** -0.5 if scale is None else scale) * math.log2(math.e)
+  loop = _loop
+  if config.overlap:
+    from pallas_kernels.backends.pallas_gpu_mosaic_overlap import overlap_loop  # pylint: disable=g-import-not-at-top
+    loop = overlap_loop
 
   def kernel(q_ref, k_ref, v_ref, tab_ref, seg_refs, out_ref, lse_ref, scoped):
     batch = lax.axis_index("batch")
@@ -269,7 +297,7 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
           k_used=k_used, v_used=v_used, sched=sched, schedule_barrier=schedule_barrier,
           visit=visit, wg=wg, q_base=q_base, n_full=n_full, n_tot=n_tot, spec=spec,
           c=c, bq=bq, bkv=bkv, d=d, dtype=dtype, mcs=mcs, seg=sg, qseg=qseg)
-      acc, m_i, l_i = _loop(w)
+      acc, m_i, l_i = loop(w)
       seen = l_i > 0
       l_safe = jnp.where(seen, l_i, 1.0)
       acc *= lax.broadcast_in_dim(1.0 / l_safe, (bq, d), [0])
@@ -285,7 +313,7 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
       plgpu.set_max_registers(40, action="decrease")
       stream_kv((k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar), (k_used, v_used), visit,
                 batch=batch, kv_head=lax.div(q_head, jnp.array(g, q_head.dtype)),
-                n_tot=n_tot, bkv=bkv, mcs=mcs, seg=sg)
+                n_tot=n_tot, bkv=bkv, mcs=mcs, split=config.overlap, seg=sg)
 
   def entry(q_ref, k_ref, v_ref, tab_ref, *refs):
     seg_refs, (out_ref, lse_ref) = (refs[:2], refs[2:]) if seg else (None, refs)
@@ -305,6 +333,28 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
   return launch(entry, [jax.ShapeDtypeStruct(q.shape, dtype),
                         jax.ShapeDtypeStruct((B, hq, T), jnp.float32)],
                 (hq, n_rows, B), ("heads", "q_seq", "batch"), q, k, v, tab, *(seg or ()))
+
+
+def named_barrier(op: str, whose: str):
+  """``bar.sync`` (``op`` "sync") or ``bar.arrive`` ("arrive") on a compute warpgroup's named
+  hardware barrier, counting both compute warpgroups (256 threads): ``whose`` "own" (barrier
+  ``NAMED_BAR + w``, w = the calling warpgroup, 0 or 1) or "other" (``NAMED_BAR + 1 - w``).
+  Emitted as PTX through ``plgpu.inline_mgpu``; FA3's ``warp_scheduler_barrier_sync/arrive``.
+  Pallas Mosaic GPU has no named-barrier primitive."""
+  if op not in ("sync", "arrive") or whose not in ("own", "other"):
+    raise ValueError(f"named_barrier({op!r}, {whose!r})")
+
+  def emit(ctx):
+    del ctx
+    i32 = ir.IntegerType.get_signless(32)
+    wg = mgpu_utils.warpgroup_idx(sync=True)
+    bar = (arith_dialect.addi(wg, mgpu_utils.c(NAMED_BAR, i32)) if whose == "own" else
+           arith_dialect.subi(mgpu_utils.c(NAMED_BAR + 1, i32), wg))
+    llvm_dialect.inline_asm(ir.Type.parse("!llvm.void"), [bar], f"bar.{op} $0, 256;", "r",
+                            has_side_effects=True)
+  # what pallas_kernels/mosaic_interpret.py models (count: 256 threads = 2 warpgroups)
+  emit.named_barrier = dict(op=op, whose=whose, base=NAMED_BAR, warpgroups=2)
+  plgpu.inline_mgpu()(emit)()
 
 
 def tile_allowed(w, e, kseg=None):

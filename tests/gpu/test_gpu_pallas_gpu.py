@@ -230,3 +230,26 @@ def test_mosaic_forward_row_orders_match(spec, seg):
     ref = reference_attention(q.astype(jnp.float32), k.astype(jnp.float32),
                               v.astype(jnp.float32), spec, **kw)
   assert _rel(lpt[0], ref) < 1e-2
+
+
+@pytest.mark.parametrize("spec,seg", [("full", False), ("full", True), ("strided:4:4", False),
+                                      ("sink_window:64:512", False)],
+                         ids=["full", "full-segments", "strided", "sink_window"])
+def test_mosaic_forward_overlap_matches(spec, seg):
+  """``MosaicConfig(overlap=True)`` (FA4's schedule: intra-warpgroup overlap and named-barrier
+  turns) against the default forward (the same sums in another order) and the reference; GQA
+  8/2, with and without segment ids."""
+  from pallas_kernels.backends import pallas_gpu_mosaic as pm  # pylint: disable=g-import-not-at-top
+  spec = AttentionSpec.parse(spec)
+  q, k, v, _ = _inputs(9, 1, 2048, 8, 2, 128, jnp.bfloat16)
+  ids = np.zeros((1, 2048), np.int32)
+  ids[0, 700:] = 1
+  kw = dict(segment_ids=jnp.asarray(ids), kv_segment_ids=jnp.asarray(ids)) if seg else {}
+  base, ov = (pm.sparse_attention_fwd(q, k, v, spec, pm.MosaicConfig(overlap=o), **kw)
+              for o in (False, True))
+  assert _rel(ov[0], base[0]) < 5e-3
+  np.testing.assert_allclose(np.asarray(ov[1]), np.asarray(base[1]), rtol=0, atol=1e-3)
+  with jax.default_matmul_precision("float32"):
+    ref = reference_attention(q.astype(jnp.float32), k.astype(jnp.float32),
+                              v.astype(jnp.float32), spec, **kw)
+  assert _rel(ov[0], ref) < 1e-2

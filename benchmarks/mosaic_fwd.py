@@ -6,8 +6,8 @@ variants (``shortest_first``: the query rows' CTAs shortest first, the order bef
 2026-12-07; the default takes the longest first; ``kv64_mcs4``: 64-key tiles in a ring of 4
 slots, the same shared memory as the default's 2 slots of 128 keys; a ring of 3 slots of 128
 keys would need 232568 bytes of the 232448; ``overlap``: FA4's Sm90 schedule, intra-warpgroup
-overlap with named-barrier turns, ``pallas_gpu_mosaic_overlap``), in one process with the same
-inputs.
+overlap with named-barrier turns, ``pallas_gpu_mosaic_overlap``; ``persistent``: 132 persistent
+CTAs, an H100's or H200's SM count), in one process with the same inputs.
 (FA3's named-barrier scheduler, timed here as ``named`` / ``named_pv`` on 2026-12-07 and 6-10%
 slower, was removed; ``git show ac5c9ce:benchmarks/mosaic_fwd.py``.) B=1, H=32 query heads,
 D=128, bf16. Timing is ``benchmarks/bench_timing.py``'s (back-to-back calls, one
@@ -39,6 +39,8 @@ VARIANTS = {
     "shortest_first": {"longest_first": False},
     "kv64_mcs4": {"block_kv": 64, "max_concurrent_steps": 4},
     "overlap": {"overlap": True},
+    "persistent": {"persistent_ctas": 132},
+    "overlap_persistent": {"overlap": True, "persistent_ctas": 132},
 }
 PATTERNS = mosaic_ab.PATTERNS
 

@@ -216,12 +216,14 @@ SEG = jax.ShapeDtypeStruct((1, 512), jnp.int32)
 
 
 @pytest.mark.parametrize("seg,over", [(False, {}), (True, {}), (False, dict(longest_first=False)),
-                                      (True, dict(overlap=True))],
-                         ids=["", "segments", "shortest_first", "overlap-segments"])
+                                      (True, dict(overlap=True)),
+                                      (True, dict(persistent_ctas=5))],
+                         ids=["", "segments", "shortest_first", "overlap-segments",
+                              "persistent-segments"])
 @pytest.mark.parametrize("spec,hkv", [("sink_window:64:256", 2), ("strided:4:4", 4), ("full", 1)])
 def test_mosaic_forward_lowers_for_cuda(spec, hkv, seg, over):
-  """The Mosaic GPU forward, with and without segment ids, in either CTA order and with FA4's
-  schedule (``overlap``: named barriers as inline PTX), lowers to Mosaic GPU IR with the outputs'
+  """The Mosaic GPU forward, with and without segment ids, in either CTA order, with FA4's
+  schedule (``overlap``: named barriers as inline PTX) and with persistent CTAs, lowers to Mosaic GPU IR with the outputs'
   shapes (no GPU needed; numerics: tests/test_mosaic_interpret.py and
   tests/gpu/test_gpu_pallas_gpu.py)."""
   # pylint: disable-next=g-import-not-at-top

@@ -78,13 +78,17 @@ def test_forward_vs_reference(spec):
     ("full@16", dict(longest_first=False)),
     ("full@16", dict(max_concurrent_steps=3)),
     ("strided:2:3@16", dict(max_concurrent_steps=4)),
-], ids=["shortest_first", "ring3", "ring4-strided"])
+    ("sink_window:16:48@16", dict(persistent_ctas=3)),
+    ("full@16", dict(persistent_ctas=3, max_concurrent_steps=3, longest_first=False)),
+], ids=["shortest_first", "ring3", "ring4-strided", "persistent3-sink_window",
+        "persistent3-ring3-shortest_first"])
 def test_forward_config_variants_do_not_change_the_result(spec, over):
   """``MosaicConfig`` options that change only the schedule give the default's output and lse,
   bit-equal, and the reference's: ``longest_first=False`` (CTA ``i`` takes query row ``i``; the
   default, True, row ``n - 1 - i``) and a K/V ring of 3 or 4 slots (``max_concurrent_steps``;
   ``benchmarks/mosaic_fwd.py``'s ``kv64_mcs4`` variant has 4), which wraps here (up to 8 tiles
-  per row)."""
+  per row), and persistent CTAs (3 CTAs for 4 row blocks: one CTA takes two, its ring running on
+  from the first to the second)."""
   spec = AttentionSpec.parse(spec)
   q, k, v, do = _inputs(seed=5)
   want, _, _ = _reference(q, k, v, do, spec)
@@ -103,12 +107,15 @@ def test_forward_config_variants_do_not_change_the_result(spec, over):
     ("full@16", False, 1, {}),
     ("sink_window:16:48@16", True, 1, {}),
     ("full@16", False, 2, dict(max_concurrent_steps=3)),
-], ids=["sink_window", "strided", "full", "packed-sink_window", "gqa-ring3-full"])
+    ("strided:2:3@16", True, 2, dict(persistent_ctas=3)),
+], ids=["sink_window", "strided", "full", "packed-sink_window", "gqa-ring3-full",
+        "packed-gqa-persistent3-strided"])
 def test_forward_overlap_vs_reference(spec, packed, hq, over):
   """``MosaicConfig(overlap=True)`` (FA4's schedule, ``pallas_gpu_mosaic_overlap``): intra-
   warpgroup overlap, named-barrier turns (modelled: a deadlock or an arrival left pending
   fails) and K and V refilled separately, against the reference and the default loop (the same
-  sums in another order: close, not bit-equal), with segment ids, GQA and a 3-slot ring."""
+  sums in another order: close, not bit-equal), with segment ids, GQA, a 3-slot ring and
+  persistent CTAs (3 CTAs for 8 work items)."""
   spec = AttentionSpec.parse(spec)
   q, k, v, do = _inputs(hq=hq, seed=6)
   seg = _packed(T) if packed else None

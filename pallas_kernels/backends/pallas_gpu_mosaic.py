@@ -78,6 +78,20 @@ class MosaicConfig:
   # of tile e under the P V) with FA3's named-barrier warp scheduler around the pair. Each part
   # alone was slower (docs/kernels.md); this is the combination FA4 runs.
   overlap: bool = False
+  # Persistent CTAs, an A/B option until timed: 0 (the default) launches one CTA per (head,
+  # query row, batch row) work item; n > 0 launches n CTAs (the GPU's SM count: 132 on an H100
+  # or H200) that each walk the items i, i + n, ... in the grid's dispatch order (heads
+  # fastest). The memory warpgroup's ring runs on across items, so it fetches the next item's
+  # first K/V tiles while the compute warpgroups finish the current one; the per-CTA launch,
+  # barrier set-up and first loads are paid once. A sparse row block is short (sink+window 64 +
+  # 4096: 33 tiles), so that start-up is a few percent of it. FA4's Sm90 forward does not do
+  # this (SingleTileScheduler / SingleTileLPTScheduler).
+  persistent_ctas: int = 0
+
+  def __post_init__(self):
+    if self.persistent_ctas < 0:
+      raise ValueError(f"MosaicConfig.persistent_ctas={self.persistent_ctas}: expected 0 (off) "
+                       "or a CTA count")
 
 
 def shape_limits(q_len: int, kv_len: int, head_dim: int, dtype, *, step: int,
@@ -114,12 +128,26 @@ def tiled_smem(shape, dtype, swizzle: int = 128):
                     transforms=(plgpu.TilingTransform((8, cols)), plgpu.SwizzleTransform(swizzle)))
 
 
-def feed_ring(n_tot, mcs, issue, used, split=False):
+def feed_ring(n_tot, mcs, issue, used, split=False, e0=0):
   """The memory warpgroup's loop: ``issue(e, slot)`` for the visit-list entries ``0..n_tot-1``
   into a ring of ``mcs`` shared-memory slots; entry ``e >= mcs`` first waits until every barrier
   of ``used`` has released its slot. With ``split``, stream ``i`` of entry ``e >= mcs``
   (``issue(e, slot, (i,))``) waits only for ``used[i]``: each stream refills its slot as soon as
-  its own consumer releases it."""
+  its own consumer releases it. ``e0`` (persistent CTAs): the entries the ring has carried for
+  the CTA's earlier work items; entry ``e`` is then ring entry ``e0 + e``."""
+  if not isinstance(e0, int):
+    @pl.loop(0, n_tot)
+    def _(e):
+      g = e0 + e
+      slot = lax.rem(g, jnp.array(mcs, g.dtype))
+      streams = [(i,) for i in range(len(used))] if split else [tuple(range(len(used)))]
+      for st in streams:
+        @pl.when(g >= mcs)
+        def _(st=st):
+          for i in st:
+            plgpu.barrier_wait(used[i].at[slot])
+        issue(e, slot, st) if split else issue(e, slot)
+    return
   for i in range(mcs):
     pl.when(i < n_tot)(functools.partial(issue, i, i))
 
@@ -137,7 +165,7 @@ def feed_ring(n_tot, mcs, issue, used, split=False):
 
 
 def stream_kv(refs, smem, bars, used, visit, *, batch, kv_head, n_tot, bkv, mcs, split=False,
-              seg=None):
+              seg=None, e0=0):
   """The memory warpgroup of the forward and dQ kernels: the K/V tiles of the CTA's visit list
   (``visit(i)``: its column ``i``, block indices from column 2) into the ring. ``refs``,
   ``smem``, ``bars`` and ``used`` are (K, V) pairs. By default a slot is refilled with K and V
@@ -145,14 +173,14 @@ def stream_kv(refs, smem, bars, used, visit, *, batch, kv_head, n_tot, bkv, mcs,
   ``used`` barrier releases it: the overlap forward releases V one step after K, and waiting for
   both there deadlocks its warpgroups on a 2-slot ring (found in Mosaic GPU interpret mode on
   2026-12-05). ``seg`` (packed rows): a ``Segments``; each tile's key segment ids travel with K
-  (released with K)."""
+  (released with K). ``e0``: ``feed_ring``'s (persistent CTAs)."""
   def issue(e, slot, streams=(0, 1)):
     blk = pl.ds(visit(e + 2) * bkv, bkv)
     for i in streams:
       plgpu.copy_gmem_to_smem(refs[i].at[batch, blk, kv_head], smem[i].at[slot], bars[i].at[slot])
     if seg is not None and 0 in streams:
       seg.issue(batch, blk, slot)
-  feed_ring(n_tot, mcs, issue, used, split=split)
+  feed_ring(n_tot, mcs, issue, used, split=split, e0=e0)
 
 
 @dataclasses.dataclass
@@ -267,53 +295,90 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
     from pallas_kernels.backends.pallas_gpu_mosaic_overlap import overlap_loop  # pylint: disable=g-import-not-at-top
     loop = overlap_loop
 
+  persistent = config.persistent_ctas > 0
+  n_items = hq * n_rows * B
+
+  def each_item(body):
+    """``body(batch, q_head, row, e0)`` (returns ``e0`` plus the item's tiles) for each of the
+    CTA's work items: its grid point, or with persistent CTAs the items ``cta + j * n`` in the
+    grid's dispatch order (heads fastest), ``e0`` counting the ring's entries so far."""
+    if not persistent:
+      body(lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("q_seq"), 0)
+      return
+    cta, n = lax.axis_index("cta"), config.persistent_ctas
+
+    def item(j, e0):
+      i = cta + j * n
+      rest = lax.div(i, hq)
+      return body(lax.div(rest, n_rows), lax.rem(i, hq), lax.rem(rest, n_rows), e0)
+    lax.fori_loop(0, lax.div(n_items - cta + n - 1, n), item, jnp.int32(0))
+
   def kernel(q_ref, k_ref, v_ref, tab_ref, seg_refs, out_ref, lse_ref, scoped):
-    batch = lax.axis_index("batch")
-    q_head = lax.axis_index("heads")
-    row = lax.axis_index("q_seq")
-    if config.longest_first:
-      row = n_rows - 1 - row
     (qo_smem2, k_smem, v_smem, lse_smem2), (k_bar, v_bar, q_bar), (k_used, v_used), sched = (
         scoped[:4])
     sg = Segments.of(seg_refs, scoped[4:])
     wg = lax.axis_index("wg")
-    visit = visit_reader(tab_ref, batch, row)
-    n_full, n_tot = visit(0), visit(1)
 
     def schedule_barrier():
       plgpu.barrier_arrive(sched)
       plgpu.barrier_wait(sched)
 
+    def tiles(batch, row):
+      if config.longest_first:
+        row = n_rows - 1 - row
+      visit = visit_reader(tab_ref, batch, row)
+      return row, visit, visit(0), visit(1)
+
     @pl.when(wg < 2)
     def _compute():
       plgpu.set_max_registers(232, action="increase")
       qo_smem, lse_smem = qo_smem2.at[wg], lse_smem2.at[wg]
-      q_base = row * (2 * bq) + wg * bq
-      plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(q_base, bq), q_head], qo_smem, q_bar.at[wg])
-      plgpu.barrier_wait(q_bar.at[wg])
-      qseg = None if sg is None else sg.load_own(batch, wg, pl.ds(q_base, bq))
-      w = types.SimpleNamespace(
-          qo_smem=qo_smem, k_smem=k_smem, v_smem=v_smem, k_bar=k_bar, v_bar=v_bar,
-          k_used=k_used, v_used=v_used, sched=sched, schedule_barrier=schedule_barrier,
-          visit=visit, wg=wg, q_base=q_base, n_full=n_full, n_tot=n_tot, spec=spec,
-          c=c, bq=bq, bkv=bkv, d=d, dtype=dtype, mcs=mcs, seg=sg, qseg=qseg)
-      acc, m_i, l_i = loop(w)
-      seen = l_i > 0
-      l_safe = jnp.where(seen, l_i, 1.0)
-      acc *= lax.broadcast_in_dim(1.0 / l_safe, (bq, d), [0])
-      qo_smem[...] = acc.astype(dtype)
-      lse_smem[...] = jnp.where(seen, m_i + jnp.log(l_safe) * (1 / math.log(2)), -jnp.inf)
-      plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[batch, pl.ds(q_base, bq), q_head])
-      plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[batch, q_head, pl.ds(q_base, bq)])
-      plgpu.wait_smem_to_gmem(0)
+
+      def one(batch, q_head, row, e0):
+        row, visit, n_full, n_tot = tiles(batch, row)
+        q_base = row * (2 * bq) + wg * bq
+        if persistent:   # the previous item's out and lse stores have read their buffers
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+        plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(q_base, bq), q_head], qo_smem,
+                                q_bar.at[wg])
+        plgpu.barrier_wait(q_bar.at[wg])
+        qseg = None if sg is None else sg.load_own(batch, wg, pl.ds(q_base, bq))
+        slot = ((lambda e: lax.rem(e, jnp.array(mcs, e.dtype))) if isinstance(e0, int) else
+                (lambda e: lax.rem(e + e0, jnp.array(mcs, e0.dtype))))
+        w = types.SimpleNamespace(
+            qo_smem=qo_smem, k_smem=k_smem, v_smem=v_smem, k_bar=k_bar, v_bar=v_bar,
+            k_used=k_used, v_used=v_used, sched=sched, schedule_barrier=schedule_barrier,
+            visit=visit, wg=wg, q_base=q_base, n_full=n_full, n_tot=n_tot, spec=spec,
+            c=c, bq=bq, bkv=bkv, d=d, dtype=dtype, mcs=mcs, seg=sg, qseg=qseg,
+            slot=slot,
+            first_slot=0 if isinstance(e0, int) else lax.rem(e0, jnp.array(mcs, e0.dtype)))
+        acc, m_i, l_i = loop(w)
+        seen = l_i > 0
+        l_safe = jnp.where(seen, l_i, 1.0)
+        acc *= lax.broadcast_in_dim(1.0 / l_safe, (bq, d), [0])
+        qo_smem[...] = acc.astype(dtype)
+        lse_smem[...] = jnp.where(seen, m_i + jnp.log(l_safe) * (1 / math.log(2)), -jnp.inf)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[batch, pl.ds(q_base, bq), q_head])
+        plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[batch, q_head, pl.ds(q_base, bq)])
+        if not persistent:
+          plgpu.wait_smem_to_gmem(0)
+        return e0 + n_tot
+      each_item(one)
+      if persistent:
+        plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == 2)
     def _memory():
       plgpu.set_max_registers(40, action="decrease")
-      stream_kv((k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar), (k_used, v_used), visit,
-                batch=batch, kv_head=lax.div(q_head, jnp.array(g, q_head.dtype)),
-                n_tot=n_tot, bkv=bkv, mcs=mcs, split=config.overlap, seg=sg)
+
+      def one(batch, q_head, row, e0):
+        _, visit, _, n_tot = tiles(batch, row)
+        stream_kv((k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar), (k_used, v_used), visit,
+                  batch=batch, kv_head=lax.div(q_head, jnp.array(g, q_head.dtype)),
+                  n_tot=n_tot, bkv=bkv, mcs=mcs, split=config.overlap, seg=sg, e0=e0)
+        return e0 + n_tot
+      each_item(one)
 
   def entry(q_ref, k_ref, v_ref, tab_ref, *refs):
     seg_refs, (out_ref, lse_ref) = (refs[:2], refs[2:]) if seg else (None, refs)
@@ -330,9 +395,11 @@ def forward(q, k, v, spec: AttentionSpec, config: MosaicConfig, scale: float | N
         collective_axes="wg",
     )
 
+  grid, names = (((config.persistent_ctas,), ("cta",)) if persistent else
+                 ((hq, n_rows, B), ("heads", "q_seq", "batch")))
   return launch(entry, [jax.ShapeDtypeStruct(q.shape, dtype),
                         jax.ShapeDtypeStruct((B, hq, T), jnp.float32)],
-                (hq, n_rows, B), ("heads", "q_seq", "batch"), q, k, v, tab, *(seg or ()))
+                grid, names, q, k, v, tab, *(seg or ()))
 
 
 def named_barrier(op: str, whose: str):
@@ -384,13 +451,13 @@ def _loop(w):
 
   @pl.when(w.n_tot > 0)
   def _():
-    plgpu.barrier_wait(w.k_bar.at[0])
+    plgpu.barrier_wait(w.k_bar.at[w.first_slot])
 
   pl.when(w.wg == 1)(w.schedule_barrier)
 
   def step(e, carry, masked):
     acc, m_i, l_i = carry
-    slot = lax.rem(e, jnp.array(mcs, e.dtype))
+    slot = w.slot(e)
 
     def qk_fn(acc_ref):
       plgpu.wgmma(acc_ref, w.qo_smem, plgpu.transpose_ref(w.k_smem.at[slot], (1, 0)))
@@ -416,7 +483,7 @@ def _loop(w):
     def pv_fn(acc_ref):
       plgpu.wgmma(acc_ref, p16, w.v_smem.at[slot])
       nxt = e + 1
-      nslot = lax.rem(nxt, jnp.array(mcs, e.dtype))
+      nslot = w.slot(nxt)
 
       @pl.when(nxt < w.n_tot)
       def _():

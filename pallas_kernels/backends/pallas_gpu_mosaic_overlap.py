@@ -39,10 +39,9 @@ from pallas_kernels.backends.pallas_gpu_mosaic import M_INIT, named_barrier, til
 def overlap_loop(w):
   """A compute warpgroup's walk (``w``: ``pallas_gpu_mosaic.forward``'s refs, indices and
   constants); returns the unnormalised (acc, m_i, l_i) as ``pallas_gpu_mosaic._loop`` does."""
-  bq, bkv, d, mcs, dtype, c = w.bq, w.bkv, w.d, w.mcs, w.dtype, w.c
+  bq, bkv, d, dtype, c = w.bq, w.bkv, w.d, w.dtype, w.c
 
-  def slot_of(e):
-    return lax.rem(e, jnp.array(mcs, e.dtype))
+  slot_of = w.slot
 
   def softmax(s, e, m_i, l_i, masked, kseg):
     """(p, m_new, l_new, alpha) of tile ``e``'s scores (``kseg``: its key segment ids); ``p``
@@ -64,12 +63,12 @@ def overlap_loop(w):
 
     def first(e, carry):     # tile 0 alone, outside the turns; masked (exact on a full tile)
       _, m_i, l_i = carry
-      plgpu.barrier_wait(w.k_bar.at[0])
+      plgpu.barrier_wait(w.k_bar.at[w.first_slot])
       s_ref[...] = zeros_s
-      plgpu.wgmma(s_ref, w.qo_smem, plgpu.transpose_ref(w.k_smem.at[0], (1, 0)))
+      plgpu.wgmma(s_ref, w.qo_smem, plgpu.transpose_ref(w.k_smem.at[w.first_slot], (1, 0)))
       s = plgpu.wgmma_accumulator_load(s_ref, wait_n=0)
-      kseg = None if w.seg is None else w.seg.ring(0, True)
-      plgpu.barrier_arrive(w.k_used.at[0])
+      kseg = None if w.seg is None else w.seg.ring(w.first_slot, True)
+      plgpu.barrier_arrive(w.k_used.at[w.first_slot])
       p, m_new, l_new, _ = softmax(s, e, m_i, l_i, True, kseg)
       return p.astype(dtype), m_new, l_new
 

@@ -232,24 +232,34 @@ def test_mosaic_forward_row_orders_match(spec, seg):
   assert _rel(lpt[0], ref) < 1e-2
 
 
-@pytest.mark.parametrize("spec,seg", [("full", False), ("full", True), ("strided:4:4", False),
-                                      ("sink_window:64:512", False)],
-                         ids=["full", "full-segments", "strided", "sink_window"])
-def test_mosaic_forward_overlap_matches(spec, seg):
-  """``MosaicConfig(overlap=True)`` (FA4's schedule: intra-warpgroup overlap and named-barrier
-  turns) against the default forward (the same sums in another order) and the reference; GQA
-  8/2, with and without segment ids."""
+@pytest.mark.parametrize("spec,seg,over", [
+    ("full", False, dict(overlap=True)),
+    ("full", True, dict(overlap=True, persistent_ctas=132)),
+    ("strided:4:4", False, dict(persistent_ctas=132)),
+    ("sink_window:64:512", False, dict(overlap=True)),
+    ("sink_window:64:512", True, dict(persistent_ctas=7)),
+], ids=["full-overlap", "full-segments-overlap-persistent", "strided-persistent",
+        "sink_window-overlap", "sink_window-segments-persistent7"])
+def test_mosaic_forward_schedule_options_match(spec, seg, over):
+  """``MosaicConfig`` schedule options against the default forward and the reference, GQA 8/2,
+  with and without segment ids: ``overlap`` (FA4's schedule: intra-warpgroup overlap and
+  named-barrier turns; the same sums in another order) and ``persistent_ctas`` (the same sums
+  per row: bit-equal without ``overlap``)."""
   from pallas_kernels.backends import pallas_gpu_mosaic as pm  # pylint: disable=g-import-not-at-top
   spec = AttentionSpec.parse(spec)
   q, k, v, _ = _inputs(9, 1, 2048, 8, 2, 128, jnp.bfloat16)
   ids = np.zeros((1, 2048), np.int32)
   ids[0, 700:] = 1
   kw = dict(segment_ids=jnp.asarray(ids), kv_segment_ids=jnp.asarray(ids)) if seg else {}
-  base, ov = (pm.sparse_attention_fwd(q, k, v, spec, pm.MosaicConfig(overlap=o), **kw)
-              for o in (False, True))
-  assert _rel(ov[0], base[0]) < 5e-3
-  np.testing.assert_allclose(np.asarray(ov[1]), np.asarray(base[1]), rtol=0, atol=1e-3)
+  base, var = (pm.sparse_attention_fwd(q, k, v, spec, pm.MosaicConfig(**o), **kw)
+               for o in ({}, over))
+  if over.get("overlap"):
+    assert _rel(var[0], base[0]) < 5e-3
+    np.testing.assert_allclose(np.asarray(var[1]), np.asarray(base[1]), rtol=0, atol=1e-3)
+  else:
+    np.testing.assert_array_equal(np.asarray(var[0], np.float32), np.asarray(base[0], np.float32))
+    np.testing.assert_array_equal(np.asarray(var[1]), np.asarray(base[1]))
   with jax.default_matmul_precision("float32"):
     ref = reference_attention(q.astype(jnp.float32), k.astype(jnp.float32),
                               v.astype(jnp.float32), spec, **kw)
-  assert _rel(ov[0], ref) < 1e-2
+  assert _rel(var[0], ref) < 1e-2

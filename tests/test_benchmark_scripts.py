@@ -158,12 +158,21 @@ def test_step_attention_calls_counts_targets_and_runs_tiny(env, tmp_path):
 
 
 @pytest.mark.parametrize("script", [["mosaic_bwd.py", "--length", "1024"],
-                                    ["mosaic_fwd.py", "--lengths", "1024"]])
+                                    ["mosaic_fwd.py", "--lengths", "1024"],
+                                    ["profile_forward.py", "ours", "--length", "1024"]])
 def test_mosaic_ab_says_it_needs_a_gpu(env, script):
   p = subprocess.run([sys.executable, "benchmarks/" + script[0], *script[1:]], env=env,
                      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert p.returncode == 2 and "needs a GPU (Hopper); found cpu" in p.stderr
   assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_profile_forward_refuses_fa4_with_a_sparse_pattern(env):
+  """``benchmarks/profile_forward.py fa4`` profiles FA4's native causal kernel only."""
+  p = subprocess.run([sys.executable, "benchmarks/profile_forward.py", "fa4", "--pattern",
+                      "strided"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                     check=False)
+  assert p.returncode == 2 and "fa4 takes only --pattern full" in p.stderr
 
 
 def test_mosaic_ab_time_row_reference_error_and_failure(tmp_path):

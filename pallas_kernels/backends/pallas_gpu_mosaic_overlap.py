@@ -40,8 +40,7 @@ def overlap_loop(w):
   """A compute warpgroup's walk (``w``: ``pallas_gpu_mosaic.forward``'s refs, indices and
   constants); returns the unnormalised (acc, m_i, l_i) as ``pallas_gpu_mosaic._loop`` does."""
   bq, bkv, d, dtype, c = w.bq, w.bkv, w.d, w.dtype, w.c
-
-  slot_of = w.slot
+  slot_of = w.slot   # the ring slot of visit-list entry e (persistent CTAs: offset by e0)
 
   def softmax(s, e, m_i, l_i, masked, kseg):
     """(p, m_new, l_new, alpha) of tile ``e``'s scores (``kseg``: its key segment ids); ``p``

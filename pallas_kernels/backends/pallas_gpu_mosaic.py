@@ -146,7 +146,10 @@ def feed_ring(n_tot, mcs, issue, used, split=False, e0=0):
         def _(st=st):
           for i in st:
             plgpu.barrier_wait(used[i].at[slot])
-        issue(e, slot, st) if split else issue(e, slot)
+        if split:
+          issue(e, slot, st)
+        else:
+          issue(e, slot)
     return
   for i in range(mcs):
     pl.when(i < n_tot)(functools.partial(issue, i, i))
@@ -434,6 +437,19 @@ def tile_allowed(w, e, kseg=None):
   return ok if kseg is None else ok & w.seg.same(w.qseg, kseg, (w.bq, w.bkv))
 
 
+def tile_softmax(w, s, e, m_i, masked, kseg=None):
+  """The online-softmax step of visit-list entry ``e``'s scores ``s`` (fp32, WGMMA layout),
+  shared by both compute loops: masked entries first apply ``tile_allowed`` (``kseg``: the
+  tile's key segment ids), then (p, m_new, alpha) with the scale folded into exp2. ``p`` stays
+  fp32; each loop converts it and updates the row sums where its schedule needs them."""
+  if masked:
+    s = jnp.where(tile_allowed(w, e, kseg), s, -jnp.inf)
+  m_new = jnp.maximum(m_i, s.max(axis=1) * w.c)
+  alpha = jnp.exp2(m_i - m_new)
+  p = jnp.exp2(s * w.c - lax.broadcast_in_dim(m_new, s.shape, [0]))
+  return p, m_new, alpha
+
+
 def _loop(w):
   """The compute warpgroup's walk: per tile S = Q Kᵀ (wait), softmax, P V, with the schedule
   barrier meant to hand the tensor cores to the other warpgroup during the softmax. ptxas hoists
@@ -466,11 +482,7 @@ def _loop(w):
     s = pl.run_scoped(qk_fn, plgpu.ACC((bq, bkv), jnp.float32))
     kseg = None if w.seg is None else w.seg.ring(slot, masked)
     plgpu.barrier_arrive(w.k_used.at[slot])
-    if masked:
-      s = jnp.where(tile_allowed(w, e, kseg), s, -jnp.inf)
-    m_new = jnp.maximum(m_i, s.max(axis=1) * w.c)
-    alpha = jnp.exp2(m_i - m_new)
-    p = jnp.exp2(s * w.c - lax.broadcast_in_dim(m_new, s.shape, [0]))
+    p, m_new, alpha = tile_softmax(w, s, e, m_i, masked, kseg)
     acc *= lax.broadcast_in_dim(alpha, acc.shape, [0])
     l_i *= alpha
     p16 = p.astype(w.dtype)

@@ -33,25 +33,20 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from pallas_kernels.backends.pallas_gpu_mosaic import M_INIT, named_barrier, tile_allowed
+from pallas_kernels.backends.pallas_gpu_mosaic import M_INIT, named_barrier, tile_softmax
 
 
 def overlap_loop(w):
   """A compute warpgroup's walk (``w``: ``pallas_gpu_mosaic.forward``'s refs, indices and
   constants); returns the unnormalised (acc, m_i, l_i) as ``pallas_gpu_mosaic._loop`` does."""
-  bq, bkv, d, dtype, c = w.bq, w.bkv, w.d, w.dtype, w.c
+  bq, bkv, d, dtype = w.bq, w.bkv, w.d, w.dtype
   slot_of = w.slot   # the ring slot of visit-list entry e (persistent CTAs: offset by e0)
 
   def softmax(s, e, m_i, l_i, masked, kseg):
     """(p, m_new, l_new, alpha) of tile ``e``'s scores (``kseg``: its key segment ids); ``p``
     is fp32: the caller converts it once the P V that reads the previous P has finished."""
-    if masked:
-      s = jnp.where(tile_allowed(w, e, kseg), s, -jnp.inf)
-    m_new = jnp.maximum(m_i, s.max(axis=1) * c)
-    alpha = jnp.exp2(m_i - m_new)
-    p = jnp.exp2(s * c - lax.broadcast_in_dim(m_new, s.shape, [0]))
-    l_new = l_i * alpha + p.sum(axis=1)
-    return p, m_new, l_new, alpha
+    p, m_new, alpha = tile_softmax(w, s, e, m_i, masked, kseg)
+    return p, m_new, l_i * alpha + p.sum(axis=1), alpha
 
   def body(o_ref, s_ref):
     zeros_s = plgpu.layout_cast(jnp.full((bq, bkv), 0, jnp.float32), plgpu.Layout.WGMMA)
